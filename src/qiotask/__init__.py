@@ -1,0 +1,65 @@
+"""qiotask: QEMU's QIOTask for Python event loops.
+
+Run work that cannot be made asynchronous (DNS lookups, blocking libraries,
+disk and CPU work) without freezing the loop: the result is delivered on the
+loop's thread, the object it concerns is kept alive meanwhile, and every
+cleanup runs exactly once.  See ``qiotask._task`` for the manual.
+"""
+
+from __future__ import annotations
+
+from . import trace as trace
+from ._api import shutdown as shutdown
+from ._api import to_thread as to_thread
+from ._context import IO_ERR as IO_ERR
+from ._context import IO_HUP as IO_HUP
+from ._context import IO_IN as IO_IN
+from ._context import IO_OUT as IO_OUT
+from ._context import IOCondition as IOCondition
+from ._context import MainContext as MainContext
+from ._context import MainLoop as MainLoop
+from ._context import Source as Source
+from ._context import attach as attach
+from ._context import default_context as default_context
+from ._context import get_context as get_context
+from ._errors import ContextClosedError as ContextClosedError
+from ._errors import TaskCancelled as TaskCancelled
+from ._errors import TaskError as TaskError
+from ._errors import TaskStateError as TaskStateError
+from ._errors import TaskTimeout as TaskTimeout
+from ._pool import DEFAULT_MAX_WORKERS as DEFAULT_MAX_WORKERS
+from ._pool import WorkerPool as WorkerPool
+from ._task import Task as Task
+from ._task import TaskState as TaskState
+from ._trace import stats as stats
+from .loops import asyncio as _asyncio_adapter  # noqa: F401  (registers the asyncio adapter)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DEFAULT_MAX_WORKERS",
+    "IO_ERR",
+    "IO_HUP",
+    "IO_IN",
+    "IO_OUT",
+    "ContextClosedError",
+    "IOCondition",
+    "MainContext",
+    "MainLoop",
+    "Source",
+    "Task",
+    "TaskCancelled",
+    "TaskError",
+    "TaskState",
+    "TaskStateError",
+    "TaskTimeout",
+    "WorkerPool",
+    "__version__",
+    "attach",
+    "default_context",
+    "get_context",
+    "shutdown",
+    "stats",
+    "to_thread",
+    "trace",
+]

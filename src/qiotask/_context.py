@@ -1,0 +1,660 @@
+"""Main contexts: the event loops that tasks deliver their completions on.
+
+A :class:`MainContext` is what a task belongs to.  It has one *thread* (the
+thread running its loop; before the loop runs, the thread that made or
+attached it) and offers, from any thread:
+
+- ``post(item)``: run ``item._dispatch()`` on the context thread soon.  This is
+  the batching dispatcher of DESIGN §5: items go into one queue, the loop is
+  woken only when the queue goes from empty to non-empty, and one dispatch
+  drains the batch.
+- ``timeout_add``, ``idle_add`` and ``io_add_watch``: GLib's three kinds of
+  source, with GLib's rule that a source repeats while its function returns
+  True.
+
+Each loop adapter (``qiotask.loops.*``) subclasses :class:`MainContext` and
+implements the small protocol marked "adapter protocol" below; everything else
+is shared.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import select
+import threading
+import weakref
+from collections import deque
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from ._errors import ContextClosedError, TaskStateError
+
+__all__ = [
+    "IO_ERR",
+    "IO_HUP",
+    "IO_IN",
+    "IO_OUT",
+    "IOCondition",
+    "MainContext",
+    "MainLoop",
+    "Source",
+    "attach",
+    "default_context",
+    "get_context",
+]
+
+logger = logging.getLogger("qiotask")
+
+
+class IOCondition(enum.IntFlag):
+    """What an fd watch waits for; the values are poll(2)'s, as GLib's are."""
+
+    IN = select.POLLIN
+    OUT = select.POLLOUT
+    ERR = select.POLLERR
+    HUP = select.POLLHUP
+
+
+IO_IN = IOCondition.IN
+IO_OUT = IOCondition.OUT
+IO_ERR = IOCondition.ERR
+IO_HUP = IOCondition.HUP
+_IO_ALWAYS = IOCondition.ERR | IOCondition.HUP
+_IO_READ_SIDE = IOCondition.IN | IOCondition.ERR | IOCondition.HUP
+
+
+class Dispatchable(Protocol):
+    """What the dispatcher queue holds: a task, or a :class:`_Call`."""
+
+    def _dispatch(self) -> None: ...
+
+    def _context_closed(self, context: MainContext) -> None: ...
+
+
+class _Call:
+    """A plain function call posted to a context."""
+
+    __slots__ = ("args", "fn")
+
+    def __init__(self, fn: Callable[..., Any], args: tuple[Any, ...] = ()) -> None:
+        self.fn = fn
+        self.args = args
+
+    def _dispatch(self) -> None:
+        self.fn(*self.args)
+
+    def _context_closed(self, context: MainContext) -> None:
+        # A plain call has nobody waiting for it: like a GLib source of a
+        # destroyed context, it is dropped.
+        pass
+
+
+class _TimerHandle(Protocol):
+    def cancel(self) -> None: ...
+
+
+class MainContext:
+    """The event loop a task delivers its completion on.
+
+    ``MainContext()`` makes a new embedded context (an asyncio event loop of
+    its own) that a :class:`MainLoop` can run on any thread, as
+    ``GLib.MainContext()`` does.  Contexts for existing loops come from
+    :func:`attach`.
+    """
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> MainContext:
+        if cls is MainContext:
+            from .loops.asyncio import EmbeddedContext
+
+            return super().__new__(EmbeddedContext)
+        return super().__new__(cls)
+
+    def __init__(self, *, name: str | None = None) -> None:
+        self.name = name or type(self).__name__
+        thread = threading.current_thread()
+        # The thread that runs callbacks; adapters move it to the thread that
+        # runs the loop.
+        self._owner = thread.ident
+        self._owner_thread = thread
+        # _post_lock guards _scheduled, so that only the post that finds the
+        # queue idle wakes the loop: one wake-up per batch.
+        self._post_lock = threading.Lock()
+        self._queue: deque[Dispatchable] = deque()
+        self._scheduled = False
+        self._closed = False
+        # fd -> watches; touched on the context thread only.
+        self._io: dict[int, list[Source]] = {}
+        self._io_mask: dict[int, tuple[bool, bool]] = {}
+        self.exception_handler: Callable[[str, BaseException], None] | None = None
+        _all_contexts.add(self)
+
+    # -- adapter protocol ---------------------------------------------------
+
+    def _wakeup(self) -> None:
+        """From any thread: make the loop call ``self._dispatch()`` soon.
+
+        Raises:
+            ContextClosedError: the loop is gone.
+        """
+        raise NotImplementedError
+
+    def _loop_closed(self) -> bool:
+        """Whether the loop is gone for good (cheap; any thread)."""
+        raise NotImplementedError
+
+    def _call_later(self, delay: float, fn: Callable[[], None]) -> _TimerHandle:
+        """On the context thread: call ``fn()`` after ``delay`` seconds."""
+        raise NotImplementedError
+
+    def _set_fd_interest(self, fd: int, read: bool, write: bool) -> None:
+        """On the context thread: call ``self._fd_ready(fd)`` whenever ``fd``
+        is readable (if ``read``) or writable (if ``write``); both False
+        stops watching it."""
+        raise NotImplementedError
+
+    def _run_loop(self) -> None:
+        """Run the loop on this thread until ``_stop_loop()``."""
+        raise TaskStateError(f"{self.name} is run by its own toolkit, not by qiotask.MainLoop")
+
+    def _stop_loop(self) -> None:
+        """On the context thread: make ``_run_loop()`` return."""
+        raise TaskStateError(f"{self.name} is run by its own toolkit, not by qiotask.MainLoop")
+
+    # -- threads --------------------------------------------------------------
+
+    @property
+    def thread(self) -> threading.Thread:
+        """The thread that runs this context's callbacks."""
+        return self._owner_thread
+
+    def is_owner(self) -> bool:
+        """Whether the calling thread is this context's thread."""
+        return threading.get_ident() == self._owner
+
+    def _set_owner(self, thread: threading.Thread) -> None:
+        self._owner = thread.ident
+        self._owner_thread = thread
+
+    @property
+    def closed(self) -> bool:
+        """Whether the loop is gone: nothing posted here will run."""
+        if not self._closed and self._loop_closed():
+            self._closed = True
+        return self._closed
+
+    # -- the batching dispatcher ----------------------------------------------
+
+    def post(self, item: Dispatchable) -> None:
+        """From any thread: run ``item._dispatch()`` on the context thread.
+
+        If the loop is gone, ``item._context_closed(self)`` runs instead, in
+        the calling thread, and so does that of every item still queued.
+        """
+        self._queue.append(item)
+        if self._scheduled:
+            # A wake-up is already on its way, unless the loop closed after
+            # it was sent (asyncio drops pending callbacks on close).
+            if self._loop_closed():
+                self._close_queue()
+            return
+        with self._post_lock:
+            if self._scheduled:
+                return
+            self._scheduled = True
+        try:
+            self._wakeup()
+        except ContextClosedError:
+            self._close_queue()
+
+    def call_soon(self, fn: Callable[..., Any], *args: Any) -> None:
+        """From any thread: call ``fn(*args)`` once on the context thread.
+
+        Dropped if the loop is gone.  An exception from ``fn`` goes to the
+        context's exception handler.
+        """
+        self.post(_Call(fn, args))
+
+    def _dispatch(self) -> None:
+        """On the context thread: run the batch that is queued now."""
+        if threading.get_ident() != self._owner:
+            self._set_owner(threading.current_thread())
+        with self._post_lock:
+            self._scheduled = False
+        queue = self._queue
+        # Only what is queued now: items posted while this batch runs wake
+        # the loop again, so a busy producer cannot starve the loop's other
+        # sources.
+        for _ in range(len(queue)):
+            try:
+                item = queue.popleft()
+            except IndexError:
+                break
+            try:
+                item._dispatch()
+            except BaseException as exc:
+                self.report_exception(f"exception in a callback dispatched on {self.name}", exc)
+                if not isinstance(exc, Exception):
+                    raise
+
+    def _close_queue(self) -> None:
+        """The loop is gone: fail whatever is queued, in this thread."""
+        self._closed = True
+        while True:
+            try:
+                item = self._queue.popleft()
+            except IndexError:
+                return
+            try:
+                item._context_closed(self)
+            except Exception as exc:
+                logger.error("qiotask: error while failing %r after its context closed", item, exc_info=exc)
+
+    def settle(self) -> None:
+        """Fail what is queued if the loop is gone; used by ``qiotask.shutdown``."""
+        if self.closed:
+            self._close_queue()
+
+    # -- errors ---------------------------------------------------------------
+
+    def report_exception(self, message: str, exc: BaseException) -> None:
+        """Hand an exception from a user callback to the exception handler.
+
+        The default handler logs it on the ``qiotask`` logger at ERROR level
+        with its traceback.  A handler set in ``exception_handler`` is called
+        as ``handler(message, exc)``; if it raises, both are logged.
+        """
+        handler = self.exception_handler
+        if handler is not None:
+            try:
+                handler(message, exc)
+                return
+            except Exception as handler_exc:
+                logger.error("qiotask: exception handler of %s raised", self.name, exc_info=handler_exc)
+        logger.error("qiotask: %s", message, exc_info=exc)
+
+    # -- thread-default contexts ------------------------------------------
+
+    def push_thread_default(self) -> None:
+        """Make this the context that :func:`get_context` returns on the
+        calling thread, until :meth:`pop_thread_default` (they nest)."""
+        _local.stack = (*_local.stack, self)
+
+    def pop_thread_default(self) -> None:
+        """Undo the last :meth:`push_thread_default` of this context.
+
+        Raises:
+            TaskStateError: this context is not the calling thread's default.
+        """
+        stack = _local.stack
+        if not stack or stack[-1] is not self:
+            raise TaskStateError(f"{self.name} is not the thread-default context of this thread")
+        _local.stack = stack[:-1]
+
+    # -- GLib-style sources ---------------------------------------------------
+
+    def timeout_add(self, ms: float, fn: Callable[..., Any], *args: Any) -> Source:
+        """Call ``fn(*args)`` on the context thread after ``ms`` milliseconds,
+        and again every ``ms`` while it returns True.  Any thread may call it.
+
+        Raises:
+            TypeError: ``fn`` is not callable or ``ms`` is not a number.
+            ValueError: ``ms`` is negative.
+        """
+        _check_callable(fn, "timeout_add")
+        if not isinstance(ms, (int, float)) or isinstance(ms, bool):
+            raise TypeError(f"timeout_add: ms must be a number, not {type(ms).__name__}")
+        if ms < 0:
+            raise ValueError(f"timeout_add: ms must not be negative, got {ms}")
+        source = Source(self, "timeout", fn, args)
+        source._interval = ms / 1000.0
+        self._attach_source(source)
+        return source
+
+    def idle_add(self, fn: Callable[..., Any], *args: Any) -> Source:
+        """Call ``fn(*args)`` on the context thread at its next iteration,
+        and once per iteration while it returns True.  Any thread may call it.
+
+        Raises:
+            TypeError: ``fn`` is not callable.
+        """
+        _check_callable(fn, "idle_add")
+        source = Source(self, "idle", fn, args)
+        self._attach_source(source)
+        return source
+
+    def io_add_watch(self, fd: Any, condition: IOCondition | int, fn: Callable[..., Any], *args: Any) -> Source:
+        """Call ``fn(fd, condition, *args)`` on the context thread when ``fd``
+        is ready, for as long as it returns True.  Any thread may call it.
+
+        ``fd`` is an int or an object with ``fileno()``; ``condition`` says
+        what to wait for (``IO_IN``, ``IO_OUT``, ...).  The condition passed
+        to ``fn`` is what is ready now; ``IO_ERR`` and ``IO_HUP`` are always
+        reported, as poll(2) does, so a watch learns that its peer went away.
+        Several watches on one fd are allowed.
+
+        Raises:
+            TypeError: ``fn`` is not callable, ``fd`` is not a file descriptor
+                or ``condition`` is not an ``IOCondition``/int.
+            ValueError: ``fd`` is negative or ``condition`` is empty or has
+                unknown bits.
+        """
+        _check_callable(fn, "io_add_watch")
+        if not isinstance(fd, int) or isinstance(fd, bool):
+            fileno = getattr(fd, "fileno", None)
+            if fileno is None:
+                raise TypeError(f"io_add_watch: fd must be an int or have fileno(), not {type(fd).__name__}")
+            fd = fileno()
+        if fd < 0:
+            raise ValueError(f"io_add_watch: fd must not be negative, got {fd}")
+        if not isinstance(condition, int) or isinstance(condition, bool):
+            raise TypeError(f"io_add_watch: condition must be an IOCondition, not {type(condition).__name__}")
+        all_bits = int(IO_IN | IO_OUT | IO_ERR | IO_HUP)
+        if condition == 0 or condition & ~all_bits:
+            raise ValueError(
+                f"io_add_watch: condition {condition!r} must be a non-empty mix of IO_IN, IO_OUT, IO_ERR, IO_HUP"
+            )
+        source = Source(self, "io", fn, (fd, *args))
+        source._fd = fd
+        source._condition = IOCondition(condition)
+        self._attach_source(source)
+        return source
+
+    def _attach_source(self, source: Source) -> None:
+        if self.is_owner():
+            source._attach()
+        else:
+            self.post(_Call(source._attach))
+
+    # fd multiplexing: loops allow one reader and one writer per fd, so the
+    # context keeps every watch of an fd and registers the union.
+
+    def _io_add(self, source: Source) -> None:
+        fd = source._fd
+        self._io.setdefault(fd, []).append(source)
+        self._io_refresh(fd)
+
+    def _io_remove(self, source: Source) -> None:
+        fd = source._fd
+        watches = self._io.get(fd)
+        if watches is None or source not in watches:
+            return
+        watches.remove(source)
+        if not watches:
+            del self._io[fd]
+        self._io_refresh(fd)
+
+    def _io_refresh(self, fd: int) -> None:
+        mask = 0
+        for watch in self._io.get(fd, ()):
+            mask |= watch._condition
+        read = bool(mask & _IO_READ_SIDE)
+        write = bool(mask & IO_OUT)
+        if self._io_mask.get(fd, (False, False)) != (read, write):
+            if read or write:
+                self._io_mask[fd] = (read, write)
+            else:
+                self._io_mask.pop(fd, None)
+            self._set_fd_interest(fd, read, write)
+
+    def _fd_ready(self, fd: int) -> None:
+        """Adapter callback, context thread: ``fd`` is ready for something."""
+        watches = self._io.get(fd)
+        if not watches:
+            return
+        mask = 0
+        for watch in watches:
+            mask |= watch._condition
+        poller = select.poll()
+        poller.register(fd, mask)
+        events = poller.poll(0)
+        revents = IOCondition(events[0][1] & int(IO_IN | IO_OUT | IO_ERR | IO_HUP)) if events else IOCondition(0)
+        if events and events[0][1] & select.POLLNVAL:
+            revents |= IO_ERR
+        if not revents:
+            return
+        for watch in list(watches):
+            fired = revents & (watch._condition | _IO_ALWAYS)
+            if fired and not watch._removed:
+                watch._fire_io(IOCondition(fired))
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        return f"<{type(self).__name__} {self.name!r} thread={self._owner_thread.name!r} {state}>"
+
+
+class Source:
+    """A handle on a ``timeout_add``/``idle_add``/``io_add_watch`` source.
+
+    ``remove()`` may be called from any thread, any number of times; once it
+    returns, the function is not called again (on the context thread a
+    removal is immediate; from another thread, a call already running on the
+    context thread finishes).
+    """
+
+    __slots__ = ("_args", "_condition", "_context", "_fd", "_fn", "_handle", "_interval", "_removed", "kind")
+
+    def __init__(self, context: MainContext, kind: str, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
+        self._context = context
+        self.kind = kind
+        self._fn = fn
+        self._args = args
+        self._removed = False
+        self._handle: _TimerHandle | None = None
+        self._interval = 0.0
+        self._fd = -1
+        self._condition = IOCondition(0)
+
+    @property
+    def removed(self) -> bool:
+        """Whether the source is gone (removed, or its function said stop)."""
+        return self._removed
+
+    def remove(self) -> None:
+        """Stop the source; safe from any thread and more than once."""
+        if self._removed:
+            return
+        self._removed = True
+        if self._context.is_owner():
+            self._detach()
+        else:
+            self._context.post(_Call(self._detach))
+
+    # Everything below runs on the context thread.
+
+    def _attach(self) -> None:
+        if self._removed:
+            return
+        if self.kind == "timeout":
+            self._handle = self._context._call_later(self._interval, self._fire)
+        elif self.kind == "idle":
+            self._context.post(_Call(self._fire))
+        else:
+            self._context._io_add(self)
+
+    def _detach(self) -> None:
+        handle, self._handle = self._handle, None
+        if handle is not None:
+            handle.cancel()
+        if self.kind == "io":
+            self._context._io_remove(self)
+
+    def _call(self, *args: Any) -> bool:
+        try:
+            return bool(self._fn(*args))
+        except Exception as exc:
+            self._context.report_exception(f"exception in {self.kind} source {self._fn!r}; source removed", exc)
+            return False
+
+    def _fire(self) -> None:
+        self._handle = None
+        if self._removed:
+            return
+        if self._call(*self._args) and not self._removed:
+            self._attach()
+        else:
+            self._removed = True
+            self._detach()
+
+    def _fire_io(self, condition: IOCondition) -> None:
+        fd, *rest = self._args
+        if not self._call(fd, condition, *rest) and not self._removed:
+            self._removed = True
+            self._detach()
+
+    def __repr__(self) -> str:
+        state = "removed" if self._removed else "active"
+        return f"<Source {self.kind} {self._fn!r} {state}>"
+
+
+def _check_callable(fn: Any, where: str) -> None:
+    if not callable(fn):
+        raise TypeError(f"{where}: fn must be callable, not {type(fn).__name__}")
+
+
+class MainLoop:
+    """Runs a context's loop on the calling thread until :meth:`quit`.
+
+    Args:
+        context: the context to run; by default the process-wide default
+            context.  Contexts of foreign toolkits are run by the toolkit.
+
+    As in GLib, a ``quit()`` before ``run()`` is not remembered.
+    """
+
+    def __init__(self, context: MainContext | None = None) -> None:
+        self.context = context if context is not None else default_context()
+        # _lock guards _running and _generation against quit() from another
+        # thread racing run()'s start and end.
+        self._lock = threading.Lock()
+        self._running = False
+        self._generation = 0
+
+    def run(self) -> None:
+        """Run the loop on this thread; the context's callbacks run here.
+
+        Raises:
+            TaskStateError: the loop is already running.
+            ContextClosedError: the context's loop is closed.
+        """
+        with self._lock:
+            if self._running:
+                raise TaskStateError("MainLoop.run(): this loop is already running")
+            self._running = True
+            self._generation += 1
+        try:
+            self.context._set_owner(threading.current_thread())
+            self.context._run_loop()
+        finally:
+            with self._lock:
+                self._running = False
+
+    def quit(self) -> None:
+        """Make :meth:`run` return; safe from any thread."""
+        with self._lock:
+            if not self._running:
+                return
+            generation = self._generation
+        self.context.call_soon(self._quit_if, generation)
+
+    def _quit_if(self, generation: int) -> None:
+        with self._lock:
+            if not self._running or self._generation != generation:
+                return
+        self.context._stop_loop()
+
+    def is_running(self) -> bool:
+        """Whether :meth:`run` is running now."""
+        return self._running
+
+
+# -- current and default contexts ---------------------------------------------
+
+
+class _Local(threading.local):
+    # The thread-default stack, as an immutable tuple replaced whole; the
+    # class attribute is what a thread that never pushed sees.
+    stack: tuple[MainContext, ...] = ()
+
+
+_local = _Local()
+_all_contexts: weakref.WeakSet[MainContext] = weakref.WeakSet()
+
+# Adapters register a function that returns the context of a loop running in
+# the calling thread (asyncio's running loop, a trio run), or None.
+_detectors: list[Callable[[], MainContext | None]] = []
+
+# (predicate, attacher) pairs registered by adapters; see attach().
+_attachers: list[tuple[Callable[[Any], bool], Callable[[Any], MainContext]]] = []
+_attach_kinds: list[str] = []
+
+_default: MainContext | None = None
+_default_lock = threading.Lock()
+
+
+def register_adapter(
+    kind: str,
+    predicate: Callable[[Any], bool],
+    attacher: Callable[[Any], MainContext],
+    detector: Callable[[], MainContext | None] | None = None,
+) -> None:
+    """Used by ``qiotask.loops.*`` to plug a loop kind into attach()/get_context()."""
+    _attach_kinds.append(kind)
+    _attachers.append((predicate, attacher))
+    if detector is not None:
+        _detectors.append(detector)
+
+
+def attach(obj: Any) -> MainContext:
+    """Return the context for a loop object (the same one each time).
+
+    Supported: a running or not yet running asyncio event loop.
+
+    Raises:
+        TypeError: ``obj`` is not a loop of a supported kind.
+    """
+    if isinstance(obj, MainContext):
+        return obj
+    for predicate, attacher in _attachers:
+        if predicate(obj):
+            return attacher(obj)
+    kinds = ", ".join(_attach_kinds)
+    raise TypeError(f"qiotask.attach(): cannot attach to {type(obj).__name__!s} object; supported: {kinds}")
+
+
+def default_context() -> MainContext:
+    """The process-wide default context; its thread is the main thread."""
+    global _default
+    ctx = _default
+    if ctx is None:
+        with _default_lock:
+            ctx = _default
+            if ctx is None:
+                from .loops.asyncio import EmbeddedContext
+
+                ctx = EmbeddedContext(name="default", thread=threading.main_thread())
+                _default = ctx
+    return ctx
+
+
+def get_context() -> MainContext:
+    """The context a task created now on this thread belongs to.
+
+    In order: the thread-default context (``push_thread_default``), the
+    asyncio loop (or trio run) running in this thread, else the
+    process-wide :func:`default_context`.
+    """
+    stack = _local.stack
+    if stack:
+        return stack[-1]
+    ctx: MainContext | None
+    for detect in _detectors:
+        ctx = detect()
+        if ctx is not None:
+            return ctx
+    return default_context()
+
+
+def all_contexts() -> list[MainContext]:
+    """Every context still alive (for shutdown and diagnostics)."""
+    return list(_all_contexts)

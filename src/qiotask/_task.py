@@ -1,0 +1,638 @@
+"""Task: report the outcome of one background operation on the loop's thread.
+
+The promise: a task's callback ``func(source, err, opaque)`` runs exactly
+once, on the thread of the task's main context, however the operation ended
+-- from a timer, an fd watch, a worker thread or another process.  The task
+keeps ``source`` alive until ``func``, the done-callbacks and every destroy
+notifier have run, then lets it go.
+
+Completed by a timer that polls (the seed's first example)::
+
+    import qiotask
+
+    def operation(obj, func, opaque=None, destroy=None):
+        task = qiotask.Task(obj, func, opaque, destroy)
+        polls = []
+
+        def tick():
+            polls.append(1)
+            if len(polls) < 3:
+                return True          # keep polling
+            task.complete()          # runs func here, on the loop thread
+            return False
+
+        qiotask.get_context().timeout_add(1000, tick)
+
+Completed from an fd watch::
+
+    def on_readable(fd, condition, task):
+        task.complete(os.read(fd, 4096))
+        return False
+
+    ctx.io_add_watch(fd, qiotask.IO_IN, on_readable, task)
+
+Run in a worker thread (the seed's second example)::
+
+    def listen_worker(task, address):
+        sock = socket.create_server(address)   # DNS and bind, off the loop
+        return sock                            # becomes the result
+
+    task = qiotask.Task(obj, func)
+    task.run_in_thread(listen_worker, ("localhost", 0))
+    # func(obj, err, None) later runs on the loop thread;
+    # task.get_result() is the socket.
+
+Awaited under asyncio::
+
+    sock = await task
+
+Which thread runs what: the worker runs on a pool thread; ``func``,
+done-callbacks and destroy notifiers run on the context thread, in the order
+``func`` -> done-callbacks -> worker's destroy -> task's destroy -> result's
+destroy, after which the source is released.  An exception from any of them
+goes to the context's exception handler (logged) and does not skip the rest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import enum
+import itertools
+import logging
+import queue
+import threading
+import warnings
+from collections.abc import Callable, Generator
+from typing import Any, Generic, TypeVar
+
+from . import _trace
+from ._context import MainContext, attach, get_context
+from ._errors import ContextClosedError, TaskStateError
+from ._pool import WorkerPool, default_pool
+
+__all__ = ["Task", "TaskState"]
+
+T = TypeVar("T")
+logger = logging.getLogger("qiotask")
+
+TaskFunc = Callable[[Any, "BaseException | None", Any], Any]
+DestroyNotify = Callable[[Any], Any]
+
+
+class TaskState(enum.Enum):
+    """Where a task is in its life (see DESIGN §4)."""
+
+    #: Created; nothing has completed it and no worker was started.
+    PENDING = "pending"
+    #: ``run_in_thread`` was called; the worker waits for a pool thread.
+    QUEUED = "queued"
+    #: The worker is running on a pool thread.
+    RUNNING = "running"
+    #: The outcome is fixed; the completion is on its way to the context.
+    COMPLETING = "completing"
+    #: The completion ran (``func``, done-callbacks, destroy notifiers).
+    FINISHED = "finished"
+
+
+PENDING = TaskState.PENDING
+QUEUED = TaskState.QUEUED
+RUNNING = TaskState.RUNNING
+COMPLETING = TaskState.COMPLETING
+FINISHED = TaskState.FINISHED
+
+# _lock guards, for every task, the moves between states (_state, _claimed),
+# the hand-over of waiters (_waiter, _event) and of done-callbacks
+# (_callbacks), and the first-error-wins test of _error.  One lock for all
+# tasks: each hold is a few attribute stores, and a lock per task would cost
+# an allocation on every task.
+_lock = threading.Lock()
+_ids = itertools.count(1)
+_WORKER_DONE = object()
+
+
+class Task(Generic[T]):
+    """One background operation on ``source``, reported on the loop thread.
+
+    Args:
+        source: the object the operation works on; kept alive until the task
+            has finished, then released.
+        func: ``func(source, err, opaque)``, called once on the context
+            thread; ``err`` is None on success, else the exception.
+        opaque: passed to ``func`` and ``destroy``.
+        destroy: ``destroy(opaque)``, called once after ``func``.
+        context: the :class:`MainContext` (or a loop object accepted by
+            :func:`qiotask.attach`); by default :func:`qiotask.get_context`.
+        name: a name for logs, traces and warnings.
+
+    Raises:
+        TypeError: ``func`` or ``destroy`` is not callable, ``name`` is not a
+            str, or ``context`` is not a context or loop.
+    """
+
+    __slots__ = (
+        "__weakref__",
+        "_callbacks",
+        "_claimed",
+        "_context",
+        "_ctxvars",
+        "_delivered",
+        "_destroy",
+        "_error",
+        "_event",
+        "_func",
+        "_opaque",
+        "_propagated",
+        "_released",
+        "_result",
+        "_result_destroy",
+        "_source",
+        "_state",
+        "_traced",
+        "_waiter",
+        "_worker",
+        "_worker_destroy",
+        "_worker_opaque",
+        "name",
+    )
+
+    def __init__(
+        self,
+        source: Any,
+        func: TaskFunc | None = None,
+        opaque: Any = None,
+        destroy: DestroyNotify | None = None,
+        *,
+        context: Any = None,
+        name: str | None = None,
+    ) -> None:
+        self._released = True  # until __init__ succeeds: nothing to warn about
+        if func is not None and not callable(func):
+            raise TypeError(f"Task: func must be callable or None, not {type(func).__name__}")
+        if destroy is not None and not callable(destroy):
+            raise TypeError(f"Task: destroy must be callable or None, not {type(destroy).__name__}")
+        if name is not None and not isinstance(name, str):
+            raise TypeError(f"Task: name must be a str or None, not {type(name).__name__}")
+        if context is None:
+            context = get_context()
+        elif not isinstance(context, MainContext):
+            context = attach(context)
+        self._context: MainContext = context
+        self.name = name if name is not None else f"Task-{next(_ids)}"
+        self._source = source
+        self._func = func
+        self._opaque = opaque
+        self._destroy = destroy
+        self._state = PENDING
+        self._claimed = False
+        self._delivered = False
+        self._result: Any = None
+        self._result_destroy: DestroyNotify | None = None
+        self._error: BaseException | None = None
+        self._propagated = False
+        self._callbacks: list[Callable[[Task[T]], Any]] | None = None
+        self._worker: Callable[[Task[T], Any], Any] | None = None
+        self._worker_opaque: Any = None
+        self._worker_destroy: DestroyNotify | None = None
+        self._ctxvars: contextvars.Context | None = None
+        self._waiter: queue.SimpleQueue[object] | None = None
+        self._event: threading.Event | None = None
+        self._traced = _trace.active()
+        _trace.count_created()
+        self._released = False
+        if self._traced:
+            _trace.emit("qio_task_new", self, source=source, func=func, opaque=opaque)
+
+    # -- introspection ------------------------------------------------------
+
+    @property
+    def state(self) -> TaskState:
+        """The task's :class:`TaskState`."""
+        return self._state
+
+    @property
+    def context(self) -> MainContext:
+        """The main context whose thread runs the completion."""
+        return self._context
+
+    def done(self) -> bool:
+        """Whether the completion has run (True from the moment ``func`` is
+        called, as a Future is done inside its callbacks)."""
+        return self._delivered
+
+    def get_source(self) -> Any:
+        """The source object.
+
+        Raises:
+            TaskStateError: the task finished and released its source.
+        """
+        if self._released:
+            raise TaskStateError(f"task {self.name!r} has finished and released its source")
+        return self._source
+
+    def __repr__(self) -> str:
+        return f"<Task {self.name!r} {self._state.value}>"
+
+    # -- results and errors -------------------------------------------------
+
+    def set_error(self, err: BaseException) -> None:
+        """Record ``err`` as the task's error, unless one is already set
+        (the first error wins).  Any thread may call it before completion.
+
+        Raises:
+            TypeError: ``err`` is not an exception instance.
+            TaskStateError: the task's outcome is already fixed.
+        """
+        _check_exception(err, "set_error")
+        with _lock:
+            if self._claimed:
+                raise TaskStateError(f"task {self.name!r} is already completed; set_error() must come before")
+            if self._error is None:
+                self._error = err
+
+    def had_error(self) -> bool:
+        """Whether an error was recorded."""
+        return self._error is not None
+
+    def propagate_error(self) -> BaseException | None:
+        """Return the error the first time it is asked for, then None."""
+        with _lock:
+            if self._propagated:
+                return None
+            self._propagated = True
+            return self._error
+
+    def set_result(self, value: T, destroy: DestroyNotify | None = None) -> None:
+        """Record the result; ``destroy(value)`` runs once the task finished
+        (or at once, if a later ``set_result`` replaces the value).
+
+        Raises:
+            TypeError: ``destroy`` is not callable.
+            TaskStateError: the task's outcome is already fixed.
+        """
+        if destroy is not None and not callable(destroy):
+            raise TypeError(f"set_result: destroy must be callable or None, not {type(destroy).__name__}")
+        with _lock:
+            if self._claimed:
+                raise TaskStateError(f"task {self.name!r} is already completed; set_result() must come before")
+            old, old_destroy = self._result, self._result_destroy
+            self._result, self._result_destroy = value, destroy
+        if old_destroy is not None:
+            self._notify(old_destroy, old, "result destroy notifier")
+
+    def get_result(self) -> T:
+        """The result: the worker's return value, ``complete(result)``'s
+        argument or ``set_result``'s value; None if there is none.  It stays
+        readable after the task finished."""
+        return self._result  # type: ignore[no-any-return]
+
+    # -- completing ---------------------------------------------------------
+
+    def complete(self, result: T | None = None) -> None:
+        """Mark the operation as done.
+
+        On the context thread, ``func`` and the notifiers run before this
+        returns; from another thread the completion is handed to the context.
+        A ``result`` of None keeps a result set before.  If an error was set,
+        it is what ``func`` receives.
+
+        Raises:
+            TaskStateError: the task was already completed, or a worker owns
+                its completion.
+        """
+        self._claim("complete")
+        if result is not None:
+            if self._result_destroy is not None:
+                self._notify(self._result_destroy, self._result, "result destroy notifier")
+                self._result_destroy = None
+            self._result = result
+        if self._traced:
+            _trace.emit("qio_task_complete", self)
+        self._hand_over()
+
+    def abort(self, err: BaseException) -> None:
+        """Mark the operation as failed with ``err`` (unless an error was set
+        before: the first one wins).  Threads as :meth:`complete`.
+
+        Raises:
+            TypeError: ``err`` is not an exception instance.
+            TaskStateError: as :meth:`complete`.
+        """
+        _check_exception(err, "abort")
+        self._claim("abort", err)
+        if self._traced:
+            _trace.emit("qio_task_abort", self, err=self._error)
+        self._hand_over()
+
+    def _claim(self, what: str, err: BaseException | None = None) -> None:
+        with _lock:
+            if self._claimed:
+                raise TaskStateError(
+                    f"task {self.name!r} is already completed; complete() and abort() may be called once"
+                )
+            if self._state is QUEUED or self._state is RUNNING:
+                raise TaskStateError(
+                    f"task {self.name!r} runs a worker; it completes when the worker returns, not by {what}()"
+                )
+            self._claimed = True
+            self._state = COMPLETING
+            if err is not None and self._error is None:
+                self._error = err
+
+    def _hand_over(self) -> None:
+        if self._context.is_owner():
+            self._deliver()
+        else:
+            if self._traced:
+                _trace.emit("qio_task_thread_source_attach", self, context=self._context)
+            self._context.post(self)
+
+    # The dispatcher protocol (see _context.Dispatchable).
+
+    def _dispatch(self) -> None:
+        self._deliver()
+
+    def _context_closed(self, context: MainContext) -> None:
+        cause = self._error
+        error = ContextClosedError(
+            f"task {self.name!r}: context {context.name!r} closed before its completion ran; func was not called"
+        )
+        error.__cause__ = cause
+        self._error = error
+        logger.warning(
+            "qiotask: task %r finished with ContextClosedError: its context %r is gone", self.name, context.name
+        )
+        self._deliver(call_func=False)
+
+    def _deliver(self, call_func: bool = True) -> None:
+        """Run the completion: func, done-callbacks, destroy notifiers."""
+        with _lock:
+            if self._delivered:
+                return
+            self._delivered = True
+            self._state = FINISHED
+            # From here on add_done_callback() schedules instead of appending.
+            callbacks, self._callbacks = self._callbacks, None
+        err = self._error
+        if self._traced and self._worker is not None:
+            _trace.emit("qio_task_thread_result", self, err=err)
+        pending: BaseException | None = None
+        func = self._func
+        if func is not None and call_func:
+            try:
+                func(self._source, err, self._opaque)
+            except Exception as exc:
+                self._context.report_exception(f"exception in completion callback {func!r} of task {self.name!r}", exc)
+            except BaseException as exc:
+                pending = exc
+        if callbacks:
+            for cb in callbacks:
+                pending = self._notify(cb, self, "done-callback") or pending
+        if self._worker_destroy is not None:
+            pending = self._notify(self._worker_destroy, self._worker_opaque, "worker destroy notifier") or pending
+        if self._destroy is not None:
+            pending = self._notify(self._destroy, self._opaque, "destroy notifier") or pending
+        if self._result_destroy is not None:
+            pending = self._notify(self._result_destroy, self._result, "result destroy notifier") or pending
+        # Release everything but the outcome.
+        self._source = self._func = self._opaque = self._destroy = None
+        self._worker = self._worker_opaque = self._worker_destroy = self._ctxvars = None
+        self._result_destroy = None
+        with _lock:
+            self._released = True
+            event = self._event
+        _trace.count_finished(err is not None)
+        if event is not None:
+            event.set()
+        if pending is not None:
+            raise pending
+
+    def _notify(self, fn: Callable[..., Any], arg: Any, what: str, *more: Any) -> BaseException | None:
+        """Call a user callback; report what it raises; never raise, but hand
+        back a KeyboardInterrupt or SystemExit to re-raise once all ran."""
+        try:
+            fn(arg, *more)
+        except Exception as exc:
+            self._context.report_exception(f"exception in {what} {fn!r} of task {self.name!r}", exc)
+        except BaseException as exc:
+            return exc
+        return None
+
+    # -- done-callbacks and waiting ------------------------------------------
+
+    def add_done_callback(self, fn: Callable[[Task[T]], Any]) -> None:
+        """Call ``fn(task)`` on the context thread after ``func``.
+
+        If the completion has started already, ``fn`` is scheduled on the
+        context thread (or, if that context is closed, called at once here).
+
+        Raises:
+            TypeError: ``fn`` is not callable.
+        """
+        if not callable(fn):
+            raise TypeError(f"add_done_callback: fn must be callable, not {type(fn).__name__}")
+        with _lock:
+            if not self._delivered:
+                if self._callbacks is None:
+                    self._callbacks = [fn]
+                else:
+                    self._callbacks.append(fn)
+                return
+        # Like a Future's: a callback added once the completion started runs
+        # later on the context thread, after func and the callbacks before it.
+        if self._context.closed:
+            self._notify(fn, self, "done-callback")
+        else:
+            self._context.call_soon(self._notify, fn, self, "done-callback")
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """From a thread other than the context's: block until the task has
+        finished (its completion ran).
+
+        Returns:
+            True if finished, False if ``timeout`` seconds passed first.
+
+        Raises:
+            TaskStateError: called on the context thread, where it would
+                block the loop that has to run the completion.
+        """
+        with _lock:
+            if self._released:
+                return True
+            if self._context.is_owner():
+                raise TaskStateError(
+                    f"task {self.name!r}: wait() on the context thread would deadlock; await it or use wait_thread()"
+                )
+            event = self._event
+            if event is None:
+                event = self._event = threading.Event()
+        return event.wait(timeout)
+
+    # -- threads --------------------------------------------------------------
+
+    def run_in_thread(
+        self,
+        worker: Callable[[Task[T], Any], T],
+        opaque: Any = None,
+        destroy: DestroyNotify | None = None,
+        *,
+        pool: WorkerPool | None = None,
+        copy_context: bool = True,
+    ) -> None:
+        """Run ``worker(task, opaque)`` on a pool thread; complete with its
+        outcome on the context thread.
+
+        The return value becomes the result (None keeps one set before); an
+        exception the worker raises becomes the error, traceback included.
+        ``destroy(opaque)`` runs on the context thread after ``func`` and the
+        done-callbacks.  With ``copy_context`` (the default) the worker runs
+        in a copy of the caller's contextvars, as ``asyncio.to_thread`` does.
+
+        Raises:
+            TypeError: ``worker``/``destroy`` not callable, ``pool`` not a
+                WorkerPool.
+            TaskStateError: the task already runs a worker or was completed.
+            RuntimeError: the pool was shut down.
+        """
+        if not callable(worker):
+            raise TypeError(f"run_in_thread: worker must be callable, not {type(worker).__name__}")
+        if destroy is not None and not callable(destroy):
+            raise TypeError(f"run_in_thread: destroy must be callable or None, not {type(destroy).__name__}")
+        if pool is None:
+            pool = default_pool()
+        elif not isinstance(pool, WorkerPool):
+            raise TypeError(f"run_in_thread: pool must be a WorkerPool, not {type(pool).__name__}")
+        with _lock:
+            if self._claimed or self._state is not PENDING:
+                raise TaskStateError(
+                    f"task {self.name!r} is {self._state.value}; run_in_thread() may be called once, before completion"
+                )
+            self._state = QUEUED
+        self._worker = worker
+        self._worker_opaque = opaque
+        self._worker_destroy = destroy
+        if copy_context:
+            self._ctxvars = contextvars.copy_context()
+        if self._traced:
+            _trace.emit("qio_task_thread_start", self, worker=worker, opaque=opaque)
+        try:
+            pool.submit(self._run_worker, self._worker_done)
+        except BaseException:
+            with _lock:
+                self._state = PENDING
+            self._worker = self._worker_opaque = self._worker_destroy = self._ctxvars = None
+            raise
+
+    def _run_worker(self) -> Any:
+        # On a pool thread.
+        self._state = RUNNING
+        if self._traced:
+            _trace.emit("qio_task_thread_run", self)
+        worker = self._worker
+        assert worker is not None
+        ctx = self._ctxvars
+        if ctx is not None:
+            return ctx.run(worker, self, self._worker_opaque)
+        return worker(self, self._worker_opaque)
+
+    def _worker_done(self, result: Any, exc: BaseException | None) -> None:
+        # On the pool thread, right after the worker returned or raised.
+        if self._traced:
+            _trace.emit("qio_task_thread_exit", self, result=result, err=exc)
+        old_destroy: DestroyNotify | None = None
+        with _lock:
+            if exc is not None:
+                if self._error is None:
+                    self._error = exc
+            elif result is not None:
+                # The worker's value replaces one set before (and its destroy).
+                old, old_destroy = self._result, self._result_destroy
+                self._result, self._result_destroy = result, None
+            self._claimed = True
+            self._state = COMPLETING
+            waiter = self._waiter
+        if old_destroy is not None:
+            self._notify(old_destroy, old, "result destroy notifier")
+        if waiter is not None:
+            waiter.put(_WORKER_DONE)
+        if self._traced:
+            _trace.emit("qio_task_thread_source_attach", self, context=self._context)
+        self._context.post(self)
+
+    def wait_thread(self) -> None:
+        """On the context thread: block until the worker has returned, then
+        run the completion here, now (once: the completion already posted to
+        the loop will find nothing left to do).
+
+        Returns at once if the completion already ran.
+
+        Raises:
+            TaskStateError: called off the context thread, or the task has no
+                worker.
+        """
+        if not self._context.is_owner():
+            raise TaskStateError(f"task {self.name!r}: wait_thread() must be called on its context thread")
+        with _lock:
+            if self._delivered:
+                return
+            if self._worker is None:
+                raise TaskStateError(f"task {self.name!r} has no worker thread to wait for")
+            waiter = None
+            if not self._claimed:
+                waiter = self._waiter = queue.SimpleQueue()
+        if waiter is not None:
+            while waiter.get() is not _WORKER_DONE:
+                pass
+        if self._traced:
+            _trace.emit("qio_task_thread_source_cancel", self)
+        self._deliver()
+
+    # -- awaiting -------------------------------------------------------------
+
+    def __await__(self) -> Generator[Any, None, T]:
+        """``await task`` under asyncio: the result, or the error raised."""
+        if not self._delivered:
+            loop = asyncio.get_running_loop()
+            future = loop.create_future()
+            self.add_done_callback(lambda _task: _resolve_soon(future))
+            yield from future
+        return self._outcome()
+
+    def _outcome(self) -> T:
+        if self._error is not None:
+            raise self._error
+        return self._result  # type: ignore[no-any-return]
+
+    # -- leaks ----------------------------------------------------------------
+
+    def __del__(self) -> None:
+        if not getattr(self, "_released", True):
+            warnings.warn(
+                f"task {getattr(self, 'name', '?')!r} was garbage-collected without completing; "
+                "its callback and destroy notifiers never ran",
+                ResourceWarning,
+                stacklevel=1,
+                source=self,
+            )
+
+
+def _resolve_soon(future: asyncio.Future[Any]) -> None:
+    """Wake an awaiting coroutine from the task's context thread."""
+    loop = future.get_loop()
+    if asyncio._get_running_loop() is loop:
+        _resolve(future)
+    else:
+        try:
+            loop.call_soon_threadsafe(_resolve, future)
+        except RuntimeError:
+            pass  # the awaiting loop is closed: nobody is left to wake
+
+
+def _resolve(future: asyncio.Future[Any]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+def _check_exception(err: Any, where: str) -> None:
+    if not isinstance(err, BaseException):
+        raise TypeError(f"{where}: err must be an exception instance, not {type(err).__name__}")

@@ -1,0 +1,146 @@
+"""The asyncio adapter, and the embedded context that qiotask runs itself.
+
+Any asyncio event loop can be a task's main context: ``qiotask.attach(loop)``,
+or simply create the task inside a coroutine (or callback) running on that
+loop.  Completions reach the loop through ``call_soon_threadsafe``, once per
+batch; timers use ``call_later`` and fd watches ``add_reader``/``add_writer``.
+
+:class:`EmbeddedContext` owns an asyncio loop of its own; the process-wide
+default context is one, run by ``qiotask.MainLoop().run()``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from .._context import MainContext, _TimerHandle, register_adapter
+from .._errors import ContextClosedError
+
+__all__ = ["AsyncioContext", "EmbeddedContext"]
+
+# The attribute under which a loop keeps its context, so that attach() and
+# get_context() find it with one getattr instead of a weak mapping lookup.
+_ATTR = "_qiotask_context"
+_fallback: dict[int, AsyncioContext] = {}  # loops that refuse attributes
+_attach_lock = threading.Lock()
+
+
+class AsyncioContext(MainContext):
+    """The context of an asyncio event loop.
+
+    Its thread is the thread running the loop; before the loop runs, the
+    thread that attached it.
+    """
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        *,
+        name: str | None = None,
+        thread: threading.Thread | None = None,
+    ) -> None:
+        super().__init__(name=name or f"asyncio loop {id(loop):#x}")
+        self.loop = loop
+        if thread is not None:
+            self._set_owner(thread)
+
+    def _wakeup(self) -> None:
+        try:
+            self.loop.call_soon_threadsafe(self._dispatch)
+        except RuntimeError as exc:
+            if self.loop.is_closed():
+                raise ContextClosedError(f"{self.name}: the event loop is closed") from exc
+            raise
+
+    def _loop_closed(self) -> bool:
+        return self.loop.is_closed()
+
+    def _call_later(self, delay: float, fn: Callable[[], None]) -> _TimerHandle:
+        return self.loop.call_later(delay, fn)
+
+    def _set_fd_interest(self, fd: int, read: bool, write: bool) -> None:
+        if read:
+            self.loop.add_reader(fd, self._fd_ready, fd)
+        else:
+            self.loop.remove_reader(fd)
+        if write:
+            self.loop.add_writer(fd, self._fd_ready, fd)
+        else:
+            self.loop.remove_writer(fd)
+
+    def _run_loop(self) -> None:
+        if self.loop.is_closed():
+            raise ContextClosedError(f"{self.name}: the event loop is closed")
+        self.loop.run_forever()
+
+    def _stop_loop(self) -> None:
+        self.loop.stop()
+
+
+class EmbeddedContext(AsyncioContext):
+    """A context with an asyncio loop of its own, run by ``qiotask.MainLoop``.
+
+    ``qiotask.MainContext()`` makes one.  Call :meth:`close` when done with
+    it; tasks whose completion had not run then finish with
+    ``ContextClosedError``.
+    """
+
+    def __init__(self, *, name: str | None = None, thread: threading.Thread | None = None) -> None:
+        loop = asyncio.new_event_loop()
+        super().__init__(loop, name=name or "embedded", thread=thread)
+        _remember(loop, self)
+
+    def close(self) -> None:
+        """Close the loop; queued completions fail with ``ContextClosedError``.
+
+        Raises:
+            RuntimeError: the loop is running (quit it first).
+        """
+        if not self.loop.is_closed():
+            self.loop.close()
+        self._close_queue()
+
+
+def _remember(loop: asyncio.AbstractEventLoop, ctx: AsyncioContext) -> None:
+    try:
+        setattr(loop, _ATTR, ctx)
+    except AttributeError:
+        _fallback[id(loop)] = ctx
+
+
+def _attach_loop(loop: Any) -> MainContext:
+    ctx = getattr(loop, _ATTR, None)
+    if ctx is None:
+        ctx = _fallback.get(id(loop))
+        if ctx is None or ctx.loop is not loop:
+            with _attach_lock:
+                ctx = getattr(loop, _ATTR, None) or _fallback.get(id(loop))
+                if ctx is None or ctx.loop is not loop:
+                    ctx = AsyncioContext(loop)
+                    _remember(loop, ctx)
+    assert isinstance(ctx, MainContext)
+    return ctx
+
+
+_get_running_loop = asyncio._get_running_loop
+
+
+def _detect() -> MainContext | None:
+    loop = _get_running_loop()
+    if loop is None:
+        return None
+    ctx = getattr(loop, _ATTR, None)
+    if ctx is not None:
+        return ctx  # type: ignore[no-any-return]
+    return _attach_loop(loop)
+
+
+register_adapter(
+    "asyncio event loop",
+    lambda obj: isinstance(obj, asyncio.AbstractEventLoop),
+    _attach_loop,
+    _detect,
+)
