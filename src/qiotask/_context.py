@@ -221,13 +221,13 @@ class MainContext:
             self._set_owner(threading.current_thread())
         with self._post_lock:
             self._scheduled = False
-        queue = self._queue
+        popleft = self._queue.popleft
         # Only what is queued now: items posted while this batch runs wake
         # the loop again, so a busy producer cannot starve the loop's other
         # sources.
-        for _ in range(len(queue)):
+        for _ in range(len(self._queue)):
             try:
-                item = queue.popleft()
+                item = popleft()
             except IndexError:
                 break
             try:

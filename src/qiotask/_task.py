@@ -58,7 +58,6 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import enum
-import itertools
 import logging
 import queue
 import threading
@@ -66,6 +65,7 @@ import warnings
 from collections.abc import Callable, Generator
 from typing import Any, Generic, TypeVar
 
+from . import _pool as _pool_module
 from . import _trace
 from ._context import MainContext, attach, get_context
 from ._errors import ContextClosedError, TaskStateError
@@ -78,6 +78,8 @@ logger = logging.getLogger("qiotask")
 
 TaskFunc = Callable[[Any, "BaseException | None", Any], Any]
 DestroyNotify = Callable[[Any], Any]
+_ThreadJob = tuple[Callable[..., Any], Any, "DestroyNotify | None", "contextvars.Context | None"]
+_copy_context = contextvars.copy_context
 
 
 class TaskState(enum.Enum):
@@ -95,20 +97,33 @@ class TaskState(enum.Enum):
     FINISHED = "finished"
 
 
-PENDING = TaskState.PENDING
-QUEUED = TaskState.QUEUED
-RUNNING = TaskState.RUNNING
-COMPLETING = TaskState.COMPLETING
-FINISHED = TaskState.FINISHED
+# The state as a small int, so that "claimed", "delivered" and "released"
+# are comparisons on one field.  _S_DELIVERING: func and the notifiers are
+# running; _S_FINISHED: they ran and the source was released.
+_S_PENDING, _S_QUEUED, _S_RUNNING, _S_COMPLETING, _S_DELIVERING, _S_FINISHED = range(6)
+_PUBLIC_STATE = (
+    TaskState.PENDING,
+    TaskState.QUEUED,
+    TaskState.RUNNING,
+    TaskState.COMPLETING,
+    TaskState.FINISHED,
+    TaskState.FINISHED,
+)
 
-# _lock guards, for every task, the moves between states (_state, _claimed),
+# _lock guards, for every task, the moves between states (_s),
 # the hand-over of waiters (_waiter, _event) and of done-callbacks
 # (_callbacks), and the first-error-wins test of _error.  One lock for all
 # tasks: each hold is a few attribute stores, and a lock per task would cost
 # an allocation on every task.
 _lock = threading.Lock()
-_ids = itertools.count(1)
 _WORKER_DONE = object()
+
+_count_created = _trace.count_created
+_count_completed = _trace.count_completed
+_count_failed = _trace.count_failed
+_listeners = _trace.has_listeners
+_debug_enabled = _trace.logger.isEnabledFor
+_DEBUG = logging.DEBUG
 
 
 class Task(Generic[T]):
@@ -133,27 +148,22 @@ class Task(Generic[T]):
     __slots__ = (
         "__weakref__",
         "_callbacks",
-        "_claimed",
         "_context",
-        "_ctxvars",
-        "_delivered",
         "_destroy",
         "_error",
         "_event",
         "_func",
+        "_id",
+        "_name",
         "_opaque",
         "_propagated",
-        "_released",
         "_result",
         "_result_destroy",
+        "_s",
         "_source",
-        "_state",
+        "_thread",
         "_traced",
         "_waiter",
-        "_worker",
-        "_worker_destroy",
-        "_worker_opaque",
-        "name",
     )
 
     def __init__(
@@ -166,7 +176,6 @@ class Task(Generic[T]):
         context: Any = None,
         name: str | None = None,
     ) -> None:
-        self._released = True  # until __init__ succeeds: nothing to warn about
         if func is not None and not callable(func):
             raise TypeError(f"Task: func must be callable or None, not {type(func).__name__}")
         if destroy is not None and not callable(destroy):
@@ -178,28 +187,23 @@ class Task(Generic[T]):
         elif not isinstance(context, MainContext):
             context = attach(context)
         self._context: MainContext = context
-        self.name = name if name is not None else f"Task-{next(_ids)}"
+        self._name = name
         self._source = source
         self._func = func
         self._opaque = opaque
         self._destroy = destroy
-        self._state = PENDING
-        self._claimed = False
-        self._delivered = False
         self._result: Any = None
         self._result_destroy: DestroyNotify | None = None
         self._error: BaseException | None = None
         self._propagated = False
         self._callbacks: list[Callable[[Task[T]], Any]] | None = None
-        self._worker: Callable[[Task[T], Any], Any] | None = None
-        self._worker_opaque: Any = None
-        self._worker_destroy: DestroyNotify | None = None
-        self._ctxvars: contextvars.Context | None = None
+        # (worker, opaque, destroy, contextvars) once run_in_thread was called.
+        self._thread: _ThreadJob | None = None
         self._waiter: queue.SimpleQueue[object] | None = None
         self._event: threading.Event | None = None
-        self._traced = _trace.active()
-        _trace.count_created()
-        self._released = False
+        self._traced = _listeners() or _debug_enabled(_DEBUG)
+        self._id = _count_created()
+        self._s = _S_PENDING  # last: from here on __del__ checks completion
         if self._traced:
             _trace.emit("qio_task_new", self, source=source, func=func, opaque=opaque)
 
@@ -208,7 +212,18 @@ class Task(Generic[T]):
     @property
     def state(self) -> TaskState:
         """The task's :class:`TaskState`."""
-        return self._state
+        return _PUBLIC_STATE[self._s]
+
+    @property
+    def name(self) -> str:
+        """The task's name (``Task-<n>`` unless one was given)."""
+        return self._name if self._name is not None else f"Task-{self._id}"
+
+    @name.setter
+    def name(self, value: str) -> None:
+        if not isinstance(value, str):
+            raise TypeError(f"Task.name must be a str, not {type(value).__name__}")
+        self._name = value
 
     @property
     def context(self) -> MainContext:
@@ -218,7 +233,7 @@ class Task(Generic[T]):
     def done(self) -> bool:
         """Whether the completion has run (True from the moment ``func`` is
         called, as a Future is done inside its callbacks)."""
-        return self._delivered
+        return self._s >= _S_DELIVERING
 
     def get_source(self) -> Any:
         """The source object.
@@ -226,12 +241,12 @@ class Task(Generic[T]):
         Raises:
             TaskStateError: the task finished and released its source.
         """
-        if self._released:
+        if self._s == _S_FINISHED:
             raise TaskStateError(f"task {self.name!r} has finished and released its source")
         return self._source
 
     def __repr__(self) -> str:
-        return f"<Task {self.name!r} {self._state.value}>"
+        return f"<Task {self.name!r} {self.state.value}>"
 
     # -- results and errors -------------------------------------------------
 
@@ -245,7 +260,7 @@ class Task(Generic[T]):
         """
         _check_exception(err, "set_error")
         with _lock:
-            if self._claimed:
+            if self._s >= _S_COMPLETING:
                 raise TaskStateError(f"task {self.name!r} is already completed; set_error() must come before")
             if self._error is None:
                 self._error = err
@@ -273,7 +288,7 @@ class Task(Generic[T]):
         if destroy is not None and not callable(destroy):
             raise TypeError(f"set_result: destroy must be callable or None, not {type(destroy).__name__}")
         with _lock:
-            if self._claimed:
+            if self._s >= _S_COMPLETING:
                 raise TaskStateError(f"task {self.name!r} is already completed; set_result() must come before")
             old, old_destroy = self._result, self._result_destroy
             self._result, self._result_destroy = value, destroy
@@ -326,16 +341,16 @@ class Task(Generic[T]):
 
     def _claim(self, what: str, err: BaseException | None = None) -> None:
         with _lock:
-            if self._claimed:
+            state = self._s
+            if state >= _S_COMPLETING:
                 raise TaskStateError(
                     f"task {self.name!r} is already completed; complete() and abort() may be called once"
                 )
-            if self._state is QUEUED or self._state is RUNNING:
+            if state != _S_PENDING:
                 raise TaskStateError(
                     f"task {self.name!r} runs a worker; it completes when the worker returns, not by {what}()"
                 )
-            self._claimed = True
-            self._state = COMPLETING
+            self._s = _S_COMPLETING
             if err is not None and self._error is None:
                 self._error = err
 
@@ -348,9 +363,6 @@ class Task(Generic[T]):
             self._context.post(self)
 
     # The dispatcher protocol (see _context.Dispatchable).
-
-    def _dispatch(self) -> None:
-        self._deliver()
 
     def _context_closed(self, context: MainContext) -> None:
         cause = self._error
@@ -367,14 +379,14 @@ class Task(Generic[T]):
     def _deliver(self, call_func: bool = True) -> None:
         """Run the completion: func, done-callbacks, destroy notifiers."""
         with _lock:
-            if self._delivered:
+            if self._s >= _S_DELIVERING:
                 return
-            self._delivered = True
-            self._state = FINISHED
+            self._s = _S_DELIVERING
             # From here on add_done_callback() schedules instead of appending.
             callbacks, self._callbacks = self._callbacks, None
         err = self._error
-        if self._traced and self._worker is not None:
+        thread = self._thread
+        if self._traced and thread is not None:
             _trace.emit("qio_task_thread_result", self, err=err)
         pending: BaseException | None = None
         func = self._func
@@ -388,24 +400,30 @@ class Task(Generic[T]):
         if callbacks:
             for cb in callbacks:
                 pending = self._notify(cb, self, "done-callback") or pending
-        if self._worker_destroy is not None:
-            pending = self._notify(self._worker_destroy, self._worker_opaque, "worker destroy notifier") or pending
+        if thread is not None and thread[2] is not None:
+            pending = self._notify(thread[2], thread[1], "worker destroy notifier") or pending
         if self._destroy is not None:
             pending = self._notify(self._destroy, self._opaque, "destroy notifier") or pending
         if self._result_destroy is not None:
             pending = self._notify(self._result_destroy, self._result, "result destroy notifier") or pending
         # Release everything but the outcome.
         self._source = self._func = self._opaque = self._destroy = None
-        self._worker = self._worker_opaque = self._worker_destroy = self._ctxvars = None
-        self._result_destroy = None
-        with _lock:
-            self._released = True
-            event = self._event
-        _trace.count_finished(err is not None)
+        self._thread = self._result_destroy = None
+        # No lock for the hand-over to wait(): publish the state, then look
+        # for an event; wait() publishes its event, then looks at the state.
+        self._s = _S_FINISHED
+        event = self._event
+        if err is None:
+            _count_completed()
+        else:
+            _count_failed()
         if event is not None:
             event.set()
         if pending is not None:
             raise pending
+
+    # The dispatcher protocol: a queued completion runs as _deliver().
+    _dispatch = _deliver
 
     def _notify(self, fn: Callable[..., Any], arg: Any, what: str, *more: Any) -> BaseException | None:
         """Call a user callback; report what it raises; never raise, but hand
@@ -432,7 +450,7 @@ class Task(Generic[T]):
         if not callable(fn):
             raise TypeError(f"add_done_callback: fn must be callable, not {type(fn).__name__}")
         with _lock:
-            if not self._delivered:
+            if self._s < _S_DELIVERING:
                 if self._callbacks is None:
                     self._callbacks = [fn]
                 else:
@@ -456,16 +474,19 @@ class Task(Generic[T]):
             TaskStateError: called on the context thread, where it would
                 block the loop that has to run the completion.
         """
-        with _lock:
-            if self._released:
-                return True
-            if self._context.is_owner():
-                raise TaskStateError(
-                    f"task {self.name!r}: wait() on the context thread would deadlock; await it or use wait_thread()"
-                )
+        if self._s == _S_FINISHED:
+            return True
+        if self._context.is_owner():
+            raise TaskStateError(
+                f"task {self.name!r}: wait() on the context thread would deadlock; await it or use wait_thread()"
+            )
+        with _lock:  # several waiters share one event
             event = self._event
             if event is None:
                 event = self._event = threading.Event()
+        # Publish the event, then look at the state (see _deliver).
+        if self._s == _S_FINISHED:
+            return True
         return event.wait(timeout)
 
     # -- threads --------------------------------------------------------------
@@ -499,60 +520,59 @@ class Task(Generic[T]):
         if destroy is not None and not callable(destroy):
             raise TypeError(f"run_in_thread: destroy must be callable or None, not {type(destroy).__name__}")
         if pool is None:
-            pool = default_pool()
+            pool = _pool_module._default_pool
+            if pool is None or pool._shutdown:
+                pool = default_pool()
         elif not isinstance(pool, WorkerPool):
             raise TypeError(f"run_in_thread: pool must be a WorkerPool, not {type(pool).__name__}")
         with _lock:
-            if self._claimed or self._state is not PENDING:
+            if self._s != _S_PENDING:
                 raise TaskStateError(
-                    f"task {self.name!r} is {self._state.value}; run_in_thread() may be called once, before completion"
+                    f"task {self.name!r} is {self.state.value}; run_in_thread() may be called once, before completion"
                 )
-            self._state = QUEUED
-        self._worker = worker
-        self._worker_opaque = opaque
-        self._worker_destroy = destroy
-        if copy_context:
-            self._ctxvars = contextvars.copy_context()
+            self._s = _S_QUEUED
+        self._thread = (worker, opaque, destroy, _copy_context() if copy_context else None)
         if self._traced:
             _trace.emit("qio_task_thread_start", self, worker=worker, opaque=opaque)
         try:
             pool.submit(self._run_worker, self._worker_done)
         except BaseException:
             with _lock:
-                self._state = PENDING
-            self._worker = self._worker_opaque = self._worker_destroy = self._ctxvars = None
+                self._s = _S_PENDING
+            self._thread = None
             raise
 
     def _run_worker(self) -> Any:
         # On a pool thread.
-        self._state = RUNNING
+        self._s = _S_RUNNING
         if self._traced:
             _trace.emit("qio_task_thread_run", self)
-        worker = self._worker
-        assert worker is not None
-        ctx = self._ctxvars
+        worker, opaque, _, ctx = self._thread  # type: ignore[misc]
         if ctx is not None:
-            return ctx.run(worker, self, self._worker_opaque)
-        return worker(self, self._worker_opaque)
+            return ctx.run(worker, self, opaque)
+        return worker(self, opaque)
 
     def _worker_done(self, result: Any, exc: BaseException | None) -> None:
         # On the pool thread, right after the worker returned or raised.
         if self._traced:
             _trace.emit("qio_task_thread_exit", self, result=result, err=exc)
-        old_destroy: DestroyNotify | None = None
-        with _lock:
-            if exc is not None:
+        if exc is not None:
+            with _lock:
                 if self._error is None:
                     self._error = exc
-            elif result is not None:
-                # The worker's value replaces one set before (and its destroy).
-                old, old_destroy = self._result, self._result_destroy
-                self._result, self._result_destroy = result, None
-            self._claimed = True
-            self._state = COMPLETING
-            waiter = self._waiter
-        if old_destroy is not None:
-            self._notify(old_destroy, old, "result destroy notifier")
+        elif result is not None:
+            # The worker's value replaces one it set before (and its destroy).
+            old, old_destroy = self._result, self._result_destroy
+            self._result = result
+            if old_destroy is not None:
+                self._result_destroy = None
+                self._notify(old_destroy, old, "result destroy notifier")
+        # No lock for the hand-over to wait_thread(): this thread publishes
+        # the state, then looks for a waiter; wait_thread() publishes its
+        # waiter, then looks at the state.  Under the GIL one of the two sees
+        # the other's store, so the waiter is always woken or never blocks.
+        self._s = _S_COMPLETING
+        waiter = self._waiter
         if waiter is not None:
             waiter.put(_WORKER_DONE)
         if self._traced:
@@ -573,16 +593,17 @@ class Task(Generic[T]):
         if not self._context.is_owner():
             raise TaskStateError(f"task {self.name!r}: wait_thread() must be called on its context thread")
         with _lock:
-            if self._delivered:
+            if self._s >= _S_DELIVERING:
                 return
-            if self._worker is None:
+            if self._thread is None:
                 raise TaskStateError(f"task {self.name!r} has no worker thread to wait for")
-            waiter = None
-            if not self._claimed:
-                waiter = self._waiter = queue.SimpleQueue()
-        if waiter is not None:
-            while waiter.get() is not _WORKER_DONE:
-                pass
+        if self._s < _S_COMPLETING:
+            # Publish the waiter, then look at the state (see _worker_done).
+            waiter: queue.SimpleQueue[object] = queue.SimpleQueue()
+            self._waiter = waiter
+            if self._s < _S_COMPLETING:
+                while waiter.get() is not _WORKER_DONE:
+                    pass
         if self._traced:
             _trace.emit("qio_task_thread_source_cancel", self)
         self._deliver()
@@ -591,7 +612,7 @@ class Task(Generic[T]):
 
     def __await__(self) -> Generator[Any, None, T]:
         """``await task`` under asyncio: the result, or the error raised."""
-        if not self._delivered:
+        if self._s < _S_DELIVERING:
             loop = asyncio.get_running_loop()
             future = loop.create_future()
             self.add_done_callback(lambda _task: _resolve_soon(future))
@@ -606,9 +627,12 @@ class Task(Generic[T]):
     # -- leaks ----------------------------------------------------------------
 
     def __del__(self) -> None:
-        if not getattr(self, "_released", True):
+        if getattr(self, "_s", _S_FINISHED) < _S_COMPLETING:
+            # Counted as failed: it will never finish, and "pending" means
+            # tasks that still can.
+            _count_failed()
             warnings.warn(
-                f"task {getattr(self, 'name', '?')!r} was garbage-collected without completing; "
+                f"task {self.name!r} was garbage-collected without completing; "
                 "its callback and destroy notifiers never ran",
                 ResourceWarning,
                 stacklevel=1,

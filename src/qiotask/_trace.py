@@ -103,20 +103,24 @@ def emit(event: str, task: Any, **fields: Any) -> None:
 
 # Counters as itertools.count objects: next() on one is a single C call, atomic
 # under the GIL, so tasks finishing on many threads need no lock to count.
-_created = itertools.count()
-_completed = itertools.count()
-_failed = itertools.count()
+_created = itertools.count(1)
+_completed = itertools.count(1)
+_failed = itertools.count(1)
 
+#: Each returns the counter's value before the call and advances it; a task
+#: takes its number (``Task-<n>``) from count_created.
 count_created = _created.__next__
+count_completed = _completed.__next__
+count_failed = _failed.__next__
 
 
-def count_finished(failed: bool) -> None:
-    next(_failed if failed else _completed)
+def has_listeners() -> bool:
+    return bool(_listeners)
 
 
 def _value(counter: itertools.count[int]) -> int:
     # repr() is "count(N)": the one way to read a count without advancing it.
-    return int(repr(counter)[6:-1])
+    return int(repr(counter)[6:-1]) - 1
 
 
 def stats() -> dict[str, int]:
@@ -124,7 +128,8 @@ def stats() -> dict[str, int]:
 
     Returns:
         ``created``, ``completed`` (without error), ``failed`` (with an
-        error, cancellation included), ``pending`` (created but not yet
+        error, cancellation included, and tasks garbage-collected without
+        ever completing), ``pending`` (created but not yet
         finished) and ``threads`` (worker threads alive in all pools).
     """
     from ._pool import _all_pools

@@ -12,7 +12,9 @@ default context is one, run by ``qiotask.MainLoop().run()``.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import threading
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -44,6 +46,8 @@ class AsyncioContext(MainContext):
     ) -> None:
         super().__init__(name=name or f"asyncio loop {id(loop):#x}")
         self.loop = loop
+        # Bound once: post() asks this on every queued item.
+        self._loop_closed = loop.is_closed  # type: ignore[method-assign]
         if thread is not None:
             self._set_owner(thread)
 
@@ -54,9 +58,6 @@ class AsyncioContext(MainContext):
             if self.loop.is_closed():
                 raise ContextClosedError(f"{self.name}: the event loop is closed") from exc
             raise
-
-    def _loop_closed(self) -> bool:
-        return self.loop.is_closed()
 
     def _call_later(self, delay: float, fn: Callable[[], None]) -> _TimerHandle:
         return self.loop.call_later(delay, fn)
@@ -92,6 +93,7 @@ class EmbeddedContext(AsyncioContext):
         loop = asyncio.new_event_loop()
         super().__init__(loop, name=name or "embedded", thread=thread)
         _remember(loop, self)
+        _embedded.add(self)
 
     def close(self) -> None:
         """Close the loop; queued completions fail with ``ContextClosedError``.
@@ -102,6 +104,18 @@ class EmbeddedContext(AsyncioContext):
         if not self.loop.is_closed():
             self.loop.close()
         self._close_queue()
+
+
+_embedded: weakref.WeakSet[EmbeddedContext] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_embedded() -> None:
+    # Embedded loops are qiotask's own: close those not running at exit, so
+    # their selector and self-pipe are not reported as leaked.
+    for ctx in list(_embedded):
+        if not ctx.loop.is_running() and not ctx.loop.is_closed():
+            ctx.close()
 
 
 def _remember(loop: asyncio.AbstractEventLoop, ctx: AsyncioContext) -> None:

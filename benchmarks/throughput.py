@@ -1,0 +1,331 @@
+"""Throughput and hand-back latency of no-op jobs completed on an asyncio loop thread.
+
+What is measured
+----------------
+Each contender runs ``--jobs`` (20,000) no-op jobs on worker threads with ``--inflight`` (64) of them in
+flight at any time; every job's completion is handled on the asyncio loop thread.  The contenders:
+
+``qiotask``
+    The callback style: ``qiotask.Task(None, func).run_in_thread(worker)``.  ``func`` runs on the loop
+    thread, records the latency and starts the next task until all jobs have been started; the last
+    callback resolves an asyncio future that the benchmark awaits.
+``qiotask.to_thread``
+    ``inflight`` coroutines, each awaiting ``qiotask.to_thread(noop)`` in a loop.
+``asyncio.to_thread``
+    The same pattern with ``asyncio.to_thread(noop)`` -- the reference every ratio is taken against.
+``loop.run_in_executor``
+    The same pattern with ``loop.run_in_executor(None, noop)`` (the loop's default executor).
+
+For each contender it reports:
+
+- jobs/s: jobs divided by the wall time from the first submission to the last completion;
+- p50/p99 latency from worker return to callback: the worker records ``time.perf_counter()`` just
+  before returning, the loop side records it when the callback runs or the ``await`` resumes;
+- CPU µs/job: process CPU time (all threads) divided by jobs -- less sensitive than wall time to the
+  other load on the machine, though not to its clock speed;
+- the ratio of its jobs/s to ``asyncio.to_thread``'s.
+
+Why interleaved rounds
+----------------------
+The machines this runs on are small (2 cores) and noisy: single-thread speed swings about 2x from second
+to second.  Timing one contender for a while and then the next would compare different machines.  So the
+run is made of ``--rounds`` (5) rounds; each round runs every contender once (after a brief warm-up of
+the same contender), and the order is rotated from round to round so that no contender always goes
+first or last.  Every figure printed is the median over the rounds; the ratios are the medians of the
+per-round ratios, each taken between two measurements made seconds apart.  Everything runs in one
+process and one ``asyncio.run``; only the ratios are meant to be compared across runs or machines.
+
+This is a report, not a test: the exit status is 0 whatever the figures are.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import qiotask
+
+REFERENCE = "asyncio.to_thread"
+TARGET_RATIO = 5.0
+WARMUP_JOBS = 1000
+
+perf_counter = time.perf_counter
+
+
+@dataclass
+class Sample:
+    """One measurement of one contender in one round."""
+
+    contender: str
+    round: int
+    jobs: int
+    seconds: float
+    cpu_seconds: float
+    p50_us: float
+    p99_us: float
+
+    @property
+    def jobs_per_s(self) -> float:
+        return self.jobs / self.seconds
+
+    @property
+    def cpu_us_per_job(self) -> float:
+        return self.cpu_seconds / self.jobs * 1e6
+
+
+@dataclass
+class Summary:
+    """The medians over the rounds of one contender."""
+
+    contender: str
+    jobs_per_s: float
+    p50_us: float
+    p99_us: float
+    cpu_us_per_job: float
+    ratio: float  # median of the per-round ratios of jobs/s to the reference's
+    ratios: list[float]
+
+
+# -- the jobs -------------------------------------------------------------------------------------------
+
+
+def noop() -> float:
+    """The job of the awaiting contenders: return the time it returns at."""
+    return perf_counter()
+
+
+def stamp(task: qiotask.Task[None], slot: list[float]) -> None:
+    """The worker of the callback contender: record the time it returns at in its slot."""
+    slot[0] = perf_counter()
+
+
+def percentile(ordered: list[float], q: float) -> float:
+    """Nearest-rank percentile ``q`` (0..1) of an already sorted list."""
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+# -- the contenders -------------------------------------------------------------------------------------
+
+
+async def run_callback(jobs: int, inflight: int) -> list[float]:
+    """The qiotask callback style; returns the latencies in seconds."""
+    loop = asyncio.get_running_loop()
+    finished_all: asyncio.Future[None] = loop.create_future()
+    latencies: list[float] = []
+    started = 0
+    finished = 0
+
+    def start() -> None:
+        slot = [0.0]
+        task: qiotask.Task[None] = qiotask.Task(None, on_done, slot)
+        task.run_in_thread(stamp, slot)
+
+    def on_done(source: None, err: BaseException | None, slot: list[float]) -> None:
+        nonlocal started, finished
+        latencies.append(perf_counter() - slot[0])
+        finished += 1
+        if err is not None:
+            if not finished_all.done():
+                finished_all.set_exception(err)
+            return
+        if started < jobs:
+            started += 1
+            start()
+        elif finished == jobs and not finished_all.done():
+            finished_all.set_result(None)
+
+    first = min(inflight, jobs)
+    started = first
+    for _ in range(first):
+        start()
+    await finished_all
+    return latencies
+
+
+def awaiting(call: Callable[[], Awaitable[float]]) -> Callable[[int, int], Awaitable[list[float]]]:
+    """A contender made of ``inflight`` coroutines that each await ``call()`` in a loop."""
+
+    async def run(jobs: int, inflight: int) -> list[float]:
+        latencies: list[float] = []
+        remaining = jobs
+
+        async def one() -> None:
+            nonlocal remaining
+            while remaining > 0:
+                remaining -= 1
+                returned = await call()
+                latencies.append(perf_counter() - returned)
+
+        await asyncio.gather(*(one() for _ in range(min(inflight, jobs))))
+        return latencies
+
+    return run
+
+
+def run_in_executor() -> Awaitable[float]:
+    return asyncio.get_running_loop().run_in_executor(None, noop)
+
+
+CONTENDERS: dict[str, Callable[[int, int], Awaitable[list[float]]]] = {
+    "qiotask": run_callback,
+    "qiotask.to_thread": awaiting(lambda: qiotask.to_thread(noop)),
+    "asyncio.to_thread": awaiting(lambda: asyncio.to_thread(noop)),
+    "loop.run_in_executor": awaiting(run_in_executor),
+}
+
+
+# -- the run --------------------------------------------------------------------------------------------
+
+
+async def measure(name: str, round_no: int, jobs: int, inflight: int) -> Sample:
+    run = CONTENDERS[name]
+    await run(min(WARMUP_JOBS, jobs), inflight)
+    gc.collect()
+    cpu0 = time.process_time()
+    t0 = perf_counter()
+    latencies = await run(jobs, inflight)
+    seconds = perf_counter() - t0
+    cpu_seconds = time.process_time() - cpu0
+    if len(latencies) != jobs:
+        raise RuntimeError(f"{name}: {len(latencies)} completions for {jobs} jobs")
+    latencies.sort()
+    return Sample(
+        contender=name,
+        round=round_no,
+        jobs=jobs,
+        seconds=seconds,
+        cpu_seconds=cpu_seconds,
+        p50_us=percentile(latencies, 0.50) * 1e6,
+        p99_us=percentile(latencies, 0.99) * 1e6,
+    )
+
+
+async def run_rounds(jobs: int, inflight: int, rounds: int) -> list[Sample]:
+    names = list(CONTENDERS)
+    samples: list[Sample] = []
+    for r in range(rounds):
+        shift = r % len(names)
+        order = names[shift:] + names[:shift]
+        for name in order:
+            sample = await measure(name, r + 1, jobs, inflight)
+            samples.append(sample)
+        print(
+            f"  round {r + 1}/{rounds}: "
+            + ", ".join(f"{s.contender} {s.jobs_per_s:,.0f}/s" for s in samples if s.round == r + 1),
+            file=sys.stderr,
+            flush=True,
+        )
+    return samples
+
+
+def summarize(samples: list[Sample]) -> list[Summary]:
+    reference = {s.round: s.jobs_per_s for s in samples if s.contender == REFERENCE}
+    summaries = []
+    for name in CONTENDERS:
+        mine = [s for s in samples if s.contender == name]
+        ratios = [s.jobs_per_s / reference[s.round] for s in mine]
+        summaries.append(
+            Summary(
+                contender=name,
+                jobs_per_s=statistics.median(s.jobs_per_s for s in mine),
+                p50_us=statistics.median(s.p50_us for s in mine),
+                p99_us=statistics.median(s.p99_us for s in mine),
+                cpu_us_per_job=statistics.median(s.cpu_us_per_job for s in mine),
+                ratio=statistics.median(ratios),
+                ratios=ratios,
+            )
+        )
+    return summaries
+
+
+def report(summaries: list[Summary], jobs: int, inflight: int, rounds: int, elapsed: float) -> tuple[bool, bool]:
+    print()
+    print(
+        f"{jobs:,} no-op jobs, {inflight} in flight, median of {rounds} interleaved rounds "
+        f"(Python {platform.python_version()}, {os.cpu_count()} CPUs, "
+        f"qiotask {qiotask.__version__}, {qiotask.DEFAULT_MAX_WORKERS} workers; run took {elapsed:.1f} s)"
+    )
+    header = f"{'contender':<22} {'jobs/s':>10} {'p50 µs':>9} {'p99 µs':>9} {'CPU µs/job':>11} {'vs ' + REFERENCE:>21}"
+    print(header)
+    print("-" * len(header))
+    for s in summaries:
+        print(
+            f"{s.contender:<22} {s.jobs_per_s:>10,.0f} {s.p50_us:>9.1f} {s.p99_us:>9.1f} "
+            f"{s.cpu_us_per_job:>11.1f} {s.ratio:>20.2f}x"
+        )
+    by_name = {s.contender: s for s in summaries}
+    ours, ref = by_name["qiotask"], by_name[REFERENCE]
+    print()
+    print("per-round qiotask / asyncio.to_thread: " + ", ".join(f"{r:.2f}x" for r in ours.ratios))
+    ratio_ok = ours.ratio >= TARGET_RATIO
+    p99_ok = ours.p99_us < ref.p99_us
+    print(
+        f"qiotask / asyncio.to_thread = {ours.ratio:.1f}x (target >= {TARGET_RATIO:g}x): "
+        f"{'PASS' if ratio_ok else 'FAIL'}"
+    )
+    print(
+        f"qiotask p99 {ours.p99_us:.1f} µs vs asyncio.to_thread p99 {ref.p99_us:.1f} µs: "
+        f"{'lower: PASS' if p99_ok else 'not lower: FAIL'}"
+    )
+    return ratio_ok, p99_ok
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0] if __doc__ else None)
+    parser.add_argument("--jobs", type=int, default=20000, help="jobs per measurement (default 20000)")
+    parser.add_argument("--inflight", type=int, default=64, help="jobs in flight at once (default 64)")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (default 5)")
+    parser.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
+    args = parser.parse_args(argv)
+    if args.jobs < 1 or args.inflight < 1 or args.rounds < 1:
+        parser.error("--jobs, --inflight and --rounds must be at least 1")
+
+    print(
+        f"running {args.rounds} rounds of {len(CONTENDERS)} contenders x {args.jobs:,} jobs ...",
+        file=sys.stderr,
+        flush=True,
+    )
+    t0 = perf_counter()
+    samples = asyncio.run(run_rounds(args.jobs, args.inflight, args.rounds))
+    elapsed = perf_counter() - t0
+    summaries = summarize(samples)
+    ratio_ok, p99_ok = report(summaries, args.jobs, args.inflight, args.rounds, elapsed)
+
+    if args.json:
+        result: dict[str, Any] = {
+            "config": {
+                "jobs": args.jobs,
+                "inflight": args.inflight,
+                "rounds": args.rounds,
+                "warmup_jobs": WARMUP_JOBS,
+                "python": platform.python_version(),
+                "cpus": os.cpu_count(),
+                "qiotask": qiotask.__version__,
+                "max_workers": qiotask.DEFAULT_MAX_WORKERS,
+                "elapsed_s": elapsed,
+            },
+            "reference": REFERENCE,
+            "summary": [asdict(s) for s in summaries],
+            "samples": [asdict(s) | {"jobs_per_s": s.jobs_per_s, "cpu_us_per_job": s.cpu_us_per_job} for s in samples],
+            "target_ratio": TARGET_RATIO,
+            "ratio_pass": ratio_ok,
+            "p99_lower": p99_ok,
+        }
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump(result, f, indent=2)
+            f.write("\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

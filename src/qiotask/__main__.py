@@ -1,0 +1,88 @@
+"""``python -m qiotask demo|bench|info``."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import platform
+import runpy
+import sys
+from pathlib import Path
+
+from . import __version__
+from ._pool import DEFAULT_MAX_WORKERS
+
+# (loop, module to import, extra to install)
+_LOOPS = (
+    ("asyncio", "asyncio", None),
+    ("uvloop", "uvloop", "uvloop"),
+    ("glib", "gi", "glib"),
+    ("qt", "PySide6.QtCore", "qt"),
+    ("tk", "tkinter", "tk"),
+    ("trio", "trio", "trio"),
+)
+
+
+def _version_of(module: object) -> str:
+    for attr in ("__version__", "version", "TkVersion"):
+        value = getattr(module, attr, None)
+        if isinstance(value, (str, float, int)):
+            return str(value)
+    return "?"
+
+
+def info() -> int:
+    """Print versions and which loops are usable here."""
+    print(f"qiotask {__version__}")
+    print(f"python {platform.python_version()} ({platform.python_implementation()}) on {platform.platform()}")
+    print(f"default worker pool size: {DEFAULT_MAX_WORKERS} (cpu_count={os.cpu_count()})")
+    print("loops:")
+    for name, module_name, extra in _LOOPS:
+        try:
+            module = importlib.import_module(module_name)
+        except Exception as exc:  # any import failure means "not usable"
+            hint = f"; pip install 'qiotask[{extra}]'" if extra else ""
+            print(f"  {name:<8} not usable: {type(exc).__name__}: {exc}{hint}")
+            continue
+        note = ""
+        if name == "tk" and not os.environ.get("DISPLAY"):
+            note = " (no DISPLAY set: a Tk window needs an X server, e.g. Xvfb)"
+        if name == "asyncio":
+            module = platform  # asyncio is versioned with Python itself
+            print(f"  {name:<8} usable, version {platform.python_version()} (stdlib)")
+            continue
+        if name == "qt":
+            qt = importlib.import_module("PySide6")
+            module = qt
+        print(f"  {name:<8} usable, version {_version_of(module)}{note}")
+    return 0
+
+
+def bench(argv: list[str]) -> int:
+    """Run benchmarks/throughput.py from a source checkout."""
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "throughput.py"
+    if not script.exists():
+        print("the benchmarks live in the source repository: run 'make bench' there", file=sys.stderr)
+        return 2
+    sys.argv = [str(script), *argv]
+    runpy.run_path(str(script), run_name="__main__")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m qiotask", description=__doc__)
+    parser.add_argument("command", choices=["demo", "bench", "info"], help="what to run")
+    parser.add_argument("rest", nargs=argparse.REMAINDER, help="arguments for bench")
+    args = parser.parse_args(argv)
+    if args.command == "demo":
+        from ._demo import run_demo
+
+        return run_demo()
+    if args.command == "bench":
+        return bench(args.rest)
+    return info()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,111 @@
+"""Shared fixtures: a fresh context per test, a bounded loop runner, and the
+leak check every test passes (no task left pending, no thread left behind).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+import qiotask
+from qiotask._pool import default_pool
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 5.0, what: str = "condition") -> None:
+    """Wait until ``predicate()`` holds, re-checking as threads finish.
+
+    Used only for state that has no event to wait on (a pool thread
+    expiring); everything else waits on the thing itself.
+    """
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.001)
+
+
+class LoopRunner:
+    """Runs a context's MainLoop on the calling thread until ``quit()``."""
+
+    def __init__(self, context: qiotask.MainContext) -> None:
+        self.context = context
+        self.loop = qiotask.MainLoop(context)
+        self.timed_out = False
+
+    def quit(self, *_: Any) -> None:
+        self.loop.quit()
+
+    def run(self, timeout: float = 10.0) -> None:
+        """Run until quit(); fail the test if that takes over ``timeout`` s."""
+
+        def give_up() -> bool:
+            self.timed_out = True
+            self.loop.quit()
+            return False
+
+        guard = self.context.timeout_add(timeout * 1000, give_up)
+        try:
+            self.loop.run()
+        finally:
+            guard.remove()
+        assert not self.timed_out, f"the loop ran {timeout} s without quit()"
+
+    def run_until(self, predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+        """Run until ``predicate()`` holds, checking after every callback batch."""
+
+        def check() -> bool:
+            if predicate():
+                self.loop.quit()
+                return False
+            return True
+
+        watch = self.context.idle_add(check)
+        try:
+            self.run(timeout)
+        finally:
+            watch.remove()
+
+
+@pytest.fixture
+def ctx() -> Iterator[qiotask.MainContext]:
+    """A new embedded context, the thread default for the test's duration."""
+    context = qiotask.MainContext(name="test")
+    context.push_thread_default()
+    try:
+        yield context
+    finally:
+        context.pop_thread_default()
+        # Run what is still queued (completions handed over at the very end)
+        # so that the leak check sees settled tasks, then close.
+        context._dispatch()
+        context.close()  # type: ignore[attr-defined]
+
+
+@pytest.fixture
+def runner(ctx: qiotask.MainContext) -> LoopRunner:
+    return LoopRunner(ctx)
+
+
+def _foreign_threads(before: set[threading.Thread]) -> list[threading.Thread]:
+    return [
+        t
+        for t in threading.enumerate()
+        if t not in before and t.is_alive() and not t.name.startswith(("qiotask-worker", "test-pool"))
+    ]
+
+
+@pytest.fixture(autouse=True)
+def no_leaks() -> Iterator[None]:
+    """Every test leaves no task pending and no thread of its own running."""
+    before_threads = set(threading.enumerate())
+    before = qiotask.stats()["pending"]
+    yield
+    pool = default_pool()
+    wait_for(lambda: pool.statistics()["busy"] == 0, what="the default pool's workers to finish")
+    wait_for(lambda: not _foreign_threads(before_threads), what="threads started by the test to end")
+    pending = qiotask.stats()["pending"]
+    assert pending == before, f"{pending - before} task(s) left pending by the test"
