@@ -321,8 +321,6 @@ class Task(Generic[T]):
                 self._notify(self._result_destroy, self._result, "result destroy notifier")
                 self._result_destroy = None
             self._result = result
-        if self._traced:
-            _trace.emit("qio_task_complete", self)
         self._hand_over()
 
     def abort(self, err: BaseException) -> None:
@@ -335,8 +333,6 @@ class Task(Generic[T]):
         """
         _check_exception(err, "abort")
         self._claim("abort", err)
-        if self._traced:
-            _trace.emit("qio_task_abort", self, err=self._error)
         self._hand_over()
 
     def _claim(self, what: str, err: BaseException | None = None) -> None:
@@ -386,8 +382,13 @@ class Task(Generic[T]):
             callbacks, self._callbacks = self._callbacks, None
         err = self._error
         thread = self._thread
-        if self._traced and thread is not None:
-            _trace.emit("qio_task_thread_result", self, err=err)
+        if self._traced:
+            if thread is not None:
+                _trace.emit("qio_task_thread_result", self, err=err)
+            if err is None:
+                _trace.emit("qio_task_complete", self, result=self._result)
+            else:
+                _trace.emit("qio_task_abort", self, err=err)
         pending: BaseException | None = None
         func = self._func
         if func is not None and call_func:

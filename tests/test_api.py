@@ -1,0 +1,100 @@
+"""qiotask.to_thread and qiotask.shutdown, the public surface."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import subprocess
+import sys
+import threading
+import traceback
+
+import pytest
+
+import qiotask
+
+request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="none")
+
+
+def test_to_thread_returns_result_and_passes_args() -> None:
+    def work(a: int, b: int, *, scale: int) -> tuple[int, str]:
+        return (a + b) * scale, threading.current_thread().name
+
+    async def main() -> tuple[int, str, str]:
+        value, thread = await qiotask.to_thread(work, 1, 2, scale=10)
+        return value, thread, threading.current_thread().name
+
+    value, worker, loop_thread = asyncio.run(main())
+    assert value == 30
+    assert worker != loop_thread
+
+
+def test_to_thread_raises_the_workers_exception_with_traceback() -> None:
+    def failing_job() -> None:
+        raise KeyError("missing")
+
+    async def main() -> str:
+        with pytest.raises(KeyError, match="missing") as info:
+            await qiotask.to_thread(failing_job)
+        return "".join(traceback.format_tb(info.tb))
+
+    assert "failing_job" in asyncio.run(main())
+
+
+def test_to_thread_carries_contextvars_like_asyncio() -> None:
+    def read() -> str:
+        value = request_id.get()
+        request_id.set("changed")
+        return value
+
+    async def main() -> tuple[str, str, str]:
+        request_id.set("req-42")
+        ours = await qiotask.to_thread(read)
+        theirs = await asyncio.to_thread(read)
+        return ours, theirs, request_id.get()
+
+    ours, theirs, after = asyncio.run(main())
+    assert ours == theirs == "req-42"
+    assert after == "req-42"
+
+
+def test_to_thread_many_at_once() -> None:
+    async def main() -> list[int]:
+        return await asyncio.gather(*(qiotask.to_thread(lambda i=i: i * i) for i in range(200)))
+
+    assert asyncio.run(main()) == [i * i for i in range(200)]
+
+
+def test_to_thread_cancelled_awaiter_leaves_nothing_pending() -> None:
+    release = threading.Event()
+
+    async def main() -> None:
+        job = asyncio.ensure_future(qiotask.to_thread(release.wait, 5))
+        await asyncio.sleep(0)
+        job.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await job
+        release.set()
+
+    before = qiotask.stats()["pending"]
+    asyncio.run(main())
+    # The worker ran to its end; its task completed on the (now closed)
+    # loop's context or was failed with ContextClosedError: never left pending.
+    assert qiotask.shutdown(timeout=5)
+    assert qiotask.stats()["pending"] == before
+
+
+def test_to_thread_rejects_non_callables() -> None:
+    async def main() -> None:
+        with pytest.raises(TypeError, match="callable"):
+            await qiotask.to_thread(42)  # type: ignore[arg-type]
+
+    asyncio.run(main())
+
+
+def test_public_surface_imports_no_toolkit() -> None:
+    for name in qiotask.__all__:
+        assert hasattr(qiotask, name), name
+    probe = "import sys, qiotask; print(sorted(m for m in ('gi', 'PySide6', 'tkinter', 'trio') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.strip() == "[]"

@@ -1,0 +1,49 @@
+"""`python -m qiotask demo|info|bench`, run as a user would."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import qiotask.__main__ as cli
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-X", "dev", "-W", "error", "-m", "qiotask", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_demo_runs_the_seed_examples_and_exits_0() -> None:
+    result = run("demo")
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    assert out.count("poll ") == 3
+    assert "resolved 'localhost' and bound" in out
+    assert "client read b'hello from the main loop\\n'" in out
+    assert "demo finished: all steps ran" in out
+    for line in out.splitlines():
+        step = line.split()[3] if len(line.split()) > 3 else ""
+        if step in ("func", "timer", "watch"):
+            assert "MainThread" in line, line
+        if step == "worker":
+            assert "qiotask-worker" in line, line
+    assert result.stderr == ""
+
+
+def test_info_lists_versions_and_loops() -> None:
+    result = run("info")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"qiotask {cli.__version__}")
+    for loop in ("asyncio", "uvloop", "glib", "qt", "tk", "trio"):
+        assert f"  {loop} " in result.stdout
+    assert "asyncio  usable" in result.stdout
+
+
+def test_bad_command_is_refused() -> None:
+    result = run("frobnicate")
+    assert result.returncode == 2
+    assert "invalid choice" in result.stderr
