@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import functools
 from collections.abc import Callable
 from typing import Any, ParamSpec, TypeVar
@@ -36,8 +37,19 @@ async def to_thread(fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) ->
     if not callable(fn):
         raise TypeError(f"to_thread: fn must be callable, not {type(fn).__name__}")
     task: Task[R] = Task(None)
-    task.run_in_thread(_call, functools.partial(fn, *args, **kwargs))
+    task.run_in_thread(_call, functools.partial(fn, *args, **kwargs) if args or kwargs else fn)
     return await task
+
+
+@atexit.register
+def _settle_at_exit() -> None:
+    # Completions queued on loops that closed without a word still run their
+    # destroy notifiers before the interpreter goes.
+    for ctx in all_contexts():
+        try:
+            ctx.settle()
+        except Exception:
+            pass
 
 
 def shutdown(timeout: float | None = None) -> bool:

@@ -206,6 +206,11 @@ class MainContext:
             self._wakeup()
         except ContextClosedError:
             self._close_queue()
+        except BaseException:
+            # Not sent: let the next post try again rather than wait forever.
+            with self._post_lock:
+                self._scheduled = False
+            raise
 
     def call_soon(self, fn: Callable[..., Any], *args: Any) -> None:
         """From any thread: call ``fn(*args)`` once on the context thread.
@@ -254,6 +259,15 @@ class MainContext:
         """Fail what is queued if the loop is gone; used by ``qiotask.shutdown``."""
         if self.closed:
             self._close_queue()
+
+    def __del__(self) -> None:
+        # A context collected with completions still queued (its loop died
+        # without a word): fail them, so that their destroy notifiers run.
+        if getattr(self, "_queue", None):
+            try:
+                self._close_queue()
+            except Exception:
+                pass
 
     # -- errors ---------------------------------------------------------------
 
@@ -542,10 +556,14 @@ class MainLoop:
                 raise TaskStateError("MainLoop.run(): this loop is already running")
             self._running = True
             self._generation += 1
+        previous = self.context._owner_thread
         try:
             self.context._set_owner(threading.current_thread())
             self.context._run_loop()
         finally:
+            # The context goes back to its thread (the main thread, for the
+            # default context) once the loop no longer runs here.
+            self.context._set_owner(previous)
             with self._lock:
                 self._running = False
 

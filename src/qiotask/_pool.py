@@ -132,6 +132,7 @@ class WorkerPool:
     def _reset(self) -> None:
         # _lock guards every field below it, and each worker's job/signalled.
         self._lock = threading.Lock()
+        self._exited = threading.Condition(self._lock)  # a thread left _threads
         self._pending: deque[_Job] = deque()
         self._idle: list[_Worker] = []  # a stack: the warmest thread on top
         self._standby: _Worker | None = None  # the spare thread that ticks
@@ -171,7 +172,10 @@ class WorkerPool:
                 if self._standby is None:
                     start = self._arm_standby_locked()
         if start is not None:
-            self._start(start)
+            if start.job is None:
+                self._start_standby(start)  # the job is queued either way
+            else:
+                self._start(start)
 
     # Everything named *_locked, and _take_sleeper/_signal, runs under _lock.
 
@@ -223,6 +227,7 @@ class WorkerPool:
         except BaseException:
             with self._lock:
                 self._threads.discard(worker.thread)
+                self._exited.notify_all()
                 self._alive -= 1
                 if worker.job is not None:
                     self._busy -= 1
@@ -230,6 +235,14 @@ class WorkerPool:
                 if self._standby is worker:
                     self._standby = None
             raise
+
+    def _start_standby(self, worker: _Worker) -> None:
+        # A standby that cannot start (no more threads) costs parallelism,
+        # not work: queued jobs still run on the threads already running.
+        try:
+            self._start(worker)
+        except Exception:
+            logger.exception("qiotask: pool %r could not start a standby thread", self.name)
 
     # -- the thread ---------------------------------------------------------
 
@@ -277,6 +290,7 @@ class WorkerPool:
                 break
         with lock:
             self._threads.discard(threading.current_thread())
+            self._exited.notify_all()
 
     def _sleep(self, worker: _Worker) -> _Job | None:
         """Wait, idle or on standby, for a job; None means exit."""
@@ -328,7 +342,7 @@ class WorkerPool:
                 # Taken off the idle stack while our wait timed out: the
                 # signal is on its way (it was sent under this lock).
         if start is not None:
-            self._start(start)
+            self._start_standby(start)
         return job
 
     # -- control ------------------------------------------------------------
@@ -352,15 +366,18 @@ class WorkerPool:
             for worker in sleepers:
                 self._signal(worker, None)
             threads = list(self._threads)
+            me = threading.current_thread()
+            if wait:
+                # Wait on the bookkeeping, not on join(): a thread may be
+                # registered but not started yet (submit starts it after
+                # releasing the lock), and join() refuses those.
+                self._exited.wait_for(lambda: not (self._threads - {me}), timeout)
+            left = self._threads - {me}
         if wait:
-            deadline = None if timeout is None else time.monotonic() + timeout
             for thread in threads:
-                if thread is threading.current_thread():
-                    continue
-                remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-                thread.join(remaining)
-        with self._lock:
-            return not self._threads
+                if thread is not me and thread not in left and thread.ident is not None:
+                    thread.join()  # it has left the pool: only its return is left
+        return not left
 
     def statistics(self) -> dict[str, int]:
         """A snapshot: ``threads``, ``busy``, ``idle`` (standby included),

@@ -80,6 +80,7 @@ TaskFunc = Callable[[Any, "BaseException | None", Any], Any]
 DestroyNotify = Callable[[Any], Any]
 _ThreadJob = tuple[Callable[..., Any], Any, "DestroyNotify | None", "contextvars.Context | None"]
 _copy_context = contextvars.copy_context
+_Future = asyncio.Future
 
 
 class TaskState(enum.Enum):
@@ -196,7 +197,7 @@ class Task(Generic[T]):
         self._result_destroy: DestroyNotify | None = None
         self._error: BaseException | None = None
         self._propagated = False
-        self._callbacks: list[Callable[[Task[T]], Any]] | None = None
+        self._callbacks: list[Callable[[Task[T]], Any] | asyncio.Future[Any]] | None = None
         # (worker, opaque, destroy, contextvars) once run_in_thread was called.
         self._thread: _ThreadJob | None = None
         self._waiter: queue.SimpleQueue[object] | None = None
@@ -400,7 +401,10 @@ class Task(Generic[T]):
                 pending = exc
         if callbacks:
             for cb in callbacks:
-                pending = self._notify(cb, self, "done-callback") or pending
+                if isinstance(cb, _Future):  # an awaiting coroutine (see __await__)
+                    _resolve_soon(cb)
+                else:
+                    pending = self._notify(cb, self, "done-callback") or pending
         if thread is not None and thread[2] is not None:
             pending = self._notify(thread[2], thread[1], "worker destroy notifier") or pending
         if self._destroy is not None:
@@ -477,7 +481,7 @@ class Task(Generic[T]):
         """
         if self._s == _S_FINISHED:
             return True
-        if self._context.is_owner():
+        if self._context.is_owner() and not self._context.closed:
             raise TaskStateError(
                 f"task {self.name!r}: wait() on the context thread would deadlock; await it or use wait_thread()"
             )
@@ -616,7 +620,16 @@ class Task(Generic[T]):
         if self._s < _S_DELIVERING:
             loop = asyncio.get_running_loop()
             future = loop.create_future()
-            self.add_done_callback(lambda _task: _resolve_soon(future))
+            with _lock:
+                if self._s < _S_DELIVERING:
+                    # The future itself goes on the callback list: _deliver
+                    # resolves it without a wrapper function per await.
+                    if self._callbacks is None:
+                        self._callbacks = [future]
+                    else:
+                        self._callbacks.append(future)
+                else:
+                    _resolve(future)
             yield from future
         return self._outcome()
 
