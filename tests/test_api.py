@@ -7,6 +7,7 @@ import contextvars
 import subprocess
 import sys
 import threading
+import time
 import traceback
 
 import pytest
@@ -98,3 +99,18 @@ def test_public_surface_imports_no_toolkit() -> None:
     probe = "import sys, qiotask; print(sorted(m for m in ('gi', 'PySide6', 'tkinter', 'trio') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_shutdown_timeout_is_for_all_pools_together() -> None:
+    release = threading.Event()
+    pools = [qiotask.WorkerPool(1, name="test-pool") for _ in range(3)]
+    for pool in pools:
+        pool.submit(lambda: release.wait(10), lambda result, exc: None)
+    started = time.monotonic()
+    try:
+        assert qiotask.shutdown(timeout=0.5) is False  # the jobs are still blocked
+        assert time.monotonic() - started < 1.2  # one 0.5 s budget, not 0.5 s per pool
+    finally:
+        release.set()
+        for pool in pools:
+            assert pool.shutdown(wait=True, timeout=5)

@@ -609,3 +609,58 @@ def test_repr_name_and_states(ctx: qiotask.MainContext) -> None:
     task.complete()
     auto.complete()
     assert "finished" in repr(task)
+
+
+# -- errors nobody hears of, closed contexts -------------------------------------
+
+
+def test_unretrieved_error_is_logged_when_collected(ctx: qiotask.MainContext, caplog: pytest.LogCaptureFixture) -> None:
+    task = Task(None, name="unheard")
+    task.abort(ValueError("lost?"))
+    with caplog.at_level(logging.ERROR, logger="qiotask"):
+        del task
+        gc.collect()
+    assert any("unheard" in r.getMessage() and "nobody retrieved" in r.getMessage() for r in caplog.records)
+    heard = Task(None, name="heard")
+    heard.abort(ValueError("seen"))
+    assert heard.had_error()
+    caplog.clear()
+    with caplog.at_level(logging.ERROR, logger="qiotask"):
+        del heard
+        gc.collect()
+    assert caplog.records == []
+
+
+def test_propagate_error_before_an_error_does_not_use_up_the_answer(ctx: qiotask.MainContext) -> None:
+    task = Task(None)
+    assert task.propagate_error() is None
+    err = ValueError("later")
+    task.set_error(err)
+    task.complete()
+    assert task.propagate_error() is err
+    assert task.propagate_error() is None
+
+
+def test_complete_on_the_thread_of_a_closed_context(caplog: pytest.LogCaptureFixture) -> None:
+    context = qiotask.MainContext(name="gone")
+    rec = Recorder()
+    task = Task(None, rec.func, "op", rec.destroy, context=context, name="late")
+    context.close()  # type: ignore[attr-defined]
+    with caplog.at_level(logging.WARNING, logger="qiotask"):
+        task.complete()
+    assert rec.names() == ["destroy"]  # func cannot run: its loop is gone
+    assert isinstance(task.propagate_error(), qiotask.ContextClosedError)
+    assert any("late" in r.getMessage() for r in caplog.records)
+
+
+def test_wait_thread_result_survives_the_context_closing(caplog: pytest.LogCaptureFixture) -> None:
+    context = qiotask.MainContext(name="short-lived")
+    rec = Recorder()
+    task = Task(None, rec.func, context=context)
+    task.run_in_thread(lambda t, o: "kept")
+    task.wait_thread()
+    with caplog.at_level(logging.WARNING, logger="qiotask"):
+        context.close()  # type: ignore[attr-defined]  # the posted completion is still queued
+    assert rec.names() == ["func"]
+    assert not task.had_error() and task.get_result() == "kept"
+    assert caplog.records == []

@@ -64,6 +64,7 @@ def test_failed_and_waited_tasks(ctx: qiotask.MainContext, events: Events) -> No
     task = Task(None)
     task.run_in_thread(boom)
     task.wait_thread()
+    assert task.had_error()
     names = events.names(task)
     assert "qio_task_thread_source_cancel" in names
     assert names[-2:] == ["qio_task_thread_result", "qio_task_abort"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import atexit
 import functools
+import time
 from collections.abc import Callable
 from typing import Any, ParamSpec, TypeVar
 
@@ -63,8 +64,10 @@ def shutdown(timeout: float | None = None) -> bool:
     Returns:
         True if no task is left pending.
     """
+    deadline = None if timeout is None else time.monotonic() + timeout
     for pool in list(_all_pools):
-        pool.shutdown(wait=True, timeout=timeout)
+        remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+        pool.shutdown(wait=True, timeout=remaining)
     for ctx in all_contexts():
         ctx.settle()
     return _trace.stats()["pending"] == 0

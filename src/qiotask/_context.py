@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import os
 import select
 import threading
 import weakref
@@ -48,12 +49,13 @@ logger = logging.getLogger("qiotask")
 
 
 class IOCondition(enum.IntFlag):
-    """What an fd watch waits for; the values are poll(2)'s, as GLib's are."""
+    """What an fd watch waits for; the values are GLib's, which are poll(2)'s
+    on Linux (spelled out so that the module imports where poll() is missing)."""
 
-    IN = select.POLLIN
-    OUT = select.POLLOUT
-    ERR = select.POLLERR
-    HUP = select.POLLHUP
+    IN = 1
+    OUT = 4
+    ERR = 8
+    HUP = 16
 
 
 IO_IN = IOCondition.IN
@@ -61,6 +63,11 @@ IO_OUT = IOCondition.OUT
 IO_ERR = IOCondition.ERR
 IO_HUP = IOCondition.HUP
 _IO_ALWAYS = IOCondition.ERR | IOCondition.HUP
+
+#: How often a watch for only IO_ERR/IO_HUP looks at an fd that has unread
+#: data: event loops wake on "readable" but not on "hung up" alone, so while
+#: data sits unread such a watch polls, 100 times a second at most.
+HANGUP_POLL_INTERVAL = 0.01
 _IO_READ_SIDE = IOCondition.IN | IOCondition.ERR | IOCondition.HUP
 
 
@@ -212,6 +219,16 @@ class MainContext:
                 self._scheduled = False
             raise
 
+    def _rearm(self) -> None:
+        with self._post_lock:
+            if self._scheduled:
+                return
+            self._scheduled = True
+        try:
+            self._wakeup()
+        except ContextClosedError:
+            self._close_queue()
+
     def call_soon(self, fn: Callable[..., Any], *args: Any) -> None:
         """From any thread: call ``fn(*args)`` once on the context thread.
 
@@ -237,10 +254,14 @@ class MainContext:
                 break
             try:
                 item._dispatch()
-            except BaseException as exc:
+            except Exception as exc:
                 self.report_exception(f"exception in a callback dispatched on {self.name}", exc)
-                if not isinstance(exc, Exception):
-                    raise
+            except BaseException:
+                # KeyboardInterrupt, SystemExit: let it through, but leave
+                # the rest of the batch scheduled, not stranded.
+                if self._queue:
+                    self._rearm()
+                raise
 
     def _close_queue(self) -> None:
         """The loop is gone: fail whatever is queued, in this thread."""
@@ -253,7 +274,7 @@ class MainContext:
             try:
                 item._context_closed(self)
             except Exception as exc:
-                logger.error("qiotask: error while failing %r after its context closed", item, exc_info=exc)
+                logger.error("error while failing %r after its context closed", item, exc_info=exc)
 
     def settle(self) -> None:
         """Fail what is queued if the loop is gone; used by ``qiotask.shutdown``."""
@@ -284,8 +305,8 @@ class MainContext:
                 handler(message, exc)
                 return
             except Exception as handler_exc:
-                logger.error("qiotask: exception handler of %s raised", self.name, exc_info=handler_exc)
-        logger.error("qiotask: %s", message, exc_info=exc)
+                logger.error("exception handler of %s raised", self.name, exc_info=handler_exc)
+        logger.error("%s", message, exc_info=exc)
 
     # -- thread-default contexts ------------------------------------------
 
@@ -420,17 +441,37 @@ class MainContext:
         for watch in watches:
             mask |= watch._condition
         poller = select.poll()
-        poller.register(fd, mask)
+        poller.register(fd, mask | IO_IN)
         events = poller.poll(0)
-        revents = IOCondition(events[0][1] & int(IO_IN | IO_OUT | IO_ERR | IO_HUP)) if events else IOCondition(0)
-        if events and events[0][1] & select.POLLNVAL:
+        raw = events[0][1] if events else 0
+        revents = IOCondition(raw & int(IO_IN | IO_OUT | IO_ERR | IO_HUP))
+        if raw & select.POLLNVAL:
             revents |= IO_ERR
-        if not revents:
+        if not revents & (mask | _IO_ALWAYS):
+            if revents & IO_IN and not mask & IO_IN:
+                # Readable, but every watch wants only IO_ERR/IO_HUP: the loop
+                # would call us again at once, forever.  Stop reading for a
+                # moment (loops cannot wait for "hang-up only" the way poll()
+                # can) and look again then.
+                self._pause_reader(fd)
             return
         for watch in list(watches):
             fired = revents & (watch._condition | _IO_ALWAYS)
             if fired and not watch._removed:
                 watch._fire_io(IOCondition(fired))
+
+    def _pause_reader(self, fd: int) -> None:
+        read, write = self._io_mask.get(fd, (False, False))
+        if not read:
+            return
+        self._io_mask[fd] = (False, write)
+        self._set_fd_interest(fd, False, write)
+
+        def resume() -> None:
+            self._io_mask.pop(fd, None)
+            self._io_refresh(fd)
+
+        self._call_later(HANGUP_POLL_INTERVAL, resume)
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
@@ -671,6 +712,19 @@ def get_context() -> MainContext:
         if ctx is not None:
             return ctx
     return default_context()
+
+
+def _after_fork_in_child() -> None:
+    # Locks held by threads that do not exist in the child would never be
+    # released there.
+    global _default_lock
+    _default_lock = threading.Lock()
+    for ctx in list(_all_contexts):
+        ctx._post_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def all_contexts() -> list[MainContext]:

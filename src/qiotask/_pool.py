@@ -242,7 +242,7 @@ class WorkerPool:
         try:
             self._start(worker)
         except Exception:
-            logger.exception("qiotask: pool %r could not start a standby thread", self.name)
+            logger.exception("pool %r could not start a standby thread", self.name)
 
     # -- the thread ---------------------------------------------------------
 
@@ -265,7 +265,7 @@ class WorkerPool:
                     else:
                         deliver(result, None)
                 except BaseException:
-                    logger.exception("qiotask: exception in a worker pool's deliver callback")
+                    logger.exception("exception in a worker pool's deliver callback")
                 del fn, deliver
                 count_done()
                 # Lock-free while work is queued: popleft is atomic, and only

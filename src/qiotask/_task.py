@@ -59,6 +59,7 @@ import asyncio
 import contextvars
 import enum
 import logging
+import os
 import queue
 import threading
 import warnings
@@ -117,6 +118,15 @@ _PUBLIC_STATE = (
 # tasks: each hold is a few attribute stores, and a lock per task would cost
 # an allocation on every task.
 _lock = threading.Lock()
+
+
+def _after_fork_in_child() -> None:
+    global _lock
+    _lock = threading.Lock()  # its holder, if any, does not exist here
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 _WORKER_DONE = object()
 
 _count_created = _trace.count_created
@@ -160,6 +170,7 @@ class Task(Generic[T]):
         "_propagated",
         "_result",
         "_result_destroy",
+        "_retrieved",
         "_s",
         "_source",
         "_thread",
@@ -268,12 +279,20 @@ class Task(Generic[T]):
 
     def had_error(self) -> bool:
         """Whether an error was recorded."""
-        return self._error is not None
+        if self._error is None:
+            return False
+        self._retrieved = True
+        return True
 
     def propagate_error(self) -> BaseException | None:
-        """Return the error the first time it is asked for, then None."""
+        """Return the error the first time it is asked for, then None.
+
+        Asking before any error was recorded returns None and does not use
+        up the answer.  The error stays the task's (``had_error()``, ``await``).
+        """
         with _lock:
-            if self._propagated:
+            self._retrieved = True
+            if self._propagated or self._error is None:
                 return None
             self._propagated = True
             return self._error
@@ -352,8 +371,12 @@ class Task(Generic[T]):
                 self._error = err
 
     def _hand_over(self) -> None:
-        if self._context.is_owner():
-            self._deliver()
+        context = self._context
+        if context.is_owner():
+            if context.closed:
+                self._context_closed(context)
+            else:
+                self._deliver()
         else:
             if self._traced:
                 _trace.emit("qio_task_thread_source_attach", self, context=self._context)
@@ -362,15 +385,15 @@ class Task(Generic[T]):
     # The dispatcher protocol (see _context.Dispatchable).
 
     def _context_closed(self, context: MainContext) -> None:
+        if self._s >= _S_DELIVERING:
+            return  # already completed inline (wait_thread): nothing was lost
         cause = self._error
         error = ContextClosedError(
             f"task {self.name!r}: context {context.name!r} closed before its completion ran; func was not called"
         )
         error.__cause__ = cause
         self._error = error
-        logger.warning(
-            "qiotask: task %r finished with ContextClosedError: its context %r is gone", self.name, context.name
-        )
+        logger.warning("task %r finished with ContextClosedError: its context %r is gone", self.name, context.name)
         self._deliver(call_func=False)
 
     def _deliver(self, call_func: bool = True) -> None:
@@ -392,6 +415,8 @@ class Task(Generic[T]):
                 _trace.emit("qio_task_abort", self, err=err)
         pending: BaseException | None = None
         func = self._func
+        if err is not None and ((func is not None and call_func) or callbacks):
+            self._retrieved = True  # someone was told
         if func is not None and call_func:
             try:
                 func(self._source, err, self._opaque)
@@ -635,13 +660,23 @@ class Task(Generic[T]):
 
     def _outcome(self) -> T:
         if self._error is not None:
+            self._retrieved = True
             raise self._error
         return self._result  # type: ignore[no-any-return]
 
     # -- leaks ----------------------------------------------------------------
 
     def __del__(self) -> None:
-        if getattr(self, "_s", _S_FINISHED) < _S_COMPLETING:
+        state = getattr(self, "_s", None)
+        if state is None:
+            return  # __init__ failed: there never was a task
+        if state == _S_FINISHED:
+            if self._error is not None and not getattr(self, "_retrieved", False):
+                # Like asyncio's "exception was never retrieved": nobody had
+                # a func, a done-callback or an await to hear of it.
+                logger.error("task %r failed and nobody retrieved its error", self.name, exc_info=self._error)
+            return
+        if state < _S_COMPLETING:
             # Counted as failed: it will never finish, and "pending" means
             # tasks that still can.
             _count_failed()

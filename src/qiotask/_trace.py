@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -49,6 +50,15 @@ Listener = Callable[[str, Any, "dict[str, Any]"], None]
 # listener may add or remove listeners without a lock on the hot path.
 _listeners: tuple[Listener, ...] = ()
 _listeners_lock = threading.Lock()
+
+
+def _after_fork_in_child() -> None:
+    global _listeners_lock
+    _listeners_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def add_listener(fn: Listener) -> Callable[[], None]:
@@ -96,7 +106,7 @@ def emit(event: str, task: Any, **fields: Any) -> None:
         try:
             fn(event, task, fields)
         except Exception:
-            logger.exception("qiotask: trace listener %r raised", fn)
+            logger.exception("trace listener %r raised", fn)
 
 
 # -- statistics ---------------------------------------------------------------

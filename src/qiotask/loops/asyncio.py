@@ -19,7 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .._context import MainContext, _TimerHandle, register_adapter
-from .._errors import ContextClosedError
+from .._errors import ContextClosedError, TaskStateError
 
 __all__ = ["AsyncioContext", "EmbeddedContext"]
 
@@ -75,6 +75,8 @@ class AsyncioContext(MainContext):
     def _run_loop(self) -> None:
         if self.loop.is_closed():
             raise ContextClosedError(f"{self.name}: the event loop is closed")
+        if self.loop.is_running():
+            raise TaskStateError(f"{self.name}: the event loop is already running")
         self.loop.run_forever()
 
     def _stop_loop(self) -> None:
