@@ -205,6 +205,10 @@ class MainContext:
             if self._loop_closed():
                 self._close_queue()
             return
+        self._rearm()
+
+    def _rearm(self) -> None:
+        """Send the one wake-up of a batch, unless one is on its way."""
         with self._post_lock:
             if self._scheduled:
                 return
@@ -218,16 +222,6 @@ class MainContext:
             with self._post_lock:
                 self._scheduled = False
             raise
-
-    def _rearm(self) -> None:
-        with self._post_lock:
-            if self._scheduled:
-                return
-            self._scheduled = True
-        try:
-            self._wakeup()
-        except ContextClosedError:
-            self._close_queue()
 
     def call_soon(self, fn: Callable[..., Any], *args: Any) -> None:
         """From any thread: call ``fn(*args)`` once on the context thread.
