@@ -20,9 +20,11 @@ is shared.
 from __future__ import annotations
 
 import enum
+import importlib
 import logging
 import os
 import select
+import sys
 import threading
 import weakref
 from collections import deque
@@ -658,10 +660,23 @@ def register_adapter(
         _detectors.append(detector)
 
 
+# Adapters imported on first use, so that importing qiotask imports no
+# toolkit: (kind, test on the object's type's module, adapter module).  The
+# module registers itself with register_adapter() when imported.
+_LAZY_ADAPTERS: tuple[tuple[str, Callable[[str], bool], str], ...] = (
+    ("a GLib.MainContext", lambda module: module.startswith("gi."), "qiotask.loops.glib"),
+    ("a Qt application (QCoreApplication)", lambda module: module.startswith("PySide6"), "qiotask.loops.qt"),
+    ("a tkinter.Tk", lambda module: module == "tkinter", "qiotask.loops.tk"),
+    ("a trio token", lambda module: module.startswith("trio"), "qiotask.loops.trio"),
+)
+
+
 def attach(obj: Any) -> MainContext:
     """Return the context for a loop object (the same one each time).
 
-    Supported: a running or not yet running asyncio event loop.
+    Supported: an asyncio event loop (uvloop's included), a
+    ``GLib.MainContext``, a Qt ``QCoreApplication``/``QApplication``, a
+    ``tkinter.Tk`` and a trio token; a :class:`MainContext` is returned as is.
 
     Raises:
         TypeError: ``obj`` is not a loop of a supported kind.
@@ -671,8 +686,13 @@ def attach(obj: Any) -> MainContext:
     for predicate, attacher in _attachers:
         if predicate(obj):
             return attacher(obj)
-    kinds = ", ".join(_attach_kinds)
-    raise TypeError(f"qiotask.attach(): cannot attach to {type(obj).__name__!s} object; supported: {kinds}")
+    module = type(obj).__module__ or ""
+    for _kind, matches, adapter in _LAZY_ADAPTERS:
+        if matches(module) and adapter not in sys.modules:
+            importlib.import_module(adapter)
+            return attach(obj)
+    kinds = ", ".join(["an asyncio event loop"] + [kind for kind, _, _ in _LAZY_ADAPTERS])
+    raise TypeError(f"qiotask.attach(): cannot attach to a {type(obj).__name__} object; supported: {kinds}")
 
 
 def default_context() -> MainContext:
@@ -705,7 +725,34 @@ def get_context() -> MainContext:
         ctx = detect()
         if ctx is not None:
             return ctx
+    if "trio" in sys.modules and "qiotask.loops.trio" not in sys.modules:
+        # trio is in use but its adapter not loaded yet: load it (it adds
+        # its detector) and look again.
+        importlib.import_module("qiotask.loops.trio")
+        return get_context()
     return default_context()
+
+
+# Adapters of loops that are not asyncio register how to await a task in
+# them: (is such a loop running in this thread?, async function waiting for
+# the task's completion).  Task.__await__ asks them when no asyncio loop runs.
+AwaitHook = tuple[Callable[[], bool], Callable[[Any], Any]]
+_await_hooks: list[AwaitHook] = []
+
+
+def register_await_hook(running: Callable[[], bool], wait: Callable[[Any], Any]) -> None:
+    """Used by ``qiotask.loops.*``: how ``await task`` works in their loop."""
+    _await_hooks.append((running, wait))
+
+
+def await_hook() -> Callable[[Any], Any] | None:
+    """The wait function of the non-asyncio loop running in this thread."""
+    if "trio" in sys.modules and "qiotask.loops.trio" not in sys.modules:
+        importlib.import_module("qiotask.loops.trio")
+    for running, wait in _await_hooks:
+        if running():
+            return wait
+    return None
 
 
 def _after_fork_in_child() -> None:

@@ -68,7 +68,7 @@ from typing import Any, Generic, TypeVar
 
 from . import _pool as _pool_module
 from . import _trace
-from ._context import MainContext, attach, get_context
+from ._context import MainContext, attach, await_hook, get_context
 from ._errors import ContextClosedError, TaskStateError
 from ._pool import WorkerPool, default_pool
 
@@ -641,9 +641,20 @@ class Task(Generic[T]):
     # -- awaiting -------------------------------------------------------------
 
     def __await__(self) -> Generator[Any, None, T]:
-        """``await task`` under asyncio: the result, or the error raised."""
+        """``await task`` under asyncio or trio: the result, or the error raised.
+
+        Raises:
+            RuntimeError: neither an asyncio loop nor a trio run is running
+                in this thread.
+        """
         if self._s < _S_DELIVERING:
-            loop = asyncio.get_running_loop()
+            loop = asyncio._get_running_loop()
+            if loop is None:
+                wait = await_hook()
+                if wait is None:
+                    raise RuntimeError("await task: no asyncio event loop or trio run is running in this thread")
+                yield from wait(self).__await__()
+                return self._outcome()
             future = loop.create_future()
             with _lock:
                 if self._s < _S_DELIVERING:

@@ -86,14 +86,24 @@ class AsyncioContext(MainContext):
 class EmbeddedContext(AsyncioContext):
     """A context with an asyncio loop of its own, run by ``qiotask.MainLoop``.
 
-    ``qiotask.MainContext()`` makes one.  Call :meth:`close` when done with
+    ``qiotask.MainContext()`` makes one; ``MainContext(uvloop=True)`` makes
+    it on a uvloop loop (``pip install 'qiotask[uvloop]'``).  Call :meth:`close` when done with
     it; tasks whose completion had not run then finish with
     ``ContextClosedError``.
     """
 
-    def __init__(self, *, name: str | None = None, thread: threading.Thread | None = None) -> None:
-        loop = asyncio.new_event_loop()
-        super().__init__(loop, name=name or "embedded", thread=thread)
+    def __init__(
+        self, *, name: str | None = None, thread: threading.Thread | None = None, uvloop: bool = False
+    ) -> None:
+        if uvloop:
+            try:
+                import uvloop as _uvloop
+            except ImportError as exc:
+                raise ImportError("MainContext(uvloop=True) needs uvloop: pip install 'qiotask[uvloop]'") from exc
+            loop: asyncio.AbstractEventLoop = _uvloop.new_event_loop()
+        else:
+            loop = asyncio.new_event_loop()
+        super().__init__(loop, name=name or ("embedded uvloop" if uvloop else "embedded"), thread=thread)
         _remember(loop, self)
         _embedded.add(self)
 

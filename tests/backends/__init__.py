@@ -1,0 +1,42 @@
+"""One module per event loop, for the contract suite run on every loop.
+
+Each module ``tests/backends/<name>.py`` defines ``open() -> Backend``: a
+fresh context of that loop, owned by the calling (test) thread, which
+``qiotask.MainLoop(backend.context).run()`` runs.  A backend whose toolkit
+cannot be loaded is skipped with the reason, except under
+``QIOTASK_REQUIRE_ALL_LOOPS=1`` (CI), where that is a failure.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from typing import Protocol
+
+import pytest
+
+import qiotask
+
+BACKENDS = ("asyncio", "uvloop", "glib", "qt", "tk", "trio")
+
+
+class Backend(Protocol):
+    context: qiotask.MainContext
+
+    def close_loop(self) -> None:
+        """Make the loop go away for good (tasks in flight then finish with
+        ContextClosedError)."""
+
+    def cleanup(self) -> None:
+        """Release what open() made; called once, after the test."""
+
+
+def open_backend(name: str) -> Backend:
+    try:
+        module = importlib.import_module(f"tests.backends.{name}")
+        return module.open()  # type: ignore[no-any-return]
+    except (ImportError, OSError, RuntimeError) as exc:
+        reason = f"loop {name!r} cannot be loaded here: {type(exc).__name__}: {exc}"
+        if os.environ.get("QIOTASK_REQUIRE_ALL_LOOPS") == "1":
+            pytest.fail(reason + " (QIOTASK_REQUIRE_ALL_LOOPS=1)")
+        pytest.skip(reason)
