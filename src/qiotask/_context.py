@@ -689,7 +689,7 @@ def attach(obj: Any) -> MainContext:
     module = type(obj).__module__ or ""
     for _kind, matches, adapter in _LAZY_ADAPTERS:
         if matches(module) and adapter not in sys.modules:
-            importlib.import_module(adapter)
+            importlib.import_module(adapter)  # an ImportError here says what is missing
             return attach(obj)
     kinds = ", ".join(["an asyncio event loop"] + [kind for kind, _, _ in _LAZY_ADAPTERS])
     raise TypeError(f"qiotask.attach(): cannot attach to a {type(obj).__name__} object; supported: {kinds}")
@@ -725,12 +725,26 @@ def get_context() -> MainContext:
         ctx = detect()
         if ctx is not None:
             return ctx
-    if "trio" in sys.modules and "qiotask.loops.trio" not in sys.modules:
-        # trio is in use but its adapter not loaded yet: load it (it adds
-        # its detector) and look again.
-        importlib.import_module("qiotask.loops.trio")
+    if "trio" in sys.modules and _load_adapter("qiotask.loops.trio"):
+        # trio is in use and its adapter was not loaded: now it is, with its
+        # detector; look again.
         return get_context()
     return default_context()
+
+
+_unloadable: set[str] = set()
+
+
+def _load_adapter(name: str) -> bool:
+    """Import an adapter module once; True if this call loaded it."""
+    if name in sys.modules or name in _unloadable:
+        return False
+    try:
+        importlib.import_module(name)
+    except ImportError:
+        _unloadable.add(name)
+        return False
+    return True
 
 
 # Adapters of loops that are not asyncio register how to await a task in
@@ -747,8 +761,8 @@ def register_await_hook(running: Callable[[], bool], wait: Callable[[Any], Any])
 
 def await_hook() -> Callable[[Any], Any] | None:
     """The wait function of the non-asyncio loop running in this thread."""
-    if "trio" in sys.modules and "qiotask.loops.trio" not in sys.modules:
-        importlib.import_module("qiotask.loops.trio")
+    if "trio" in sys.modules:
+        _load_adapter("qiotask.loops.trio")
     for running, wait in _await_hooks:
         if running():
             return wait
