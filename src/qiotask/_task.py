@@ -291,8 +291,10 @@ class Task(Generic[T]):
         up the answer.  The error stays the task's (``had_error()``, ``await``).
         """
         with _lock:
+            if self._error is None:
+                return None
             self._retrieved = True
-            if self._propagated or self._error is None:
+            if self._propagated:
                 return None
             self._propagated = True
             return self._error
