@@ -65,6 +65,7 @@ IO_OUT = IOCondition.OUT
 IO_ERR = IOCondition.ERR
 IO_HUP = IOCondition.HUP
 _IO_ALWAYS = IOCondition.ERR | IOCondition.HUP
+_POLLNVAL = 32  # poll(2)'s "fd not open", reported as IO_ERR
 
 #: How often a watch for only IO_ERR/IO_HUP looks at an fd that has unread
 #: data: event loops wake on "readable" but not on "hung up" alone, so while
@@ -119,7 +120,9 @@ class MainContext:
             return super().__new__(EmbeddedContext)
         return super().__new__(cls)
 
-    def __init__(self, *, name: str | None = None) -> None:
+    def __init__(self, *, name: str | None = None, uvloop: bool = False) -> None:
+        # uvloop=True is for MainContext() itself, which makes an embedded
+        # context (see loops/asyncio.py); other kinds have no use for it.
         self.name = name or type(self).__name__
         thread = threading.current_thread()
         # The thread that runs callbacks; adapters move it to the thread that
@@ -271,6 +274,21 @@ class MainContext:
                 item._context_closed(self)
             except Exception as exc:
                 logger.error("error while failing %r after its context closed", item, exc_info=exc)
+
+    def close(self) -> None:
+        """Close the context for good: nothing posted to it runs any more.
+
+        Completions still queued fail with ``ContextClosedError`` here, in
+        the calling thread (their destroy notifiers run, a warning names each
+        task).  Adapters also release what they hold of their loop.
+        """
+        self._closed = True
+        self._close_queue()
+
+    def _adopt(self, refs: tuple[Any, ...]) -> None:
+        """Take the last references of a task completed off this context's
+        thread after the loop went away.  Dropping them here is right for
+        most loops; Tk must drop Tcl objects on the Tk thread (see loops/tk)."""
 
     def settle(self) -> None:
         """Fail what is queued if the loop is gone; used by ``qiotask.shutdown``."""
@@ -436,12 +454,9 @@ class MainContext:
         mask = 0
         for watch in watches:
             mask |= watch._condition
-        poller = select.poll()
-        poller.register(fd, mask | IO_IN)
-        events = poller.poll(0)
-        raw = events[0][1] if events else 0
+        raw = _poll_now(fd, mask | IO_IN)
         revents = IOCondition(raw & int(IO_IN | IO_OUT | IO_ERR | IO_HUP))
-        if raw & select.POLLNVAL:
+        if raw & _POLLNVAL:
             revents |= IO_ERR
         if not revents & (mask | _IO_ALWAYS):
             if revents & IO_IN and not mask & IO_IN:
@@ -472,6 +487,25 @@ class MainContext:
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
         return f"<{type(self).__name__} {self.name!r} thread={self._owner_thread.name!r} {state}>"
+
+
+def _poll_now(fd: int, mask: int) -> int:
+    """What is ready on ``fd`` now, as poll(2) revents, without waiting."""
+    if hasattr(select, "poll"):
+        poller = select.poll()
+        poller.register(fd, mask)
+        events = poller.poll(0)
+        return events[0][1] if events else 0
+    # No poll() (Windows): select() tells readable/writable/exceptional.
+    want_read = fd if mask & (IO_IN | IO_HUP | IO_ERR) else None
+    want_write = fd if mask & IO_OUT else None
+    try:
+        r, w, x = select.select(
+            [want_read] if want_read is not None else [], [want_write] if want_write is not None else [], [fd], 0
+        )
+    except (OSError, ValueError):
+        return int(IO_ERR)
+    return (int(IO_IN) if r else 0) | (int(IO_OUT) if w else 0) | (int(IO_ERR) if x else 0)
 
 
 class Source:
@@ -686,9 +720,11 @@ def attach(obj: Any) -> MainContext:
     for predicate, attacher in _attachers:
         if predicate(obj):
             return attacher(obj)
-    module = type(obj).__module__ or ""
+    # Every class of the object counts, not only its own: applications
+    # subclass the toolkit's classes (class App(tkinter.Tk) in __main__).
+    modules = [getattr(cls, "__module__", None) or "" for cls in type(obj).__mro__]
     for _kind, matches, adapter in _LAZY_ADAPTERS:
-        if matches(module) and adapter not in sys.modules:
+        if adapter not in sys.modules and any(matches(module) for module in modules):
             importlib.import_module(adapter)  # an ImportError here says what is missing
             return attach(obj)
     kinds = ", ".join(["an asyncio event loop"] + [kind for kind, _, _ in _LAZY_ADAPTERS])

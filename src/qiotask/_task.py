@@ -438,6 +438,11 @@ class Task(Generic[T]):
             pending = self._notify(self._destroy, self._opaque, "destroy notifier") or pending
         if self._result_destroy is not None:
             pending = self._notify(self._result_destroy, self._result, "result destroy notifier") or pending
+        if not call_func and not self._context.is_owner():
+            # Completed off its thread because the loop is gone: let the
+            # context decide where the last references die.
+            self._context._adopt((self._source, func, self._opaque, self._destroy, thread, callbacks))
+        callbacks = None
         # Release everything but the outcome.
         self._source = self._func = self._opaque = self._destroy = None
         self._thread = self._result_destroy = None
