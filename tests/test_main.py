@@ -41,7 +41,6 @@ def test_info_lists_versions_and_loops() -> None:
     for loop in ("asyncio", "uvloop", "glib", "qt", "tk", "trio"):
         assert f"  {loop} " in result.stdout
     assert "asyncio  usable" in result.stdout
-    assert "no adapter" in result.stdout or "not usable" in result.stdout
 
 
 def test_bad_command_is_refused() -> None:

@@ -13,10 +13,6 @@ from pathlib import Path
 from . import __version__
 from ._pool import DEFAULT_MAX_WORKERS
 
-# Loops with an adapter in qiotask.loops today; the others are reported as
-# importable or not, for the adapters to come.
-_ADAPTERS = {"asyncio"}
-
 # (loop, module to import, extra to install)
 _LOOPS = (
     ("asyncio", "asyncio", None),
@@ -59,9 +55,7 @@ def info() -> int:
         if name == "qt":
             qt = importlib.import_module("PySide6")
             module = qt
-        if name not in _ADAPTERS and name != "uvloop":
-            note += "; qiotask has no adapter for it yet"
-        print(f"  {name:<8} importable, version {_version_of(module)}{note}")
+        print(f"  {name:<8} usable, version {_version_of(module)}{note}")
     return 0
 
 

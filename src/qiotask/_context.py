@@ -672,6 +672,10 @@ _all_contexts: weakref.WeakSet[MainContext] = weakref.WeakSet()
 # Adapters register a function that returns the context of a loop running in
 # the calling thread (asyncio's running loop, a trio run), or None.
 _detectors: list[Callable[[], MainContext | None]] = []
+# Detectors of loops that other loops run on (GLib: Qt's event dispatcher on
+# Linux and PyGObject's asyncio loop iterate GLib's default context): asked
+# after the others, so that the more specific loop wins.
+_fallback_detectors: list[Callable[[], MainContext | None]] = []
 
 # (predicate, attacher) pairs registered by adapters; see attach().
 _attachers: list[tuple[Callable[[Any], bool], Callable[[Any], MainContext]]] = []
@@ -686,12 +690,14 @@ def register_adapter(
     predicate: Callable[[Any], bool],
     attacher: Callable[[Any], MainContext],
     detector: Callable[[], MainContext | None] | None = None,
+    *,
+    fallback: bool = False,
 ) -> None:
     """Used by ``qiotask.loops.*`` to plug a loop kind into attach()/get_context()."""
     _attach_kinds.append(kind)
     _attachers.append((predicate, attacher))
     if detector is not None:
-        _detectors.append(detector)
+        (_fallback_detectors if fallback else _detectors).append(detector)
 
 
 # Adapters imported on first use, so that importing qiotask imports no
@@ -765,6 +771,13 @@ def get_context() -> MainContext:
         # trio is in use and its adapter was not loaded: now it is, with its
         # detector; look again.
         return get_context()
+    if "gi.repository.GLib" in sys.modules and _load_adapter("qiotask.loops.glib"):
+        # Likewise for GLib, whose detector knows a GLib callback is running.
+        return get_context()
+    for detect in _fallback_detectors:
+        ctx = detect()
+        if ctx is not None:
+            return ctx
     return default_context()
 
 
