@@ -654,14 +654,16 @@ class Task(Generic[T]):
             RuntimeError: neither an asyncio loop nor a trio run is running
                 in this thread.
         """
+        loop = asyncio._get_running_loop()
+        if loop is None:
+            # trio (or another loop with an await hook); its wait is a
+            # checkpoint even for a finished task, as its own awaitables are.
+            wait = await_hook()
+            if wait is None:
+                raise RuntimeError("await task: no asyncio event loop or trio run is running in this thread")
+            yield from wait(self).__await__()
+            return self._outcome()
         if self._s < _S_DELIVERING:
-            loop = asyncio._get_running_loop()
-            if loop is None:
-                wait = await_hook()
-                if wait is None:
-                    raise RuntimeError("await task: no asyncio event loop or trio run is running in this thread")
-                yield from wait(self).__await__()
-                return self._outcome()
             future = loop.create_future()
             with _lock:
                 if self._s < _S_DELIVERING:
