@@ -4,6 +4,8 @@ leak check every test passes (no task left pending, no thread left behind).
 
 from __future__ import annotations
 
+import gc
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -103,7 +105,16 @@ def no_leaks() -> Iterator[None]:
     """Every test leaves no task pending and no thread of its own running."""
     before_threads = set(threading.enumerate())
     before = qiotask.stats()["pending"]
+    tk_backend = sys.modules.get("tests.backends.tk")
+    roots_before = getattr(tk_backend, "roots_made", 0)
     yield
+    tk_backend = sys.modules.get("tests.backends.tk")
+    if getattr(tk_backend, "roots_made", 0) != roots_before:
+        # Tk widgets form reference cycles, and a Tk interpreter freed off
+        # its thread aborts the process: collect what the test (and fixtures
+        # torn down before this one, such as caplog's records) left, here on
+        # the main thread, before the cyclic GC runs in some worker thread.
+        gc.collect()
     pool = default_pool()
     wait_for(lambda: pool.statistics()["busy"] == 0, what="the default pool's workers to finish")
     wait_for(lambda: not _foreign_threads(before_threads), what="threads started by the test to end")

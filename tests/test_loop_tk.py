@@ -9,6 +9,7 @@ threads.
 
 from __future__ import annotations
 
+import gc
 import logging
 import socket
 import sys
@@ -45,6 +46,8 @@ def root() -> Iterator[tkinter.Tk]:
     yield made
     if root_alive(made):
         made.destroy()
+    del made
+    gc.collect()  # widget cycles die here, on the Tk thread (see backends/tk.py)
 
 
 def _settle(context: qiotask.MainContext) -> None:

@@ -771,6 +771,9 @@ def get_context() -> MainContext:
         # trio is in use and its adapter was not loaded: now it is, with its
         # detector; look again.
         return get_context()
+    if "PySide6.QtCore" in sys.modules and _load_adapter("qiotask.loops.qt"):
+        # Likewise for Qt: its detector knows a Qt event loop runs here.
+        return get_context()
     if "gi.repository.GLib" in sys.modules and _load_adapter("qiotask.loops.glib"):
         # Likewise for GLib, whose detector knows a GLib callback is running.
         return get_context()

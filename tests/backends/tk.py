@@ -8,6 +8,7 @@ number), stopped and reaped at exit, or as soon as this process dies.
 from __future__ import annotations
 
 import atexit
+import gc
 import os
 import select
 import shutil
@@ -130,8 +131,15 @@ def ensure_display() -> None:
         _display_ready = True
 
 
+#: How many roots new_root() made: the leak check collects garbage on the
+#: main thread after a test that made one (see tests/conftest.py).
+roots_made = 0
+
+
 def new_root() -> tkinter.Tk:
     """A withdrawn Tk root on the test display."""
+    global roots_made
+    roots_made += 1
     ensure_display()
     try:
         root = tkinter.Tk()
@@ -165,6 +173,12 @@ class TkBackend:
             self.context._dispatch()  # completions handed over at the very end
         if root_alive(self.root):
             self.root.destroy()
+        # Widgets form reference cycles (parent <-> children): collect them
+        # here, on the Tk thread.  Left to the cyclic GC, they could be freed
+        # in whatever thread it next runs in, and Tcl aborts the process
+        # when an interpreter is deleted off its thread.
+        del self.root
+        gc.collect()
 
 
 def open() -> TkBackend:

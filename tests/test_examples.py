@@ -1,0 +1,184 @@
+"""The programs in ``examples/``: each runs headless, to the end, as a user would run it.
+
+Each example runs as a child process of ``sys.executable``: Qt on the
+offscreen platform, Tk on an Xvfb display of its own.  A toolkit that is
+missing here skips its example with the reason, except under
+``QIOTASK_REQUIRE_ALL_LOOPS=1`` (CI), where that is a failure, as
+``tests.backends.open_backend`` does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import re
+import select
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import NoReturn
+
+import pytest
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+# How long one example may run, in seconds; each finishes in about one.
+EXAMPLE_TIMEOUT = 60.0
+# How long Xvfb may take to say it is ready (about 0.25 s here).
+XVFB_START_TIMEOUT = 10.0
+
+
+def missing(loop: str, reason: str) -> NoReturn:
+    """Skip, or under QIOTASK_REQUIRE_ALL_LOOPS=1 fail: ``loop`` cannot run here."""
+    message = f"loop {loop!r} cannot be loaded here: {reason}"
+    if os.environ.get("QIOTASK_REQUIRE_ALL_LOOPS") == "1":
+        pytest.fail(message + " (QIOTASK_REQUIRE_ALL_LOOPS=1)")
+    pytest.skip(message)
+
+
+def require(loop: str, *modules: str) -> None:
+    for module in modules:
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except ImportError as exc:  # a parent package that fails to import
+            missing(loop, f"{type(exc).__name__}: {exc}")
+        if not found:
+            missing(loop, f"No module named {module!r}")
+
+
+def run_example(name: str, *args: str, env: dict[str, str] | None = None) -> list[str]:
+    """Run ``examples/<name>``; assert it exits 0 cleanly; return its stdout lines."""
+    command = [sys.executable, "-W", "error", str(EXAMPLES / name), *args]
+    try:
+        done = subprocess.run(
+            command,
+            env={**os.environ, **(env or {})},
+            capture_output=True,
+            text=True,
+            timeout=EXAMPLE_TIMEOUT,
+        )
+    except subprocess.TimeoutExpired as exc:  # run() has killed and reaped the child
+        pytest.fail(f"{name} ran over {EXAMPLE_TIMEOUT} s\nstdout:\n{exc.stdout!r}\nstderr:\n{exc.stderr!r}")
+    report = f"{name} exited {done.returncode}\nstdout:\n{done.stdout}\nstderr:\n{done.stderr}"
+    assert done.returncode == 0, report
+    assert "Traceback" not in done.stderr, report
+    assert "Exception ignored" not in done.stderr, report
+    assert "ContextClosedError" not in done.stderr, report  # every task was delivered
+    return done.stdout.splitlines()
+
+
+def matching(pattern: str, lines: list[str]) -> re.Match[str]:
+    """The one line that matches ``pattern`` entirely."""
+    found = [m for m in map(re.compile(pattern).fullmatch, lines) if m]
+    assert len(found) == 1, f"expected one line matching {pattern!r} in {lines}"
+    return found[0]
+
+
+@pytest.fixture
+def files(tmp_path: Path) -> dict[Path, str]:
+    """A directory of files to hash, and their sha256; subdirectories are skipped."""
+    contents = {"hello.txt": b"hello\n", "empty": b"", "random.bin": os.urandom(300_000)}
+    digests = {}
+    for file_name, data in contents.items():
+        path = tmp_path / file_name
+        path.write_bytes(data)
+        digests[path] = hashlib.sha256(data).hexdigest()
+    (tmp_path / "subdirectory").mkdir()
+    return digests
+
+
+def read_line(fd: int, deadline: float) -> bytes:
+    """One line from ``fd``, or what came before EOF or the deadline."""
+    line = b""
+    while not line.endswith(b"\n"):
+        ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+        chunk = os.read(fd, 64) if ready else b""
+        if not chunk:
+            break
+        line += chunk
+    return line
+
+
+@pytest.fixture
+def x_display() -> Iterator[str]:
+    """A display (``":N"``) on an Xvfb server of this test's own, killed and reaped after."""
+    require("tk", "_tkinter")
+    xvfb = shutil.which("Xvfb")
+    if xvfb is None:
+        missing("tk", "no X display for the example: Xvfb is not installed")
+    read_end, write_end = os.pipe()
+    try:
+        # -displayfd: Xvfb picks a free display number and writes it, with a
+        # newline, once it accepts clients (EOF if it dies first).
+        server = subprocess.Popen(
+            [xvfb, "-displayfd", str(write_end), "-screen", "0", "800x600x24", "-nolisten", "tcp"],
+            pass_fds=(write_end,),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+    finally:
+        os.close(write_end)
+    try:
+        line = read_line(read_end, time.monotonic() + XVFB_START_TIMEOUT)
+        if not line.endswith(b"\n"):
+            missing("tk", f"Xvfb did not start within {XVFB_START_TIMEOUT} s (exit status {server.poll()})")
+        yield f":{line.decode().strip()}"
+    finally:
+        server.terminate()
+        try:
+            server.wait(10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+        os.close(read_end)  # after Xvfb is gone: it may still write to its end
+
+
+@pytest.mark.timeout(EXAMPLE_TIMEOUT + XVFB_START_TIMEOUT + 20)
+def test_tk_hosts(x_display: str) -> None:
+    lines = run_example("tk_hosts.py", "--exit-when-done", env={"DISPLAY": x_display})
+    summary = matching(r"resolved (\d+) of (\d+) names, (\d+) failed, (\d+) timed out", lines)
+    resolved, total, failed, timed_out = map(int, summary.groups())
+    assert resolved + failed + timed_out == total >= 1
+    assert timed_out == 0, lines  # names of /etc/hosts resolve locally
+    assert len(lines) == total + 1  # a line per name, then the summary
+    matching(r"localhost: \S+", lines)
+
+
+@pytest.mark.timeout(EXAMPLE_TIMEOUT + 20)
+def test_qt_hasher(files: dict[Path, str], tmp_path: Path) -> None:
+    require("qt", "PySide6", "PySide6.QtWidgets")
+    lines = run_example("qt_hasher.py", str(tmp_path), "--exit-when-done", env={"QT_QPA_PLATFORM": "offscreen"})
+    assert sorted(lines[:-1]) == sorted(f"{digest}  {path}" for path, digest in files.items())
+    assert lines[-1] == f"hashed {len(files)} of {len(files)} files, 0 failed"
+
+
+@pytest.mark.timeout(EXAMPLE_TIMEOUT + 20)
+def test_glib_hosts(files: dict[Path, str], tmp_path: Path) -> None:
+    require("glib", "gi")
+    lines = run_example("glib_hosts.py", str(tmp_path))
+    for path, digest in files.items():
+        matching(rf"\[\d+/\d+\] sha256 {re.escape(path.name)}: {digest}", lines)
+    matching(r"\[\d+/\d+\] resolve localhost: \S+", lines)
+    summary = matching(
+        r"(\d+) of (\d+) tasks done \((\d+) names, (\d+) files\), (\d+) failed, in [\d.]+ s; callbacks ran on (.+)",
+        lines,
+    )
+    done, total, names, n_files, failed, threads = summary.groups()
+    assert int(total) == int(names) + int(n_files) and int(n_files) == len(files)
+    assert int(done) + int(failed) == int(total) and int(done) >= len(files) + 1
+    assert threads == "MainThread"  # the thread running GLib.MainLoop().run()
+
+
+@pytest.mark.timeout(EXAMPLE_TIMEOUT + 20)
+def test_trio_resolve() -> None:
+    require("trio", "trio")
+    lines = run_example("trio_resolve.py")
+    assert "localhost: 127.0.0.1" in lines or "localhost: ::1" in lines, lines
+    assert "127.0.0.1: 127.0.0.1" in lines
+    assert "canonical name of localhost: localhost" in lines
+    assert lines[-1] == "resolved 3 of 3 names"
