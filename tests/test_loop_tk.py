@@ -25,12 +25,13 @@ import pytest
 
 import qiotask
 from qiotask import IO_IN, IO_OUT, IOCondition, Task, TaskState, WorkerPool
+from qiotask.loops import tk as tk_module  # tkinter ships with Python
 
+from .backends import unavailable
 from .backends.tk import new_root, root_alive
 from .conformance import test_loop_contract as contract
 from .conftest import LoopRunner
 
-tk_module = pytest.importorskip("qiotask.loops.tk")
 TkContext = tk_module.TkContext
 
 # How long a test may run its mainloop before it is stopped and failed.
@@ -42,7 +43,7 @@ def root() -> Iterator[tkinter.Tk]:
     try:
         made = new_root()
     except RuntimeError as exc:
-        pytest.skip(str(exc))
+        unavailable(str(exc))
     yield made
     if root_alive(made):
         made.destroy()
@@ -615,7 +616,7 @@ def test_the_context_lets_go_of_a_destroyed_root() -> None:
     try:
         root = new_root()
     except RuntimeError as exc:
-        pytest.skip(str(exc))
+        unavailable(str(exc))
     ctx = qiotask.attach(root)
     release = threading.Event()
     task = Task(None, context=ctx, name="outliving")

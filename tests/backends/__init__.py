@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import importlib
 import os
-from typing import Protocol
+from typing import NoReturn, Protocol
 
 import pytest
 
@@ -31,12 +31,17 @@ class Backend(Protocol):
         """Release what open() made; called once, after the test."""
 
 
+def unavailable(reason: str) -> NoReturn:
+    """Skip the test for a loop that cannot run here -- or, in CI
+    (``QIOTASK_REQUIRE_ALL_LOOPS=1``), fail it."""
+    if os.environ.get("QIOTASK_REQUIRE_ALL_LOOPS") == "1":
+        pytest.fail(reason + " (QIOTASK_REQUIRE_ALL_LOOPS=1)")
+    pytest.skip(reason)
+
+
 def open_backend(name: str) -> Backend:
     try:
         module = importlib.import_module(f"tests.backends.{name}")
         return module.open()  # type: ignore[no-any-return]
     except (ImportError, OSError, RuntimeError) as exc:
-        reason = f"loop {name!r} cannot be loaded here: {type(exc).__name__}: {exc}"
-        if os.environ.get("QIOTASK_REQUIRE_ALL_LOOPS") == "1":
-            pytest.fail(reason + " (QIOTASK_REQUIRE_ALL_LOOPS=1)")
-        pytest.skip(reason)
+        unavailable(f"loop {name!r} cannot be loaded here: {type(exc).__name__}: {exc}")
