@@ -1,10 +1,12 @@
-"""Shared fixtures: a fresh context per test, a bounded loop runner, and the
-leak check every test passes (no task left pending, no thread left behind).
+"""Shared fixtures: a fresh context per test, a bounded loop runner, a
+connected socketpair, and the leak check every test passes (no task left
+pending, no thread left behind); and helpers the test modules share.
 """
 
 from __future__ import annotations
 
 import gc
+import socket
 import sys
 import threading
 import time
@@ -15,6 +17,8 @@ import pytest
 
 import qiotask
 from qiotask._pool import default_pool
+
+SocketPair = tuple[socket.socket, socket.socket]
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float = 5.0, what: str = "condition") -> None:
@@ -28,6 +32,42 @@ def wait_for(predicate: Callable[[], bool], timeout: float = 5.0, what: str = "c
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         time.sleep(0.001)
+
+
+def start_thread(target: Callable[[], Any], name: str) -> threading.Thread:
+    thread = threading.Thread(target=target, name=name)
+    thread.start()
+    return thread
+
+
+def join(thread: threading.Thread, timeout: float = 10.0) -> None:
+    """Join ``thread``; fail the test if it is still running after ``timeout`` s."""
+    thread.join(timeout)
+    assert not thread.is_alive(), f"thread {thread.name} did not end"
+
+
+def count_calls(obj: object, method: str, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Wrap ``obj.<method>`` (called without arguments); the returned one-item
+    list counts the calls."""
+    count = [0]
+    original = getattr(obj, method)
+
+    def counting() -> None:
+        count[0] += 1
+        original()
+
+    monkeypatch.setattr(obj, method, counting)
+    return count
+
+
+def count_dispatches(ctx: qiotask.MainContext, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Wrap ctx._dispatch; the returned one-item list counts the dispatches."""
+    return count_calls(ctx, "_dispatch", monkeypatch)
+
+
+def count_wakeups(ctx: qiotask.MainContext, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Wrap ctx._wakeup; the returned one-item list counts the wake-ups."""
+    return count_calls(ctx, "_wakeup", monkeypatch)
 
 
 class LoopRunner:
@@ -92,11 +132,27 @@ def runner(ctx: qiotask.MainContext) -> LoopRunner:
     return LoopRunner(ctx)
 
 
+@pytest.fixture
+def pair() -> Iterator[SocketPair]:
+    """A connected non-blocking socketpair (a wrong callback cannot hang the
+    loop in recv), closed after the test."""
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    b.setblocking(False)
+    try:
+        yield a, b
+    finally:
+        a.close()
+        b.close()
+
+
 def _foreign_threads(before: set[threading.Thread]) -> list[threading.Thread]:
     return [
         t
         for t in threading.enumerate()
-        if t not in before and t.is_alive() and not t.name.startswith(("qiotask-worker", "test-pool"))
+        if t not in before
+        and t.is_alive()
+        and not t.name.startswith(("qiotask-worker", "qiotask-deadlines", "test-pool"))
     ]
 
 

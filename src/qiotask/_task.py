@@ -62,14 +62,15 @@ import logging
 import os
 import queue
 import threading
+import time
 import warnings
 from collections.abc import Callable, Generator
 from typing import Any, Generic, TypeVar
 
+from . import _deadline, _trace
 from . import _pool as _pool_module
-from . import _trace
 from ._context import MainContext, attach, await_hook, get_context
-from ._errors import ContextClosedError, TaskStateError
+from ._errors import ContextClosedError, TaskCancelled, TaskStateError, TaskTimeout
 from ._pool import WorkerPool, default_pool
 
 __all__ = ["Task", "TaskState"]
@@ -79,7 +80,10 @@ logger = logging.getLogger("qiotask")
 
 TaskFunc = Callable[[Any, "BaseException | None", Any], Any]
 DestroyNotify = Callable[[Any], Any]
-_ThreadJob = tuple[Callable[..., Any], Any, "DestroyNotify | None", "contextvars.Context | None"]
+# (worker, opaque, destroy, contextvars or None, abandon_on_cancel, deadline or None)
+_ThreadJob = tuple[
+    Callable[..., Any], Any, "DestroyNotify | None", "contextvars.Context | None", bool, "_deadline.Deadline | None"
+]
 _copy_context = contextvars.copy_context
 _Future = asyncio.Future
 
@@ -128,6 +132,8 @@ def _after_fork_in_child() -> None:
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 _WORKER_DONE = object()
+_NEVER_RAN = object()  # what a pool job returns for a worker cancelled while queued
+_monotonic = time.monotonic
 
 _count_created = _trace.count_created
 _count_completed = _trace.count_completed
@@ -158,7 +164,10 @@ class Task(Generic[T]):
 
     __slots__ = (
         "__weakref__",
+        "_abandoned",
         "_callbacks",
+        "_cancel",
+        "_cancel_hooks",
         "_context",
         "_destroy",
         "_error",
@@ -213,6 +222,13 @@ class Task(Generic[T]):
         self._thread: _ThreadJob | None = None
         self._waiter: queue.SimpleQueue[object] | None = None
         self._event: threading.Event | None = None
+        # The exception a cancel() asked for (TaskCancelled, TaskTimeout):
+        # once set it is what the completion delivers ("cancel wins").
+        self._cancel: TaskCancelled | TaskTimeout | None = None
+        self._cancel_hooks: list[Callable[[Task[T]], Any]] | None = None
+        # Set when a cancel completed the task while its worker still runs
+        # (abandon_on_cancel): (worker destroy, opaque) to run once it returns.
+        self._abandoned: tuple[DestroyNotify | None, Any] | None = None
         self._traced = _listeners() or _debug_enabled(_DEBUG)
         self._id = _count_created()
         self._s = _S_PENDING  # last: from here on __del__ checks completion
@@ -406,6 +422,8 @@ class Task(Generic[T]):
             self._s = _S_DELIVERING
             # From here on add_done_callback() schedules instead of appending.
             callbacks, self._callbacks = self._callbacks, None
+            if self._cancel is not None:
+                self._error = self._cancel  # cancel wins
         err = self._error
         thread = self._thread
         if self._traced:
@@ -432,7 +450,7 @@ class Task(Generic[T]):
                     _resolve_soon(cb)
                 else:
                     pending = self._notify(cb, self, "done-callback") or pending
-        if thread is not None and thread[2] is not None:
+        if thread is not None and thread[2] is not None and self._abandoned is None:
             pending = self._notify(thread[2], thread[1], "worker destroy notifier") or pending
         if self._destroy is not None:
             pending = self._notify(self._destroy, self._opaque, "destroy notifier") or pending
@@ -472,6 +490,92 @@ class Task(Generic[T]):
         except BaseException as exc:
             return exc
         return None
+
+    # -- cancellation ---------------------------------------------------------
+
+    def cancel(self) -> bool:
+        """Ask the task to stop; safe from any thread.
+
+        Cancel wins: from now on the task completes with
+        :class:`TaskCancelled`, whatever its worker returns.  The hooks added
+        with :meth:`on_cancel` run now, as ``fn(task)``, in this thread.
+        A worker still queued never starts: the task completes now (on the
+        context thread, before this returns; from another thread, handed
+        over).  A running worker sees :meth:`cancelled`; with
+        ``abandon_on_cancel`` the task completes now and the worker's late
+        result is dropped.  A task with no worker completes with
+        :class:`TaskCancelled` when its owner completes it.
+
+        Returns:
+            True if this call asked for the cancel; False if the task was
+            already cancelled or completed.
+        """
+        return self._ask_cancel(TaskCancelled(f"task {self.name!r} was cancelled"))
+
+    def _time_out(self) -> None:
+        # On the deadline thread.
+        where = "while queued" if self._s == _S_QUEUED else "while running"
+        self._ask_cancel(TaskTimeout(f"task {self.name!r} timed out {where}"))
+
+    def _ask_cancel(self, reason: TaskCancelled | TaskTimeout) -> bool:
+        with _lock:
+            state = self._s
+            if self._cancel is not None or state >= _S_COMPLETING:
+                return False
+            self._cancel = reason
+            hooks, self._cancel_hooks = self._cancel_hooks, None
+            claim = state == _S_QUEUED
+            thread = self._thread
+            if state == _S_RUNNING and thread is not None and thread[4]:
+                claim = True
+                self._abandoned = (thread[2], thread[1])
+            if claim:
+                self._s = _S_COMPLETING
+        if hooks:
+            for fn in hooks:
+                self._notify(fn, self, "cancel hook")
+        if claim:
+            if thread is not None and thread[5] is not None:
+                thread[5].cancel()
+            waiter = self._waiter
+            if waiter is not None:
+                waiter.put(_WORKER_DONE)  # wait_thread() returns: the task completed
+            self._hand_over()
+        return True
+
+    def cancelled(self) -> bool:
+        """Whether a cancel (or timeout) was asked; workers poll this."""
+        return self._cancel is not None
+
+    def raise_if_cancelled(self) -> None:
+        """For cooperative workers: raise the cancel's exception if asked.
+
+        Raises:
+            TaskCancelled: the task was cancelled (TaskTimeout if it timed
+                out).
+        """
+        reason = self._cancel
+        if reason is not None:
+            raise reason
+
+    def on_cancel(self, fn: Callable[[Task[T]], Any]) -> None:
+        """Call ``fn(task)`` when a cancel is asked, in the cancelling thread
+        (at once, here, if it was asked already) -- e.g. to close the socket
+        a worker blocks on.  Not called if the task completes uncancelled.
+
+        Raises:
+            TypeError: ``fn`` is not callable.
+        """
+        if not callable(fn):
+            raise TypeError(f"on_cancel: fn must be callable, not {type(fn).__name__}")
+        with _lock:
+            if self._cancel is None:
+                if self._cancel_hooks is None:
+                    self._cancel_hooks = [fn]
+                else:
+                    self._cancel_hooks.append(fn)
+                return
+        self._notify(fn, self, "cancel hook")
 
     # -- done-callbacks and waiting ------------------------------------------
 
@@ -536,6 +640,8 @@ class Task(Generic[T]):
         *,
         pool: WorkerPool | None = None,
         copy_context: bool = True,
+        timeout: float | None = None,
+        abandon_on_cancel: bool = False,
     ) -> None:
         """Run ``worker(task, opaque)`` on a pool thread; complete with its
         outcome on the context thread.
@@ -546,9 +652,18 @@ class Task(Generic[T]):
         done-callbacks.  With ``copy_context`` (the default) the worker runs
         in a copy of the caller's contextvars, as ``asyncio.to_thread`` does.
 
+        ``timeout`` (seconds) is a :meth:`cancel` with a reason: the task
+        completes with :class:`TaskTimeout`, saying whether the deadline
+        passed while the worker was queued or running.  With
+        ``abandon_on_cancel`` a cancel (or timeout) of a running worker
+        completes the task at once and drops the worker's late result; the
+        worker's ``destroy(opaque)`` then runs once the worker has returned,
+        and the pool counts the thread busy until then.
+
         Raises:
             TypeError: ``worker``/``destroy`` not callable, ``pool`` not a
-                WorkerPool.
+                WorkerPool, ``timeout`` not a number.
+            ValueError: ``timeout`` negative.
             TaskStateError: the task already runs a worker or was completed.
             RuntimeError: the pool was shut down.
         """
@@ -562,18 +677,28 @@ class Task(Generic[T]):
                 pool = default_pool()
         elif not isinstance(pool, WorkerPool):
             raise TypeError(f"run_in_thread: pool must be a WorkerPool, not {type(pool).__name__}")
+        if timeout is not None:
+            if not isinstance(timeout, (int, float)) or isinstance(timeout, bool):
+                raise TypeError(f"run_in_thread: timeout must be a number of seconds, not {type(timeout).__name__}")
+            if not timeout >= 0:
+                raise ValueError(f"run_in_thread: timeout must not be negative, got {timeout}")
         with _lock:
             if self._s != _S_PENDING:
                 raise TaskStateError(
                     f"task {self.name!r} is {self.state.value}; run_in_thread() may be called once, before completion"
                 )
             self._s = _S_QUEUED
-        self._thread = (worker, opaque, destroy, _copy_context() if copy_context else None)
+        deadline = None
+        if timeout is not None:
+            deadline = _deadline.call_at(_monotonic() + timeout, self._time_out)
+        self._thread = (worker, opaque, destroy, _copy_context() if copy_context else None, abandon_on_cancel, deadline)
         if self._traced:
             _trace.emit("qio_task_thread_start", self, worker=worker, opaque=opaque)
         try:
             pool.submit(self._run_worker, self._worker_done)
         except BaseException:
+            if deadline is not None:
+                deadline.cancel()
             with _lock:
                 self._s = _S_PENDING
             self._thread = None
@@ -581,18 +706,37 @@ class Task(Generic[T]):
 
     def _run_worker(self) -> Any:
         # On a pool thread.
-        self._s = _S_RUNNING
+        with _lock:
+            if self._s != _S_QUEUED:
+                return _NEVER_RAN  # cancelled while queued: it completed already
+            self._s = _S_RUNNING
         if self._traced:
             _trace.emit("qio_task_thread_run", self)
-        worker, opaque, _, ctx = self._thread  # type: ignore[misc]
+        worker, opaque, _, ctx, _, _ = self._thread  # type: ignore[misc]
         if ctx is not None:
             return ctx.run(worker, self, opaque)
         return worker(self, opaque)
 
     def _worker_done(self, result: Any, exc: BaseException | None) -> None:
         # On the pool thread, right after the worker returned or raised.
+        if result is _NEVER_RAN:
+            return
         if self._traced:
             _trace.emit("qio_task_thread_exit", self, result=result, err=exc)
+        thread = self._thread
+        if thread is not None and thread[5] is not None:
+            thread[5].cancel()  # the deadline
+        abandoned = self._abandoned
+        if abandoned is not None:
+            # A cancel completed the task while this worker ran: its outcome
+            # is dropped; only its destroy notifier is left to run.
+            destroy, opaque = abandoned
+            if destroy is not None:
+                if self._context.closed:
+                    self._notify(destroy, opaque, "worker destroy notifier")
+                else:
+                    self._context.call_soon(self._notify, destroy, opaque, "worker destroy notifier")
+            return
         if exc is not None:
             with _lock:
                 if self._error is None:
@@ -604,11 +748,14 @@ class Task(Generic[T]):
             if old_destroy is not None:
                 self._result_destroy = None
                 self._notify(old_destroy, old, "result destroy notifier")
-        # No lock for the hand-over to wait_thread(): this thread publishes
-        # the state, then looks for a waiter; wait_thread() publishes its
-        # waiter, then looks at the state.  Under the GIL one of the two sees
-        # the other's store, so the waiter is always woken or never blocks.
-        self._s = _S_COMPLETING
+        with _lock:
+            if self._abandoned is not None:  # a cancel took over meanwhile
+                return
+            # The hand-over to wait_thread(): this thread publishes the
+            # state, then looks for a waiter; wait_thread() publishes its
+            # waiter, then looks at the state.  One of the two sees the
+            # other's store, so the waiter is always woken or never blocks.
+            self._s = _S_COMPLETING
         waiter = self._waiter
         if waiter is not None:
             waiter.put(_WORKER_DONE)
