@@ -56,6 +56,7 @@ goes to the context's exception handler (logged) and does not skip the rest.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextvars
 import enum
 import logging
@@ -80,6 +81,8 @@ logger = logging.getLogger("qiotask")
 
 TaskFunc = Callable[[Any, "BaseException | None", Any], Any]
 DestroyNotify = Callable[[Any], Any]
+ProgressFunc = Callable[[Any, float, "float | None", "str | None"], Any]
+R = TypeVar("R")
 # (worker, opaque, destroy, contextvars or None, abandon_on_cancel, deadline or None)
 _ThreadJob = tuple[
     Callable[..., Any], Any, "DestroyNotify | None", "contextvars.Context | None", bool, "_deadline.Deadline | None"
@@ -132,7 +135,42 @@ def _after_fork_in_child() -> None:
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 _WORKER_DONE = object()
-_NEVER_RAN = object()  # what a pool job returns for a worker cancelled while queued
+_NEVER_RAN = object()
+
+
+class _MainCall:
+    """A call_in_main() request: served once, by the loop or by wait_thread."""
+
+    __slots__ = ("args", "done", "error", "fn", "result", "served")
+
+    def __init__(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
+        self.fn = fn
+        self.args = args
+        self.result: Any = None
+        self.error: BaseException | None = None
+        self.served = False  # guarded by _lock
+        self.done = threading.Event()
+
+    def _dispatch(self) -> None:
+        with _lock:
+            if self.served:
+                return
+            self.served = True
+        try:
+            self.result = self.fn(*self.args)
+        except BaseException as exc:
+            self.error = exc
+        self.done.set()
+
+    def _context_closed(self, context: MainContext) -> None:
+        with _lock:
+            if self.served:
+                return
+            self.served = True
+        self.error = ContextClosedError(f"call_in_main(): context {context.name!r} is gone")
+        self.done.set()  # what a pool job returns for a worker cancelled while queued
+
+
 _monotonic = time.monotonic
 
 _count_created = _trace.count_created
@@ -174,8 +212,11 @@ class Task(Generic[T]):
         "_event",
         "_func",
         "_id",
+        "_main_calls",
         "_name",
         "_opaque",
+        "_progress",
+        "_progress_fns",
         "_propagated",
         "_result",
         "_result_destroy",
@@ -229,6 +270,11 @@ class Task(Generic[T]):
         # Set when a cancel completed the task while its worker still runs
         # (abandon_on_cancel): (worker destroy, opaque) to run once it returns.
         self._abandoned: tuple[DestroyNotify | None, Any] | None = None
+        # call_in_main() requests not served yet (see wait_thread).
+        self._main_calls: list[_MainCall] | None = None
+        # The latest progress report not yet delivered, and the listeners.
+        self._progress: tuple[float, float | None, str | None] | None = None
+        self._progress_fns: list[ProgressFunc] | None = None
         self._traced = _listeners() or _debug_enabled(_DEBUG)
         self._id = _count_created()
         self._s = _S_PENDING  # last: from here on __del__ checks completion
@@ -425,6 +471,8 @@ class Task(Generic[T]):
             if self._cancel is not None:
                 self._error = self._cancel  # cancel wins
         err = self._error
+        if self._progress is not None:
+            self._deliver_progress()  # the last report comes before the completion
         thread = self._thread
         if self._traced:
             if thread is not None:
@@ -490,6 +538,142 @@ class Task(Generic[T]):
         except BaseException as exc:
             return exc
         return None
+
+    # -- progress -------------------------------------------------------------
+
+    def report_progress(self, done: float, total: float | None = None, message: str | None = None) -> None:
+        """From the worker (any thread): tell the loop how far the work is.
+
+        Deliveries are coalesced: the latest report wins, at most one
+        delivery per loop iteration, and the last report is always delivered
+        before the completion.  Cheap to call often.
+
+        Raises:
+            TypeError: ``done``/``total`` not numbers, ``message`` not a str.
+            ValueError: ``done`` negative, or ``total`` negative.
+        """
+        if not isinstance(done, (int, float)) or isinstance(done, bool):
+            raise TypeError(f"report_progress: done must be a number, not {type(done).__name__}")
+        if total is not None and (not isinstance(total, (int, float)) or isinstance(total, bool)):
+            raise TypeError(f"report_progress: total must be a number or None, not {type(total).__name__}")
+        if message is not None and not isinstance(message, str):
+            raise TypeError(f"report_progress: message must be a str or None, not {type(message).__name__}")
+        if done < 0 or (total is not None and total < 0):
+            raise ValueError(f"report_progress: done and total must not be negative, got {done}, {total}")
+        # The report that finds none pending posts the delivery; later ones
+        # only replace it (latest wins) until the loop has taken it.
+        with _lock:
+            previous, self._progress = self._progress, (done, total, message)
+            post = previous is None and self._progress_fns is not None
+        if post:
+            self._context.call_soon(self._deliver_progress)
+
+    def connect_progress(self, fn: ProgressFunc) -> None:
+        """Call ``fn(task, done, total, message)`` on the context thread for
+        the progress reports (coalesced, see :meth:`report_progress`).
+
+        Raises:
+            TypeError: ``fn`` is not callable.
+        """
+        if not callable(fn):
+            raise TypeError(f"connect_progress: fn must be callable, not {type(fn).__name__}")
+        with _lock:
+            self._progress_fns = [*(self._progress_fns or ()), fn]
+        if self._progress is not None:
+            self._context.call_soon(self._deliver_progress)
+
+    def _deliver_progress(self) -> None:
+        # On the context thread: the latest report, once.
+        with _lock:
+            report, self._progress = self._progress, None
+        if report is None:
+            return
+        for fn in self._progress_fns or ():
+            self._notify(fn, self, "progress callback", *report)
+
+    # -- calls back to the loop ------------------------------------------------
+
+    def call_in_main(self, fn: Callable[..., R], *args: Any) -> R:
+        """From the worker: run ``fn(*args)`` on the context thread and
+        return its result (or raise its exception) here.
+
+        Served by the loop, or -- when the context thread sits in
+        :meth:`wait_thread` for this task -- by that wait, so the two cannot
+        deadlock.
+
+        Raises:
+            TaskStateError: called on the context thread itself.
+            ContextClosedError: the context's loop is gone.
+            Exception: whatever ``fn`` raised.
+        """
+        if not callable(fn):
+            raise TypeError(f"call_in_main: fn must be callable, not {type(fn).__name__}")
+        if self._context.is_owner():
+            raise TaskStateError(
+                f"task {self.name!r}: call_in_main() from the context thread itself; call the function directly"
+            )
+        call: _MainCall = _MainCall(fn, args)
+        # Publish the call, then look for a waiter (wait_thread publishes
+        # its waiter, then looks at the calls): one of the two sees it.
+        with _lock:
+            self._main_calls = [*(self._main_calls or ()), call]
+        waiter = self._waiter
+        if waiter is not None:
+            waiter.put(call)
+        self._context.post(call)
+        call.done.wait()
+        with _lock:
+            if self._main_calls is not None and call in self._main_calls:
+                self._main_calls.remove(call)
+        if call.error is not None:
+            raise call.error
+        return call.result  # type: ignore[no-any-return]
+
+    # -- executors --------------------------------------------------------------
+
+    def run_in_executor(self, executor: concurrent.futures.Executor, fn: Callable[..., Any], *args: Any) -> None:
+        """Run ``fn(*args)`` in any ``concurrent.futures.Executor`` -- a
+        process pool, or a Dask ``distributed`` client's executor -- and
+        complete the task with its outcome on the context thread.
+
+        ``fn`` and ``args`` must be picklable for process and cluster
+        executors.  :meth:`cancel` maps to the future's ``cancel()``: a call
+        that has not started never runs; one running completes the task with
+        :class:`TaskCancelled` when it ends (cancel wins).
+
+        Raises:
+            TypeError: ``executor`` has no ``submit``, ``fn`` not callable.
+            TaskStateError: the task already runs a worker or was completed.
+            Exception: whatever ``executor.submit`` raises (e.g. shut down).
+        """
+        if not callable(getattr(executor, "submit", None)):
+            raise TypeError(f"run_in_executor: executor must have submit(), not {type(executor).__name__}")
+        if not callable(fn):
+            raise TypeError(f"run_in_executor: fn must be callable, not {type(fn).__name__}")
+        with _lock:
+            if self._s != _S_PENDING:
+                raise TaskStateError(
+                    f"task {self.name!r} is {self.state.value}; run_in_executor() may be called once, before completion"
+                )
+            self._s = _S_RUNNING  # queued or running in the executor: it does not say
+        self._thread = (fn, None, None, None, False, None)
+        try:
+            future = executor.submit(fn, *args)
+        except BaseException:
+            with _lock:
+                self._s = _S_PENDING
+            self._thread = None
+            raise
+        self.on_cancel(lambda task: future.cancel())
+        future.add_done_callback(self._future_done)
+
+    def _future_done(self, future: concurrent.futures.Future[Any]) -> None:
+        # On whatever thread the executor completes futures on.
+        if future.cancelled():
+            self._worker_done(None, TaskCancelled(f"task {self.name!r} was cancelled in its executor"))
+            return
+        exc = future.exception()
+        self._worker_done(None if exc is not None else future.result(), exc)
 
     # -- cancellation ---------------------------------------------------------
 
@@ -782,12 +966,17 @@ class Task(Generic[T]):
             if self._thread is None:
                 raise TaskStateError(f"task {self.name!r} has no worker thread to wait for")
         if self._s < _S_COMPLETING:
-            # Publish the waiter, then look at the state (see _worker_done).
+            # Publish the waiter, then look at the state (see _worker_done)
+            # and at the calls to the loop the worker made meanwhile (see
+            # call_in_main): this thread is the loop, serving them is its job.
             waiter: queue.SimpleQueue[object] = queue.SimpleQueue()
             self._waiter = waiter
+            for call in self._main_calls or ():
+                call._dispatch()
             if self._s < _S_COMPLETING:
-                while waiter.get() is not _WORKER_DONE:
-                    pass
+                while (item := waiter.get()) is not _WORKER_DONE:
+                    if isinstance(item, _MainCall):
+                        item._dispatch()
         if self._traced:
             _trace.emit("qio_task_thread_source_cancel", self)
         self._deliver()

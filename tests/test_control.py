@@ -1,0 +1,259 @@
+"""Progress reports, calls back to the loop, and executors (processes, Dask)."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import threading
+from typing import Any
+
+import pytest
+
+import qiotask
+from qiotask import ContextClosedError, Task, TaskCancelled, TaskStateError
+
+from .backends import open_backend
+from .conftest import LoopRunner
+
+
+def counting_dispatches(ctx: qiotask.MainContext, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    count = [0]
+    original = ctx._dispatch
+
+    def dispatch() -> None:
+        count[0] += 1
+        original()
+
+    monkeypatch.setattr(ctx, "_dispatch", dispatch)
+    return count
+
+
+# -- progress ---------------------------------------------------------------------------
+
+
+def test_a_million_reports_do_not_flood_the_loop(runner: LoopRunner, monkeypatch: pytest.MonkeyPatch) -> None:
+    dispatches = counting_dispatches(runner.context, monkeypatch)
+    seen: list[tuple[Any, ...]] = []
+    order: list[str] = []
+    reports = 1_000_000
+
+    def worker(task: Task[Any], opaque: Any) -> None:
+        for i in range(1, reports + 1):
+            task.report_progress(i, reports, "working")
+
+    def on_progress(task: Task[Any], done: float, total: float | None, message: str | None) -> None:
+        seen.append((done, total, message, threading.current_thread().name))
+        order.append("progress")
+
+    task = Task(None, lambda s, e, o: order.append("func"))
+    task.connect_progress(on_progress)
+    task.add_done_callback(runner.quit)
+    task.run_in_thread(worker)
+    runner.run()
+    print(f"{reports:,} reports -> {len(seen):,} deliveries in {dispatches[0]:,} loop dispatches")
+    assert 1 <= len(seen) <= dispatches[0]  # at most one delivery per loop iteration
+    assert len(seen) < reports / 100
+    assert seen[-1][:3] == (reports, reports, "working")  # the last report is always delivered
+    assert order[-1] == "func" and order[-2] == "progress"  # ... before the completion
+    assert {s[3] for s in seen} == {threading.current_thread().name}
+    assert [s[0] for s in seen] == sorted(s[0] for s in seen)  # never older than the one before
+
+
+def test_progress_on_a_glib_loop() -> None:
+    backend = open_backend("glib")
+    try:
+        runner = LoopRunner(backend.context)
+        seen: list[float] = []
+        task = Task(None, context=backend.context)
+        task.connect_progress(lambda t, done, total, message: seen.append(done))
+        task.add_done_callback(runner.quit)
+        task.run_in_thread(lambda t, o: [t.report_progress(i) for i in range(1000)] and None)
+        runner.run()
+        assert seen and seen[-1] == 999
+    finally:
+        backend.cleanup()
+
+
+def test_progress_bad_input(ctx: qiotask.MainContext) -> None:
+    task = Task(None)
+    with pytest.raises(TypeError, match="done must be a number"):
+        task.report_progress("half")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="total must be a number"):
+        task.report_progress(1, "all")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="message must be a str"):
+        task.report_progress(1, 2, 3)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="must not be negative"):
+        task.report_progress(-1)
+    with pytest.raises(TypeError, match="connect_progress"):
+        task.connect_progress(None)  # type: ignore[arg-type]
+    task.complete()
+
+
+# -- call_in_main -----------------------------------------------------------------------
+
+
+def test_call_in_main_runs_on_the_loop_and_returns(runner: LoopRunner) -> None:
+    loop_thread = threading.current_thread().name
+    got: list[Any] = []
+
+    def on_loop(x: int) -> tuple[int, str]:
+        return x * 2, threading.current_thread().name
+
+    def failing() -> None:
+        raise KeyError("from the loop")
+
+    def worker(task: Task[Any], opaque: Any) -> None:
+        got.append(task.call_in_main(on_loop, 21))
+        try:
+            task.call_in_main(failing)
+        except KeyError as exc:
+            got.append(exc)
+
+    task = Task(None)
+    task.add_done_callback(runner.quit)
+    task.run_in_thread(worker)
+    runner.run()
+    assert got[0] == (42, loop_thread)
+    assert isinstance(got[1], KeyError)
+
+
+def test_call_in_main_on_the_context_thread_is_refused(ctx: qiotask.MainContext) -> None:
+    task = Task(None)
+    with pytest.raises(TaskStateError, match="context thread itself"):
+        task.call_in_main(print)
+    task.complete()
+
+
+def test_call_in_main_while_the_loop_waits_in_wait_thread(ctx: qiotask.MainContext) -> None:
+    served_on: list[str] = []
+
+    def worker(task: Task[Any], opaque: Any) -> str:
+        value: str = task.call_in_main(lambda: served_on.append(threading.current_thread().name) or "ok")
+        return value
+
+    task = Task(None)
+    task.run_in_thread(worker)
+    task.wait_thread()  # the loop does not run: wait_thread serves the call
+    assert served_on == [threading.current_thread().name]
+    assert task.get_result() == "ok"
+
+
+def test_call_in_main_after_the_loop_is_gone() -> None:
+    context = qiotask.MainContext()
+    errors: list[BaseException] = []
+    started = threading.Event()
+    go = threading.Event()
+
+    def worker(task: Task[Any], opaque: Any) -> None:
+        started.set()
+        go.wait(5)
+        try:
+            task.call_in_main(print, "never")
+        except ContextClosedError as exc:
+            errors.append(exc)
+
+    task = Task(None, context=context)
+    task.run_in_thread(worker)
+    assert started.wait(5)
+    context.close()
+    go.set()
+    assert task.wait(10)
+    assert len(errors) == 1
+    assert isinstance(task.propagate_error(), ContextClosedError)
+
+
+# -- executors --------------------------------------------------------------------------
+
+
+def test_run_in_executor_with_a_process_pool(runner: LoopRunner) -> None:
+    seen: list[Any] = []
+    with concurrent.futures.ProcessPoolExecutor(1) as executor:
+        task = Task(None, lambda s, e, o: seen.append((e, threading.current_thread().name)))
+        task.add_done_callback(runner.quit)
+        task.run_in_executor(executor, os.getpid)
+        runner.run()
+        failing = Task(None, lambda s, e, o: seen.append((e, threading.current_thread().name)))
+        failing.add_done_callback(runner.quit)
+        failing.run_in_executor(executor, int, "not a number")
+        runner.run()
+    assert task.get_result() != os.getpid()  # another process ran it
+    assert seen[0] == (None, threading.current_thread().name)
+    assert isinstance(seen[1][0], ValueError) and seen[1][1] == threading.current_thread().name
+
+
+def test_cancel_maps_to_the_futures_cancel(runner: LoopRunner) -> None:
+    release = threading.Event()
+    ran: list[int] = []
+    with concurrent.futures.ThreadPoolExecutor(1) as executor:
+        executor.submit(release.wait, 10)  # keeps the only thread busy
+        task = Task(None)
+        task.add_done_callback(runner.quit)
+        task.run_in_executor(executor, ran.append, 1)
+        assert task.cancel()
+        runner.run()
+        release.set()
+    assert ran == []  # it never ran
+    assert isinstance(task.propagate_error(), TaskCancelled)
+
+
+def test_run_in_executor_bad_input(ctx: qiotask.MainContext) -> None:
+    task = Task(None)
+    with pytest.raises(TypeError, match="submit"):
+        task.run_in_executor(object(), print)  # type: ignore[arg-type]
+    with concurrent.futures.ThreadPoolExecutor(1) as executor:
+        with pytest.raises(TypeError, match="fn must be callable"):
+            task.run_in_executor(executor, 3)  # type: ignore[arg-type]
+        task.run_in_executor(executor, int, "5")
+        with pytest.raises(TaskStateError):
+            task.run_in_executor(executor, int, "6")
+        task.wait_thread()
+    assert task.get_result() == 5
+
+
+DASK_SCRIPT = """
+import os, threading
+import distributed
+import qiotask
+
+def main():
+    with distributed.LocalCluster(
+        n_workers=1, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=":0"
+    ) as cluster, distributed.Client(cluster) as client:
+        loop = qiotask.MainLoop()
+        seen = []
+
+        def func(source, err, opaque):
+            seen.append((err, threading.current_thread() is threading.main_thread()))
+            loop.quit()
+
+        task = qiotask.Task(None, func)
+        task.run_in_executor(client.get_executor(), os.getpid)
+        loop.run()
+        (err, on_main), = seen
+        assert err is None and on_main, seen
+        assert task.get_result() != os.getpid()
+        print("dask worker pid differs; completion on the main thread")
+
+if __name__ == "__main__":
+    main()
+"""
+
+
+def test_run_in_executor_on_a_dask_cluster(tmp_path: Any) -> None:
+    """A real distributed.LocalCluster on loopback, in a child process (Dask
+    keeps threads of its own for the life of a process, and its workers are
+    spawned, which wants a script with a __main__ guard)."""
+    import subprocess
+    import sys
+
+    try:
+        import distributed  # noqa: F401
+    except ImportError as exc:
+        from .backends import unavailable
+
+        unavailable(f"Dask cannot be loaded here: {exc}")
+    script = tmp_path / "dask_task.py"
+    script.write_text(DASK_SCRIPT)
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "completion on the main thread" in out.stdout
