@@ -76,7 +76,6 @@ import asyncio
 import gc
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -86,6 +85,19 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+# Shared with throughput.py (benchmarks/ is sys.path[0] when either script runs).
+from throughput import (
+    AsyncRun,
+    Sample,
+    awaiting,
+    describe_environment,
+    environment,
+    make_sample,
+    noop,
+    run_in_executor,
+    write_json,
+)
 
 import qiotask
 
@@ -103,27 +115,6 @@ perf_counter = time.perf_counter
 
 
 # -- results ----------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Sample:
-    """One measurement of one contender in one round."""
-
-    contender: str
-    round: int
-    jobs: int
-    seconds: float
-    cpu_seconds: float
-    p50_us: float
-    p99_us: float
-
-    @property
-    def jobs_per_s(self) -> float:
-        return self.jobs / self.seconds
-
-    @property
-    def cpu_us_per_job(self) -> float:
-        return self.cpu_seconds / self.jobs * 1e6
 
 
 @dataclass
@@ -163,24 +154,6 @@ class Summary:
     cpu_us_per_job: float
     ratio: float | None  # median of the per-round ratios of jobs/s to the best peer's
     ratios: list[float]
-
-
-def percentile(ordered: list[float], q: float) -> float:
-    """Nearest-rank percentile ``q`` (0..1) of an already sorted list."""
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
-def make_sample(name: str, round_no: int, seconds: float, cpu_seconds: float, latencies: list[float]) -> Sample:
-    latencies.sort()
-    return Sample(
-        contender=name,
-        round=round_no,
-        jobs=len(latencies),
-        seconds=seconds,
-        cpu_seconds=cpu_seconds,
-        p50_us=percentile(latencies, 0.50) * 1e6,
-        p99_us=percentile(latencies, 0.99) * 1e6,
-    )
 
 
 def plan(names: list[str], rounds: int) -> list[tuple[int, str]]:
@@ -280,11 +253,6 @@ class Job:
         self.returned_at = 0.0
 
 
-def noop() -> float:
-    """The job of the awaiting contenders: return the time it returns at."""
-    return perf_counter()
-
-
 # -- qiotask's callback style, the same on every loop -----------------------------------------------------
 
 
@@ -325,6 +293,16 @@ class CallbackContender:
     close: Callable[[Chain], None] | None = None  # after the run ended
 
 
+def qiotask_on(result: LoopResult, loop_object: object) -> list[CallbackContender]:
+    """The qiotask contender on ``qiotask.attach(loop_object)``; none, and the failure noted, if that fails."""
+    try:
+        ctx = qiotask.attach(loop_object)
+    except Exception as exc:
+        result.failures["qiotask"] = f"adapter not available: {describe(exc)}"
+        return []
+    return [CallbackContender("qiotask", True, False, qiotask_submit(ctx))]
+
+
 @dataclass
 class LoopHooks:
     """How the sequencer uses a loop; every function is called on the loop thread."""
@@ -332,6 +310,32 @@ class LoopHooks:
     call_soon: Callable[[Callable[[], None]], None]
     call_later: Callable[[float, Callable[[], None]], Callable[[], None]]  # returns a cancel function
     quit: Callable[[], None]
+
+
+def one_shot_timers(
+    add: Callable[[int, Callable[[], bool]], Any], remove: Callable[[Any], object]
+) -> Callable[[float, Callable[[], None]], Callable[[], None]]:
+    """A :attr:`LoopHooks.call_later` from a loop's timer calls: ``add(ms, fire)`` returns an id, ``remove(id)``
+    cancels it; ``fire`` returns False (a GLib source that does not repeat; Tk ignores it)."""
+
+    def call_later(seconds: float, fn: Callable[[], None]) -> Callable[[], None]:
+        fired = [False]
+
+        def fire() -> bool:
+            fired[0] = True
+            fn()
+            return False
+
+        timer_id = add(int(seconds * 1000), fire)
+
+        def cancel() -> None:
+            if not fired[0]:
+                fired[0] = True
+                remove(timer_id)
+
+        return cancel
+
+    return call_later
 
 
 class Sequencer:
@@ -438,13 +442,7 @@ def run_glib(args: argparse.Namespace, result: LoopResult) -> None:
     from gi.repository import Gio, GLib
 
     result.versions = f"GLib {GLib.MAJOR_VERSION}.{GLib.MINOR_VERSION}.{GLib.MICRO_VERSION}, PyGObject {gi.__version__}"
-    contenders: list[CallbackContender] = []
-    try:
-        ctx = qiotask.attach(GLib.MainContext.default())
-    except Exception as exc:
-        result.failures["qiotask"] = f"adapter not available: {describe(exc)}"
-    else:
-        contenders.append(CallbackContender("qiotask", True, False, qiotask_submit(ctx)))
+    contenders = qiotask_on(result, GLib.MainContext.default())
 
     # Gio.Task: the worker returns the time through the task; the callback runs on the loop thread.
     def gio_worker(task: Any, source: Any, data: Any, cancellable: Any) -> None:
@@ -486,24 +484,11 @@ def run_glib(args: argparse.Namespace, result: LoopResult) -> None:
         fn()
         return False
 
-    def call_later(seconds: float, fn: Callable[[], None]) -> Callable[[], None]:
-        fired = [False]
-
-        def fire() -> bool:
-            fired[0] = True
-            fn()
-            return False
-
-        source_id = GLib.timeout_add(int(seconds * 1000), fire)
-
-        def cancel() -> None:
-            if not fired[0]:
-                fired[0] = True
-                GLib.source_remove(source_id)
-
-        return cancel
-
-    hooks = LoopHooks(call_soon=lambda fn: GLib.idle_add(once, fn), call_later=call_later, quit=loop.quit)
+    hooks = LoopHooks(
+        call_soon=lambda fn: GLib.idle_add(once, fn),
+        call_later=one_shot_timers(GLib.timeout_add, GLib.source_remove),
+        quit=loop.quit,
+    )
     register(result, contenders)
     Sequencer(contenders, args, hooks, result).start()
     try:
@@ -523,13 +508,7 @@ def run_qt(args: argparse.Namespace, result: LoopResult) -> None:
     app = QCoreApplication.instance() or QCoreApplication([])
     pool = QThreadPool.globalInstance()
     result.versions = f"Qt {qVersion()}, PySide6 {PySide6.__version__}, QThreadPool of {pool.maxThreadCount()}"
-    contenders: list[CallbackContender] = []
-    try:
-        ctx = qiotask.attach(app)
-    except Exception as exc:
-        result.failures["qiotask"] = f"adapter not available: {describe(exc)}"
-    else:
-        contenders.append(CallbackContender("qiotask", True, False, qiotask_submit(ctx)))
+    contenders = qiotask_on(result, app)
 
     class Receiver(QObject):
         """Lives in the main thread; its slot handles every completion."""
@@ -685,13 +664,7 @@ def run_tk(args: argparse.Namespace, result: LoopResult) -> None:
 
 
 def _run_tk(args: argparse.Namespace, result: LoopResult, root: Any, tkinter: Any, queue: Any) -> None:
-    contenders: list[CallbackContender] = []
-    try:
-        ctx = qiotask.attach(root)
-    except Exception as exc:
-        result.failures["qiotask"] = f"adapter not available: {describe(exc)}"
-    else:
-        contenders.append(CallbackContender("qiotask", True, False, qiotask_submit(ctx)))
+    contenders = qiotask_on(result, root)
 
     executor = ThreadPoolExecutor(thread_name_prefix="bench-tpe")
 
@@ -763,23 +736,11 @@ def _run_tk(args: argparse.Namespace, result: LoopResult, root: Any, tkinter: An
         )
     )
 
-    def call_later(seconds: float, fn: Callable[[], None]) -> Callable[[], None]:
-        fired = [False]
-
-        def fire() -> None:
-            fired[0] = True
-            fn()
-
-        after_id = root.after(int(seconds * 1000), fire)
-
-        def cancel() -> None:
-            if not fired[0]:
-                fired[0] = True
-                root.after_cancel(after_id)
-
-        return cancel
-
-    hooks = LoopHooks(call_soon=lambda fn: root.after(0, fn), call_later=call_later, quit=root.quit)
+    hooks = LoopHooks(
+        call_soon=lambda fn: root.after(0, fn),
+        call_later=one_shot_timers(root.after, root.after_cancel),
+        quit=root.quit,
+    )
     register(result, contenders)
     Sequencer(contenders, args, hooks, result).start()
     root.mainloop()
@@ -789,8 +750,6 @@ def _run_tk(args: argparse.Namespace, result: LoopResult, root: Any, tkinter: An
 
 # -- awaiting loops (trio, uvloop) ---------------------------------------------------------------------------
 
-AsyncRun = Callable[[int, int], Awaitable[list[float]]]
-
 
 @dataclass
 class AsyncContender:
@@ -798,6 +757,29 @@ class AsyncContender:
     is_qiotask: bool
     slow: bool
     run: AsyncRun
+
+
+#: Makes, for one run of :func:`chained`, ``(finish, wait)``: ``finish()`` is called on the loop thread when
+#: the chain ends; ``await wait()`` returns once it was.
+Finished = Callable[[], tuple[Callable[[], object], Callable[[], Awaitable[object]]]]
+
+
+def chained(submit: Callable[[Chain], object], finished: Finished) -> AsyncRun:
+    """The callback style on an awaiting loop: a :class:`Chain` of jobs, awaited until it ends."""
+
+    async def run(jobs: int, inflight: int) -> list[float]:
+        finish, wait = finished()
+        chain = Chain(jobs, inflight, submit, lambda chain: finish())
+        chain.begin()
+        try:
+            await wait()
+        finally:
+            chain.over = True
+        if chain.error is not None:
+            raise chain.error
+        return chain.latencies
+
+    return run
 
 
 async def drive_async(
@@ -845,24 +827,17 @@ def run_trio(args: argparse.Namespace, result: LoopResult) -> None:
 
     result.versions = f"trio {trio.__version__}, anyio {importlib.metadata.version('anyio')}"
 
-    def awaiting(call: Callable[[], Awaitable[float]]) -> AsyncRun:
-        async def run(jobs: int, inflight: int) -> list[float]:
-            latencies: list[float] = []
-            remaining = jobs
+    async def in_nursery(one: Callable[[], Awaitable[None]], count: int) -> None:
+        async with trio.open_nursery() as nursery:
+            for _ in range(count):
+                nursery.start_soon(one)
 
-            async def one() -> None:
-                nonlocal remaining
-                while remaining > 0:
-                    remaining -= 1
-                    returned = await call()
-                    latencies.append(perf_counter() - returned)
+    def trio_awaiting(call: Callable[[], Awaitable[float]]) -> AsyncRun:
+        return awaiting(call, in_nursery)
 
-            async with trio.open_nursery() as nursery:
-                for _ in range(min(inflight, jobs)):
-                    nursery.start_soon(one)
-            return latencies
-
-        return run
+    def finished() -> tuple[Callable[[], object], Callable[[], Awaitable[object]]]:
+        event = trio.Event()
+        return event.set, event.wait
 
     async def with_timeout(run: AsyncRun, jobs: int, inflight: int, seconds: float) -> list[float]:
         with trio.move_on_after(seconds):
@@ -877,27 +852,17 @@ def run_trio(args: argparse.Namespace, result: LoopResult) -> None:
             reason = f"adapter not available: {describe(exc)}"
             result.failures["qiotask"] = result.failures["qiotask.to_thread"] = reason
         else:
-            submit = qiotask_submit(ctx)
-
-            async def callback_style(jobs: int, inflight: int) -> list[float]:
-                finished = trio.Event()
-                chain = Chain(jobs, inflight, submit, lambda chain: finished.set())
-                chain.begin()
-                try:
-                    await finished.wait()
-                finally:
-                    chain.over = True
-                if chain.error is not None:
-                    raise chain.error
-                return chain.latencies
-
             contenders += [
-                AsyncContender("qiotask", True, False, callback_style),
-                AsyncContender("qiotask.to_thread", True, False, awaiting(lambda: qiotask.to_thread(noop))),
+                AsyncContender("qiotask", True, False, chained(qiotask_submit(ctx), finished)),
+                AsyncContender("qiotask.to_thread", True, False, trio_awaiting(lambda: qiotask.to_thread(noop))),
             ]
         contenders += [
-            AsyncContender("trio.to_thread.run_sync", False, True, awaiting(lambda: trio.to_thread.run_sync(noop))),
-            AsyncContender("anyio.to_thread.run_sync", False, True, awaiting(lambda: anyio.to_thread.run_sync(noop))),
+            AsyncContender(
+                "trio.to_thread.run_sync", False, True, trio_awaiting(lambda: trio.to_thread.run_sync(noop))
+            ),
+            AsyncContender(
+                "anyio.to_thread.run_sync", False, True, trio_awaiting(lambda: anyio.to_thread.run_sync(noop))
+            ),
         ]
         register(result, contenders)
         await drive_async(contenders, args, result, with_timeout)
@@ -912,53 +877,24 @@ def run_uvloop(args: argparse.Namespace, result: LoopResult) -> None:
 
     result.versions = f"uvloop {importlib.metadata.version('uvloop')}"
 
-    def awaiting(call: Callable[[], Awaitable[float]]) -> AsyncRun:
-        async def run(jobs: int, inflight: int) -> list[float]:
-            latencies: list[float] = []
-            remaining = jobs
-
-            async def one() -> None:
-                nonlocal remaining
-                while remaining > 0:
-                    remaining -= 1
-                    returned = await call()
-                    latencies.append(perf_counter() - returned)
-
-            await asyncio.gather(*(one() for _ in range(min(inflight, jobs))))
-            return latencies
-
-        return run
-
     async def with_timeout(run: AsyncRun, jobs: int, inflight: int, seconds: float) -> list[float]:
         try:
             return await asyncio.wait_for(run(jobs, inflight), seconds)
         except asyncio.TimeoutError:
             raise TimeoutError(f"no result after {seconds:g} s") from None
 
-    def run_in_executor() -> Awaitable[float]:
-        return asyncio.get_running_loop().run_in_executor(None, noop)
-
     async def main() -> None:
         loop = asyncio.get_running_loop()
         result.versions += f" ({type(loop).__module__}.{type(loop).__qualname__})"
         contenders: list[AsyncContender] = []
         ctx = qiotask.attach(loop)
-        submit = qiotask_submit(ctx)
 
-        async def callback_style(jobs: int, inflight: int) -> list[float]:
-            finished: asyncio.Future[None] = loop.create_future()
-            chain = Chain(jobs, inflight, submit, lambda chain: finished.set_result(None))
-            chain.begin()
-            try:
-                await finished
-            finally:
-                chain.over = True
-            if chain.error is not None:
-                raise chain.error
-            return chain.latencies
+        def finished() -> tuple[Callable[[], object], Callable[[], Awaitable[object]]]:
+            future: asyncio.Future[None] = loop.create_future()
+            return lambda: future.set_result(None), lambda: future
 
         contenders += [
-            AsyncContender("qiotask", True, False, callback_style),
+            AsyncContender("qiotask", True, False, chained(qiotask_submit(ctx), finished)),
             AsyncContender("qiotask.to_thread", True, False, awaiting(lambda: qiotask.to_thread(noop))),
             AsyncContender("asyncio.to_thread", False, False, awaiting(lambda: asyncio.to_thread(noop))),
             AsyncContender("loop.run_in_executor", False, False, awaiting(run_in_executor)),
@@ -1160,8 +1096,7 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(
         f"{args.jobs:,} no-op jobs ({args.jobs // SLOW_DIVISOR:,} for slow peers), {args.inflight} in flight, "
-        f"median of {args.rounds} interleaved rounds (Python {platform.python_version()}, {os.cpu_count()} CPUs, "
-        f"qiotask {qiotask.__version__}, {qiotask.DEFAULT_MAX_WORKERS} workers; run took {elapsed:.1f} s)"
+        f"median of {args.rounds} interleaved rounds ({describe_environment(elapsed)})"
     )
     rows: list[tuple[str, str, str, Summary | None, Summary | None, str]] = []
     reasons: list[str] = []
@@ -1200,10 +1135,7 @@ def main(argv: list[str] | None = None) -> int:
                 "rounds": args.rounds,
                 "warmup_jobs": WARMUP_JOBS,
                 "tk_poll_ms": TK_POLL_MS,
-                "python": platform.python_version(),
-                "cpus": os.cpu_count(),
-                "qiotask": qiotask.__version__,
-                "max_workers": qiotask.DEFAULT_MAX_WORKERS,
+                **environment(),
                 "elapsed_s": elapsed,
             },
             "target_ratio": TARGET_RATIO,
@@ -1212,9 +1144,7 @@ def main(argv: list[str] | None = None) -> int:
                 for r in results
             ],
         }
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2)
-            f.write("\n")
+        write_json(args.json, data)
     return 0
 
 

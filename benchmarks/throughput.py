@@ -36,6 +36,8 @@ per-round ratios, each taken between two measurements made seconds apart.  Every
 process and one ``asyncio.run``; only the ratios are meant to be compared across runs or machines.
 
 This is a report, not a test: the exit status is 0 whatever the figures are.
+
+``loops.py`` imports its shared pieces from here (``Sample``, ``make_sample``, the jobs, ``awaiting``).
 """
 
 from __future__ import annotations
@@ -60,6 +62,9 @@ TARGET_RATIO = 5.0
 WARMUP_JOBS = 1000
 
 perf_counter = time.perf_counter
+
+#: A contender that awaits: ``run(jobs, inflight)`` returns the latencies in seconds.
+AsyncRun = Callable[[int, int], Awaitable[list[float]]]
 
 
 @dataclass
@@ -109,9 +114,47 @@ def stamp(task: qiotask.Task[None], slot: list[float]) -> None:
     slot[0] = perf_counter()
 
 
+def environment() -> dict[str, Any]:
+    """What the figures were measured with, for the JSON output."""
+    return {
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "qiotask": qiotask.__version__,
+        "max_workers": qiotask.DEFAULT_MAX_WORKERS,
+    }
+
+
+def describe_environment(elapsed: float) -> str:
+    """The same, and how long the run took, for a report's heading."""
+    return (
+        f"Python {platform.python_version()}, {os.cpu_count()} CPUs, "
+        f"qiotask {qiotask.__version__}, {qiotask.DEFAULT_MAX_WORKERS} workers; run took {elapsed:.1f} s"
+    )
+
+
+def write_json(path: str, data: dict[str, Any]) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=2)
+        f.write("\n")
+
+
 def percentile(ordered: list[float], q: float) -> float:
     """Nearest-rank percentile ``q`` (0..1) of an already sorted list."""
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def make_sample(name: str, round_no: int, seconds: float, cpu_seconds: float, latencies: list[float]) -> Sample:
+    """The sample of one measurement of ``len(latencies)`` jobs; sorts ``latencies``."""
+    latencies.sort()
+    return Sample(
+        contender=name,
+        round=round_no,
+        jobs=len(latencies),
+        seconds=seconds,
+        cpu_seconds=cpu_seconds,
+        p50_us=percentile(latencies, 0.50) * 1e6,
+        p99_us=percentile(latencies, 0.99) * 1e6,
+    )
 
 
 # -- the contenders -------------------------------------------------------------------------------------
@@ -152,8 +195,19 @@ async def run_callback(jobs: int, inflight: int) -> list[float]:
     return latencies
 
 
-def awaiting(call: Callable[[], Awaitable[float]]) -> Callable[[int, int], Awaitable[list[float]]]:
-    """A contender made of ``inflight`` coroutines that each await ``call()`` in a loop."""
+async def gather(one: Callable[[], Awaitable[None]], count: int) -> None:
+    """Run ``count`` instances of ``one()`` concurrently with ``asyncio.gather``."""
+    await asyncio.gather(*(one() for _ in range(count)))
+
+
+def awaiting(
+    call: Callable[[], Awaitable[float]],
+    run_all: Callable[[Callable[[], Awaitable[None]], int], Awaitable[None]] = gather,
+) -> AsyncRun:
+    """A contender made of ``inflight`` coroutines that each await ``call()`` in a loop.
+
+    ``run_all(one, count)`` runs ``count`` of them concurrently (``asyncio.gather`` by default).
+    """
 
     async def run(jobs: int, inflight: int) -> list[float]:
         latencies: list[float] = []
@@ -166,7 +220,7 @@ def awaiting(call: Callable[[], Awaitable[float]]) -> Callable[[int, int], Await
                 returned = await call()
                 latencies.append(perf_counter() - returned)
 
-        await asyncio.gather(*(one() for _ in range(min(inflight, jobs))))
+        await run_all(one, min(inflight, jobs))
         return latencies
 
     return run
@@ -176,7 +230,7 @@ def run_in_executor() -> Awaitable[float]:
     return asyncio.get_running_loop().run_in_executor(None, noop)
 
 
-CONTENDERS: dict[str, Callable[[int, int], Awaitable[list[float]]]] = {
+CONTENDERS: dict[str, AsyncRun] = {
     "qiotask": run_callback,
     "qiotask.to_thread": awaiting(lambda: qiotask.to_thread(noop)),
     "asyncio.to_thread": awaiting(lambda: asyncio.to_thread(noop)),
@@ -198,16 +252,7 @@ async def measure(name: str, round_no: int, jobs: int, inflight: int) -> Sample:
     cpu_seconds = time.process_time() - cpu0
     if len(latencies) != jobs:
         raise RuntimeError(f"{name}: {len(latencies)} completions for {jobs} jobs")
-    latencies.sort()
-    return Sample(
-        contender=name,
-        round=round_no,
-        jobs=jobs,
-        seconds=seconds,
-        cpu_seconds=cpu_seconds,
-        p50_us=percentile(latencies, 0.50) * 1e6,
-        p99_us=percentile(latencies, 0.99) * 1e6,
-    )
+    return make_sample(name, round_no, seconds, cpu_seconds, latencies)
 
 
 async def run_rounds(jobs: int, inflight: int, rounds: int) -> list[Sample]:
@@ -252,8 +297,7 @@ def report(summaries: list[Summary], jobs: int, inflight: int, rounds: int, elap
     print()
     print(
         f"{jobs:,} no-op jobs, {inflight} in flight, median of {rounds} interleaved rounds "
-        f"(Python {platform.python_version()}, {os.cpu_count()} CPUs, "
-        f"qiotask {qiotask.__version__}, {qiotask.DEFAULT_MAX_WORKERS} workers; run took {elapsed:.1f} s)"
+        f"({describe_environment(elapsed)})"
     )
     header = f"{'contender':<22} {'jobs/s':>10} {'p50 µs':>9} {'p99 µs':>9} {'CPU µs/job':>11} {'vs ' + REFERENCE:>21}"
     print(header)
@@ -308,10 +352,7 @@ def main(argv: list[str] | None = None) -> int:
                 "inflight": args.inflight,
                 "rounds": args.rounds,
                 "warmup_jobs": WARMUP_JOBS,
-                "python": platform.python_version(),
-                "cpus": os.cpu_count(),
-                "qiotask": qiotask.__version__,
-                "max_workers": qiotask.DEFAULT_MAX_WORKERS,
+                **environment(),
                 "elapsed_s": elapsed,
             },
             "reference": REFERENCE,
@@ -321,9 +362,7 @@ def main(argv: list[str] | None = None) -> int:
             "ratio_pass": ratio_ok,
             "p99_lower": p99_ok,
         }
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump(result, f, indent=2)
-            f.write("\n")
+        write_json(args.json, result)
     return 0
 
 

@@ -8,7 +8,7 @@ import logging
 import select
 import socket
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -29,47 +29,23 @@ from qiotask import (
 )
 from qiotask.loops.asyncio import AsyncioContext, EmbeddedContext
 
-from .conftest import LoopRunner
+from .conftest import LoopRunner, SocketPair, count_dispatches, count_wakeups, join, start_thread
 
-SocketPair = tuple[socket.socket, socket.socket]
+FdCheck = Callable[[socket.socket], None]
 
 
 @pytest.fixture
-def pair() -> Iterator[SocketPair]:
-    """A connected non-blocking socketpair (a wrong callback cannot hang the
-    loop in recv), closed after the test."""
-    a, b = socket.socketpair()
-    a.setblocking(False)
-    b.setblocking(False)
-    try:
-        yield a, b
-    finally:
-        a.close()
-        b.close()
+def assert_unwatched(ctx: MainContext) -> FdCheck:
+    """``assert_unwatched(sock)`` asserts that no watch of the context is left
+    on ``sock``'s fd: here, that the asyncio loop has no reader or writer on it.
+    (tests/test_loop_qt.py, which runs the tests using it again on a
+    QtContext, overrides it.)"""
 
+    def check(sock: socket.socket) -> None:
+        assert ctx.loop.remove_reader(sock.fileno()) is False  # type: ignore[attr-defined]
+        assert ctx.loop.remove_writer(sock.fileno()) is False  # type: ignore[attr-defined]
 
-def start_thread(target: Callable[[], Any], name: str) -> threading.Thread:
-    thread = threading.Thread(target=target, name=name)
-    thread.start()
-    return thread
-
-
-def join(thread: threading.Thread) -> None:
-    thread.join(5)
-    assert not thread.is_alive(), f"thread {thread.name} did not end"
-
-
-def count_dispatches(ctx: MainContext, monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """Wrap ctx._dispatch; the returned one-item list counts the dispatches."""
-    count = [0]
-    original = ctx._dispatch
-
-    def counting_dispatch() -> None:
-        count[0] += 1
-        original()
-
-    monkeypatch.setattr(ctx, "_dispatch", counting_dispatch)
-    return count
+    return check
 
 
 # -- timeout_add ---------------------------------------------------------------
@@ -266,7 +242,7 @@ def test_io_watch_reports_hup_when_the_peer_closes(runner: LoopRunner, pair: Soc
 
 
 def test_io_two_watches_on_one_fd_both_fire_and_removing_one_keeps_the_other(
-    runner: LoopRunner, pair: SocketPair
+    runner: LoopRunner, pair: SocketPair, assert_unwatched: FdCheck
 ) -> None:
     ctx = runner.context
     a, b = pair
@@ -292,10 +268,10 @@ def test_io_two_watches_on_one_fd_both_fire_and_removing_one_keeps_the_other(
     assert calls == ["first", "second", "second"]
     assert w1.removed and w2.removed
     # The last watch gone, the fd is no longer registered with the loop.
-    assert ctx.loop.remove_reader(a.fileno()) is False  # type: ignore[attr-defined]
+    assert_unwatched(a)
 
 
-def test_io_in_and_out_watches_on_one_fd(runner: LoopRunner, pair: SocketPair) -> None:
+def test_io_in_and_out_watches_on_one_fd(runner: LoopRunner, pair: SocketPair, assert_unwatched: FdCheck) -> None:
     ctx = runner.context
     a, b = pair
     seen: list[tuple[str, IOCondition]] = []
@@ -319,11 +295,10 @@ def test_io_in_and_out_watches_on_one_fd(runner: LoopRunner, pair: SocketPair) -
     # Each watch sees only what it asked for (plus ERR/HUP), not the other's.
     assert IO_IN in seen[1][1] and IO_OUT not in seen[1][1]
     assert w_in.removed and w_out.removed
-    assert ctx.loop.remove_reader(a.fileno()) is False  # type: ignore[attr-defined]
-    assert ctx.loop.remove_writer(a.fileno()) is False  # type: ignore[attr-defined]
+    assert_unwatched(a)
 
 
-def test_io_watch_returning_false_is_removed(runner: LoopRunner, pair: SocketPair) -> None:
+def test_io_watch_returning_false_is_removed(runner: LoopRunner, pair: SocketPair, assert_unwatched: FdCheck) -> None:
     ctx = runner.context
     a, b = pair
     calls: list[IOCondition] = []
@@ -349,7 +324,7 @@ def test_io_watch_returning_false_is_removed(runner: LoopRunner, pair: SocketPai
     assert iterations[0] == 10
     assert source.removed
     assert select.select([a], [], [], 0)[0] == [a]  # still readable
-    assert ctx.loop.remove_reader(a.fileno()) is False  # type: ignore[attr-defined]
+    assert_unwatched(a)
 
 
 # -- sources and threads ---------------------------------------------------------
@@ -465,7 +440,7 @@ def test_remove_from_another_thread_of_a_source_about_to_run(runner: LoopRunner)
 # -- bad input -------------------------------------------------------------------
 
 
-def test_sources_reject_bad_arguments(ctx: MainContext, pair: SocketPair) -> None:
+def test_sources_reject_bad_arguments(ctx: MainContext, pair: SocketPair, assert_unwatched: FdCheck) -> None:
     a, _ = pair
 
     def fn(*args: Any) -> bool:
@@ -495,7 +470,7 @@ def test_sources_reject_bad_arguments(ctx: MainContext, pair: SocketPair) -> Non
         ctx.io_add_watch(a, IO_IN, None)  # type: ignore[arg-type]
     # Nothing was registered by the rejected calls.
     assert ctx._io == {}
-    assert ctx.loop.remove_reader(a.fileno()) is False  # type: ignore[attr-defined]
+    assert_unwatched(a)
 
 
 def test_io_condition_values_are_poll_values() -> None:
@@ -559,14 +534,7 @@ def test_exception_in_a_source_is_logged_and_removes_it(
 
 def test_one_wakeup_per_batch(runner: LoopRunner, monkeypatch: pytest.MonkeyPatch) -> None:
     ctx = runner.context
-    wakeups = [0]
-    original_wakeup = ctx._wakeup
-
-    def counting_wakeup() -> None:
-        wakeups[0] += 1
-        original_wakeup()
-
-    monkeypatch.setattr(ctx, "_wakeup", counting_wakeup)
+    wakeups = count_wakeups(ctx, monkeypatch)
     dispatches = count_dispatches(ctx, monkeypatch)
     ran: list[tuple[int, int, threading.Thread]] = []
 
@@ -859,37 +827,58 @@ def test_wait_from_the_creating_thread_after_the_context_closed() -> None:
     assert isinstance(task.propagate_error(), ContextClosedError)
 
 
-def test_completions_queued_before_close_fail_in_close(caplog: pytest.LogCaptureFixture) -> None:
-    closing = MainContext(name="closing")
-    events: list[tuple[str, int, threading.Thread]] = []
+class Recorder:
+    """``func`` and ``destroy`` of tasks, recording ``(what, opaque, thread)``."""
 
-    def func(source: Any, err: BaseException | None, opaque: int) -> None:
-        events.append(("func", opaque, threading.current_thread()))
+    def __init__(self) -> None:
+        self.events: list[tuple[str, int, threading.Thread]] = []
 
-    def destroy(opaque: int) -> None:
-        events.append(("destroy", opaque, threading.current_thread()))
+    def func(self, source: Any, err: BaseException | None, opaque: int) -> None:
+        self.events.append(("func", opaque, threading.current_thread()))
 
-    tasks: list[Task[None]] = [Task(None, func, i, destroy, context=closing, name=f"queued-{i}") for i in range(3)]
+    def destroy(self, opaque: int) -> None:
+        self.events.append(("destroy", opaque, threading.current_thread()))
+
+
+def queue_completions(context: MainContext, recorder: Recorder, count: int = 3) -> list[Task[None]]:
+    """``count`` tasks ``queued-<i>`` of ``context``, completed from another
+    thread while no loop runs it: their completions wait in its queue."""
+    tasks: list[Task[None]] = [
+        Task(None, recorder.func, i, recorder.destroy, context=context, name=f"queued-{i}") for i in range(count)
+    ]
 
     def complete_all() -> None:
         for task in tasks:
             task.complete()
 
     join(start_thread(complete_all, "completer"))
-    assert events == []  # queued: the loop never ran
-    with caplog.at_level(logging.WARNING, logger="qiotask"):
-        closing.close()  # type: ignore[attr-defined]
+    assert recorder.events == []  # queued: the loop never ran
+    return tasks
+
+
+def assert_failed_in_close(tasks: list[Task[None]], recorder: Recorder, caplog: pytest.LogCaptureFixture) -> None:
+    """The queued completions of ``tasks`` failed in close(), on this thread:
+    destroyed without func, ContextClosedError naming each, one warning each."""
     main = threading.current_thread()
-    assert events == [("destroy", i, main) for i in range(3)]
+    assert recorder.events == [("destroy", i, main) for i in range(len(tasks))]
     for i, task in enumerate(tasks):
         assert task.state is TaskState.FINISHED
         error = task.propagate_error()
         assert isinstance(error, ContextClosedError) and f"queued-{i}" in str(error)
     messages = [r.getMessage() for r in caplog.records if r.name == "qiotask" and r.levelno == logging.WARNING]
-    assert len(messages) == 3
+    assert len(messages) == len(tasks)
     assert all(f"queued-{i}" in m for i, m in enumerate(messages))
+
+
+def test_completions_queued_before_close_fail_in_close(caplog: pytest.LogCaptureFixture) -> None:
+    closing = MainContext(name="closing")
+    recorder = Recorder()
+    tasks = queue_completions(closing, recorder)
+    with caplog.at_level(logging.WARNING, logger="qiotask"):
+        closing.close()  # type: ignore[attr-defined]
+    assert_failed_in_close(tasks, recorder, caplog)
     closing.close()  # type: ignore[attr-defined]  # twice is harmless
-    assert len(events) == 3
+    assert len(recorder.events) == 3
 
 
 # -- shutdown ----------------------------------------------------------------------

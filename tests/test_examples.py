@@ -1,7 +1,8 @@
 """The programs in ``examples/``: each runs headless, to the end, as a user would run it.
 
 Each example runs as a child process of ``sys.executable``: Qt on the
-offscreen platform, Tk on an Xvfb display of its own.  A toolkit that is
+offscreen platform, Tk on the tests' X display (``DISPLAY``, or the Xvfb
+server tests/backends/tk.py starts once per process).  A toolkit that is
 missing here skips its example with the reason, except under
 ``QIOTASK_REQUIRE_ALL_LOOPS=1`` (CI), where that is a failure, as
 ``tests.backends.open_backend`` does.
@@ -13,12 +14,8 @@ import hashlib
 import importlib.util
 import os
 import re
-import select
-import shutil
 import subprocess
 import sys
-import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import NoReturn
 
@@ -28,7 +25,7 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 # How long one example may run, in seconds; each finishes in about one.
 EXAMPLE_TIMEOUT = 60.0
-# How long Xvfb may take to say it is ready (about 0.25 s here).
+# How long Xvfb may take to say it is ready (tests/backends/tk.py).
 XVFB_START_TIMEOUT = 10.0
 
 
@@ -91,51 +88,19 @@ def files(tmp_path: Path) -> dict[Path, str]:
     return digests
 
 
-def read_line(fd: int, deadline: float) -> bytes:
-    """One line from ``fd``, or what came before EOF or the deadline."""
-    line = b""
-    while not line.endswith(b"\n"):
-        ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
-        chunk = os.read(fd, 64) if ready else b""
-        if not chunk:
-            break
-        line += chunk
-    return line
-
-
 @pytest.fixture
-def x_display() -> Iterator[str]:
-    """A display (``":N"``) on an Xvfb server of this test's own, killed and reaped after."""
+def x_display() -> str:
+    """An X display (``":N"``) Tk can open: ``DISPLAY`` if it works, else the
+    Xvfb server tests/backends/tk.py starts once per process (and stops at
+    exit); the example inherits ``DISPLAY``."""
     require("tk", "_tkinter")
-    xvfb = shutil.which("Xvfb")
-    if xvfb is None:
-        missing("tk", "no X display for the example: Xvfb is not installed")
-    read_end, write_end = os.pipe()
+    from .backends import tk as tk_backend
+
     try:
-        # -displayfd: Xvfb picks a free display number and writes it, with a
-        # newline, once it accepts clients (EOF if it dies first).
-        server = subprocess.Popen(
-            [xvfb, "-displayfd", str(write_end), "-screen", "0", "800x600x24", "-nolisten", "tcp"],
-            pass_fds=(write_end,),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-    finally:
-        os.close(write_end)
-    try:
-        line = read_line(read_end, time.monotonic() + XVFB_START_TIMEOUT)
-        if not line.endswith(b"\n"):
-            missing("tk", f"Xvfb did not start within {XVFB_START_TIMEOUT} s (exit status {server.poll()})")
-        yield f":{line.decode().strip()}"
-    finally:
-        server.terminate()
-        try:
-            server.wait(10)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
-        os.close(read_end)  # after Xvfb is gone: it may still write to its end
+        tk_backend.ensure_display()
+    except RuntimeError as exc:
+        missing("tk", str(exc))
+    return os.environ["DISPLAY"]
 
 
 @pytest.mark.timeout(EXAMPLE_TIMEOUT + XVFB_START_TIMEOUT + 20)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import gc
 import os
-import socket
 import threading
 import weakref
 from collections.abc import Callable, Iterator
@@ -22,6 +21,8 @@ import qiotask._context
 from qiotask import IO_IN, ContextClosedError, IOCondition, Task, TaskStateError
 from qiotask.loops.asyncio import AsyncioContext
 
+from .conftest import SocketPair, count_wakeups, join
+
 try:
     from gi.repository import GLib  # type: ignore[import-untyped]
 
@@ -31,20 +32,6 @@ except ImportError as exc:  # the toolkit is missing
     if os.environ.get("QIOTASK_REQUIRE_ALL_LOOPS") == "1":
         raise
     pytest.skip(f"GLib cannot be loaded here: {exc}", allow_module_level=True)
-
-SocketPair = tuple[socket.socket, socket.socket]
-
-
-@pytest.fixture
-def pair() -> Iterator[SocketPair]:
-    a, b = socket.socketpair()
-    a.setblocking(False)
-    b.setblocking(False)
-    try:
-        yield a, b
-    finally:
-        a.close()
-        b.close()
 
 
 @pytest.fixture
@@ -87,11 +74,6 @@ def attach(glib_object: Any) -> GLibContext:
     ctx = qiotask.attach(glib_object)
     assert isinstance(ctx, GLibContext)
     return ctx
-
-
-def join(thread: threading.Thread) -> None:
-    thread.join(10)
-    assert not thread.is_alive(), f"thread {thread.name} did not end"
 
 
 # -- attach ---------------------------------------------------------------------
@@ -571,14 +553,7 @@ def test_load_20000_completions_from_two_threads_delivered_exactly_once(
     total = 20_000
     ctx = attach(glib_ctx)
     loop = GLib.MainLoop.new(glib_ctx, False)
-    wakeups = [0]
-    original = ctx._wakeup
-
-    def counting_wakeup() -> None:
-        wakeups[0] += 1
-        original()
-
-    monkeypatch.setattr(ctx, "_wakeup", counting_wakeup)
+    wakeups = count_wakeups(ctx, monkeypatch)
     calls = [0] * total
     done = [0]
     threads_seen: set[threading.Thread] = set()

@@ -18,7 +18,7 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -38,19 +38,27 @@ except ImportError as exc:  # pragma: no cover - depends on the machine
 import qiotask
 from qiotask import IO_IN, IO_OUT, ContextClosedError, IOCondition, MainLoop, Task, TaskStateError
 
-from .conftest import LoopRunner
+from .backends import settle
+from .conftest import LoopRunner, SocketPair, count_wakeups, join, start_thread
 
-# The MainContext tests of sources, threads and the loop, run again on a
-# QtContext: pytest collects them here with this module's ``ctx`` fixture.
-# (Those that look at asyncio's reader registry have Qt versions below.)
+# Helpers, and the MainContext tests of sources, threads and the loop, run
+# again on a QtContext: pytest collects the test_* here with this module's
+# ``ctx`` and ``assert_unwatched`` fixtures.
 from .test_context import (  # noqa: F401
+    FdCheck,
+    Recorder,
+    assert_failed_in_close,
+    queue_completions,
     test_exception_in_a_source_is_logged_and_removes_it,
     test_hangup_only_watch_does_not_spin_on_unread_data,
     test_idle_add_runs_once_per_iteration_while_true,
+    test_io_in_and_out_watches_on_one_fd,
+    test_io_two_watches_on_one_fd_both_fire_and_removing_one_keeps_the_other,
     test_io_watch_accepts_an_object_with_fileno,
     test_io_watch_in_fires_when_the_peer_writes,
     test_io_watch_out_fires_on_a_writable_socket,
     test_io_watch_reports_hup_when_the_peer_closes,
+    test_io_watch_returning_false_is_removed,
     test_is_running_and_run_while_running,
     test_keyboard_interrupt_in_a_batch_leaves_the_rest_scheduled,
     test_one_wakeup_per_batch,
@@ -60,11 +68,10 @@ from .test_context import (  # noqa: F401
     test_remove_from_another_thread_of_a_source_about_to_run,
     test_shutdown_returns_true_when_nothing_is_pending,
     test_sources_added_from_another_thread_run_on_the_context_thread,
+    test_sources_reject_bad_arguments,
     test_timeout_add_repeats_while_true_on_the_context_thread,
     test_timeout_add_stops_on_none_false_and_remove,
 )
-
-SocketPair = tuple[socket.socket, socket.socket]
 
 
 @pytest.fixture
@@ -81,21 +88,19 @@ def ctx(app: QCoreApplication) -> Iterator[QtContext]:
         yield context
     finally:
         context.pop_thread_default()
-        if not context.closed:
-            context._dispatch()  # completions handed over at the very end
+        settle(context)
         context.close()
 
 
 @pytest.fixture
-def pair() -> Iterator[SocketPair]:
-    a, b = socket.socketpair()
-    a.setblocking(False)
-    b.setblocking(False)
-    try:
-        yield a, b
-    finally:
-        a.close()
-        b.close()
+def assert_unwatched(ctx: QtContext) -> FdCheck:
+    """``assert_unwatched(sock)``: no QSocketNotifier is left on ``sock``'s fd."""
+
+    def check(sock: socket.socket) -> None:
+        flush_deferred_deletes()  # watches removed inside their own callbacks: deleted later
+        assert [n for n in notifiers(ctx) if n[0] == sock.fileno()] == []
+
+    return check
 
 
 def run_app(app: QCoreApplication, timeout: float = 10.0) -> None:
@@ -126,17 +131,6 @@ def qt_context(runner: LoopRunner) -> QtContext:
 
 def flush_deferred_deletes() -> None:
     QCoreApplication.sendPostedEvents(None, QEvent.Type.DeferredDelete)
-
-
-def start_thread(target: Callable[[], Any], name: str) -> threading.Thread:
-    thread = threading.Thread(target=target, name=name)
-    thread.start()
-    return thread
-
-
-def join(thread: threading.Thread) -> None:
-    thread.join(10)
-    assert not thread.is_alive(), f"thread {thread.name} did not end"
 
 
 def notifiers(ctx: QtContext, *, enabled_only: bool = False) -> list[tuple[int, QSocketNotifier.Type]]:
@@ -382,33 +376,6 @@ def test_io_watches_use_one_notifier_per_fd_and_direction(ctx: QtContext, pair: 
     assert ctx._notifiers == {}
 
 
-def test_io_in_and_out_watches_on_one_fd(runner: LoopRunner, pair: SocketPair) -> None:
-    ctx = qt_context(runner)
-    a, b = pair
-    seen: list[tuple[str, IOCondition]] = []
-
-    def on_out(fd: int, condition: IOCondition) -> bool:
-        seen.append(("out", condition))
-        b.sendall(b"x")
-        return False
-
-    def on_in(fd: int, condition: IOCondition) -> bool:
-        seen.append(("in", condition))
-        a.recv(16)
-        runner.quit()
-        return False
-
-    w_in = ctx.io_add_watch(a, IO_IN, on_in)
-    w_out = ctx.io_add_watch(a, IO_OUT, on_out)
-    runner.run(timeout=5)
-    assert [name for name, _ in seen] == ["out", "in"]
-    assert IO_OUT in seen[0][1] and IO_IN not in seen[0][1]
-    assert IO_IN in seen[1][1] and IO_OUT not in seen[1][1]
-    assert w_in.removed and w_out.removed
-    flush_deferred_deletes()  # removed inside their own callbacks: deleted later
-    assert notifiers(ctx) == []
-
-
 def test_two_watches_on_one_fd_and_a_watch_returning_false_without_reading(
     runner: LoopRunner, pair: SocketPair
 ) -> None:
@@ -453,14 +420,7 @@ def test_load_from_two_threads_is_delivered_exactly_once(runner: LoopRunner, mon
     ctx = runner.context
     per_thread = 50_000
     total = 2 * per_thread
-    wakeups = [0]
-    original_wakeup = ctx._wakeup
-
-    def counting_wakeup() -> None:
-        wakeups[0] += 1
-        original_wakeup()
-
-    monkeypatch.setattr(ctx, "_wakeup", counting_wakeup)
+    wakeups = count_wakeups(ctx, monkeypatch)
     delivered = [0] * total
     wrong_thread: list[threading.Thread] = []
     count = [0]
@@ -500,33 +460,14 @@ def test_close_fails_queued_completions_and_leaves_the_application(
     app: QCoreApplication, caplog: pytest.LogCaptureFixture
 ) -> None:
     closing = QtContext(app, name="closing")
-    events: list[tuple[str, int, threading.Thread]] = []
-
-    def func(source: Any, err: BaseException | None, opaque: int) -> None:
-        events.append(("func", opaque, threading.current_thread()))
-
-    def destroy(opaque: int) -> None:
-        events.append(("destroy", opaque, threading.current_thread()))
-
-    tasks: list[Task[None]] = [Task(None, func, i, destroy, context=closing, name=f"queued-{i}") for i in range(3)]
-
-    def complete_all() -> None:
-        for task in tasks:
-            task.complete()
-
-    join(start_thread(complete_all, "completer"))
+    recorder = Recorder()
+    tasks = queue_completions(closing, recorder)
     timer_calls: list[int] = []
     closing.timeout_add(0, timer_calls.append, 1)
     receiver = closing._receiver
     with caplog.at_level(logging.WARNING, logger="qiotask"):
         closing.close()
-    main = threading.current_thread()
-    assert events == [("destroy", i, main) for i in range(3)]
-    for i, task in enumerate(tasks):
-        error = task.propagate_error()
-        assert isinstance(error, ContextClosedError) and f"queued-{i}" in str(error)
-    messages = [r.getMessage() for r in caplog.records if r.name == "qiotask" and r.levelno == logging.WARNING]
-    assert len(messages) == 3 and all(f"queued-{i}" in m for i, m in enumerate(messages))
+    assert_failed_in_close(tasks, recorder, caplog)
     assert closing.closed and not shiboken6.isValid(receiver)  # deleted at once, on its thread
     with pytest.raises(ContextClosedError):
         closing._wakeup()
@@ -534,11 +475,11 @@ def test_close_fails_queued_completions_and_leaves_the_application(
         MainLoop(closing).run()
 
     # A completion arriving later fails in the completing thread.
-    late: Task[None] = Task(None, func, 9, destroy, context=closing, name="late")
+    late: Task[None] = Task(None, recorder.func, 9, recorder.destroy, context=closing, name="late")
     with caplog.at_level(logging.WARNING, logger="qiotask"):
         completer = start_thread(late.complete, "late-completer")
         join(completer)
-    assert events[-1] == ("destroy", 9, completer)
+    assert recorder.events[-1] == ("destroy", 9, completer)
     assert isinstance(late.propagate_error(), ContextClosedError)
     # Sources on a closed context never run, and adding one is no error.
     closing.timeout_add(0, timer_calls.append, 2)
@@ -552,7 +493,7 @@ def test_close_fails_queued_completions_and_leaves_the_application(
     finally:
         fresh.close()
     assert timer_calls == []
-    assert [e[0] for e in events] == ["destroy"] * 4
+    assert [e[0] for e in recorder.events] == ["destroy"] * 4
 
 
 def test_close_from_another_thread_defers_the_receiver_deletion(app: QCoreApplication) -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import gc
 import logging
-import socket
 import sys
 import threading
 import time
@@ -27,10 +26,10 @@ import qiotask
 from qiotask import IO_IN, IO_OUT, IOCondition, Task, TaskState, WorkerPool
 from qiotask.loops import tk as tk_module  # tkinter ships with Python
 
-from .backends import unavailable
+from .backends import settle, thread_default, unavailable
 from .backends.tk import new_root, root_alive
 from .conformance import test_loop_contract as contract
-from .conftest import LoopRunner
+from .conftest import LoopRunner, SocketPair, count_wakeups
 
 TkContext = tk_module.TkContext
 
@@ -51,33 +50,18 @@ def root() -> Iterator[tkinter.Tk]:
     gc.collect()  # widget cycles die here, on the Tk thread (see backends/tk.py)
 
 
-def _settle(context: qiotask.MainContext) -> None:
-    if not context.closed:
-        context._dispatch()  # completions handed over at the very end
-
-
 @pytest.fixture
 def ctx(root: tkinter.Tk) -> Iterator[qiotask.MainContext]:
     context = qiotask.attach(root)
     yield context
-    _settle(context)
+    settle(context)
 
 
 @pytest.fixture
 def poll_ctx(root: tkinter.Tk) -> Iterator[qiotask.MainContext]:
     context = TkContext(root, polling=True)
     yield context
-    _settle(context)
-
-
-@pytest.fixture
-def pair() -> Iterator[tuple[socket.socket, socket.socket]]:
-    a, b = socket.socketpair()
-    a.setblocking(False)
-    b.setblocking(False)
-    yield a, b
-    a.close()
-    b.close()
+    settle(context)
 
 
 def run_mainloop(root: tkinter.Tk) -> None:
@@ -314,7 +298,7 @@ def test_timeout_add_is_a_tk_after(root: tkinter.Tk, ctx: qiotask.MainContext) -
 
 
 def test_read_and_write_watches_share_one_file_handler(
-    root: tkinter.Tk, ctx: qiotask.MainContext, pair: tuple[socket.socket, socket.socket]
+    root: tkinter.Tk, ctx: qiotask.MainContext, pair: SocketPair
 ) -> None:
     a, b = pair
     fd = a.fileno()
@@ -497,17 +481,12 @@ class TestPollingContract:
             self.root.destroy()
 
         def cleanup(self) -> None:
-            _settle(self.context)
+            settle(self.context)
 
     @pytest.fixture
     def backend(self, root: tkinter.Tk) -> Iterator[TestPollingContract.Backend]:
-        opened = self.Backend(root)
-        opened.context.push_thread_default()
-        try:
+        with thread_default(self.Backend(root)) as opened:
             yield opened
-        finally:
-            opened.context.pop_thread_default()
-            opened.cleanup()
 
     @pytest.fixture
     def runner(self, backend: TestPollingContract.Backend) -> LoopRunner:
@@ -642,14 +621,7 @@ def test_twenty_thousand_completions_from_two_threads(
     calls = [0] * total
     delivered = [0]
     threads: set[threading.Thread] = set()
-    wakeups = [0]
-    wakeup = ctx._wakeup
-
-    def counting_wakeup() -> None:
-        wakeups[0] += 1
-        wakeup()
-
-    monkeypatch.setattr(ctx, "_wakeup", counting_wakeup)
+    wakeups = count_wakeups(ctx, monkeypatch)
 
     def func(source: Any, err: BaseException | None, i: int) -> None:
         calls[i] += 1

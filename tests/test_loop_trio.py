@@ -12,7 +12,7 @@ import os
 import socket
 import threading
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,8 @@ import pytest
 
 import qiotask
 from qiotask import IO_HUP, IO_IN, IO_OUT, ContextClosedError, IOCondition, MainLoop, Task, TaskStateError
+
+from .conftest import SocketPair, join, start_thread
 
 try:
     import anyio
@@ -33,31 +35,7 @@ except ImportError as exc:  # as tests/backends does: skipped, except in CI
         raise
     pytest.skip(f"trio or anyio cannot be loaded here: {exc}", allow_module_level=True)
 
-SocketPair = tuple[socket.socket, socket.socket]
 LIMIT = 5.0  # seconds: every wait in a trio run is bounded by fail_after(LIMIT)
-
-
-@pytest.fixture
-def pair() -> Iterator[SocketPair]:
-    a, b = socket.socketpair()
-    a.setblocking(False)
-    b.setblocking(False)
-    try:
-        yield a, b
-    finally:
-        a.close()
-        b.close()
-
-
-def start_thread(target: Callable[[], Any], name: str) -> threading.Thread:
-    thread = threading.Thread(target=target, name=name)
-    thread.start()
-    return thread
-
-
-def join(thread: threading.Thread) -> None:
-    thread.join(LIMIT)
-    assert not thread.is_alive(), f"thread {thread.name} did not end"
 
 
 # -- finding the context --------------------------------------------------------

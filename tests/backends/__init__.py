@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import importlib
 import os
-from typing import NoReturn, Protocol
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import NoReturn, Protocol, TypeVar
 
 import pytest
 
@@ -29,6 +31,39 @@ class Backend(Protocol):
 
     def cleanup(self) -> None:
         """Release what open() made; called once, after the test."""
+
+
+B = TypeVar("B", bound=Backend)
+
+
+def settle(context: qiotask.MainContext) -> None:
+    """Run the completions handed over at the very end (unless the context is closed)."""
+    if not context.closed:
+        context._dispatch()
+
+
+class ContextBackend:
+    """A backend whose loop is its context: closing the context makes it go away."""
+
+    context: qiotask.MainContext
+
+    def close_loop(self) -> None:
+        self.context.close()  # type: ignore[attr-defined]
+
+    def cleanup(self) -> None:
+        settle(self.context)
+        self.context.close()  # type: ignore[attr-defined]
+
+
+@contextmanager
+def thread_default(backend: B) -> Iterator[B]:
+    """``backend``'s context as the thread default while in use; the backend cleaned up after."""
+    backend.context.push_thread_default()
+    try:
+        yield backend
+    finally:
+        backend.context.pop_thread_default()
+        backend.cleanup()
 
 
 def unavailable(reason: str) -> NoReturn:

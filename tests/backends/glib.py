@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import qiotask
 
+from . import ContextBackend
 
-class GLibBackend:
+
+class GLibBackend(ContextBackend):
     def __init__(self) -> None:
         # Imported here: an ImportError means the toolkit is missing.
         from gi.repository import GLib  # type: ignore[import-untyped]
@@ -16,14 +18,6 @@ class GLibBackend:
         context = qiotask.attach(self.glib_context)  # owned by the test thread, which attaches
         assert isinstance(context, GLibContext)
         self.context: GLibContext = context
-
-    def close_loop(self) -> None:
-        self.context.close()
-
-    def cleanup(self) -> None:
-        if not self.context.closed:
-            self.context._dispatch()  # completions handed over at the very end
-        self.context.close()
 
 
 def open() -> GLibBackend:

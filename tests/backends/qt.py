@@ -19,6 +19,8 @@ from PySide6.QtCore import QCoreApplication
 
 from qiotask.loops.qt import QtContext
 
+from . import ContextBackend
+
 
 def application() -> QCoreApplication:
     """The process's Qt application, made once."""
@@ -28,17 +30,9 @@ def application() -> QCoreApplication:
     return app
 
 
-class QtBackend:
+class QtBackend(ContextBackend):
     def __init__(self) -> None:
         self.context = QtContext(application(), name="test-qt")
-
-    def close_loop(self) -> None:
-        self.context.close()
-
-    def cleanup(self) -> None:
-        if not self.context.closed:
-            self.context._dispatch()  # completions handed over at the very end
-        self.context.close()
 
 
 def open() -> QtBackend:

@@ -20,6 +20,8 @@ import tkinter
 
 import qiotask
 
+from . import settle
+
 # How long Xvfb may take to say it is ready (measured: about 0.25 s).
 XVFB_START_TIMEOUT = 10.0
 
@@ -169,8 +171,7 @@ class TkBackend:
         self.root.destroy()
 
     def cleanup(self) -> None:
-        if not self.context.closed:
-            self.context._dispatch()  # completions handed over at the very end
+        settle(self.context)
         if root_alive(self.root):
             self.root.destroy()
         # Widgets form reference cycles (parent <-> children): collect them

@@ -9,19 +9,14 @@ import pytest
 
 import qiotask
 
-from ..backends import BACKENDS, Backend, open_backend
+from ..backends import BACKENDS, Backend, open_backend, thread_default
 from ..conftest import LoopRunner
 
 
 @pytest.fixture(params=BACKENDS)
 def backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
-    opened = open_backend(request.param)
-    opened.context.push_thread_default()
-    try:
+    with thread_default(open_backend(request.param)) as opened:
         yield opened
-    finally:
-        opened.context.pop_thread_default()
-        opened.cleanup()
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import socket
 import threading
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -19,7 +18,7 @@ import qiotask
 from qiotask import IO_HUP, IO_IN, IO_OUT, IOCondition, Task
 
 from ..backends import Backend
-from ..conftest import LoopRunner
+from ..conftest import LoopRunner, SocketPair, count_wakeups
 
 
 class Seen:
@@ -36,16 +35,6 @@ class Seen:
 
     def thread_of(self, what: str) -> threading.Thread:
         return next(t for w, _, t in self.events if w == what)
-
-
-@pytest.fixture
-def pair() -> Iterator[tuple[socket.socket, socket.socket]]:
-    a, b = socket.socketpair()
-    a.setblocking(False)
-    b.setblocking(False)
-    yield a, b
-    a.close()
-    b.close()
 
 
 def test_worker_and_callback_threads(runner: LoopRunner) -> None:
@@ -147,7 +136,7 @@ def test_idle_add_and_sources_from_other_threads(runner: LoopRunner) -> None:
     assert {t for _, _, t in seen.events} == {threading.current_thread()}
 
 
-def test_io_add_watch_on_a_socketpair(runner: LoopRunner, pair: tuple[socket.socket, socket.socket]) -> None:
+def test_io_add_watch_on_a_socketpair(runner: LoopRunner, pair: SocketPair) -> None:
     a, b = pair
     seen = Seen()
 
@@ -175,7 +164,7 @@ def test_io_add_watch_on_a_socketpair(runner: LoopRunner, pair: tuple[socket.soc
     assert {t for _, _, t in seen.events} == {threading.current_thread()}
 
 
-def test_two_watches_on_one_fd(runner: LoopRunner, pair: tuple[socket.socket, socket.socket]) -> None:
+def test_two_watches_on_one_fd(runner: LoopRunner, pair: SocketPair) -> None:
     a, b = pair
     seen = Seen()
 
@@ -195,14 +184,7 @@ def test_two_watches_on_one_fd(runner: LoopRunner, pair: tuple[socket.socket, so
 
 def test_one_wakeup_per_batch(backend: Backend, runner: LoopRunner, monkeypatch: pytest.MonkeyPatch) -> None:
     ctx = runner.context
-    wakeups = [0]
-    original = ctx._wakeup
-
-    def counting_wakeup() -> None:
-        wakeups[0] += 1
-        original()
-
-    monkeypatch.setattr(ctx, "_wakeup", counting_wakeup)
+    wakeups = count_wakeups(ctx, monkeypatch)
     tasks = [Task(None) for _ in range(500)]
     done = [0]
 
