@@ -14,7 +14,16 @@ import pytest
 import qiotask
 from qiotask import Task, TaskCancelled, TaskState, TaskTimeout
 
+from .backends import open_backend, thread_default
 from .conftest import LoopRunner, wait_for
+
+
+@pytest.fixture(params=["asyncio", "qt"])
+def ctx(request: pytest.FixtureRequest) -> Iterator[qiotask.MainContext]:
+    """Every test here runs on the embedded asyncio context and on a Qt
+    application's loop."""
+    with thread_default(open_backend(request.param)) as backend:
+        yield backend.context
 
 
 class Log:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import concurrent.futures
 import os
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -12,7 +13,7 @@ import pytest
 import qiotask
 from qiotask import ContextClosedError, Task, TaskCancelled, TaskStateError
 
-from .backends import open_backend
+from .backends import open_backend, thread_default
 from .conftest import LoopRunner
 
 
@@ -26,6 +27,14 @@ def counting_dispatches(ctx: qiotask.MainContext, monkeypatch: pytest.MonkeyPatc
 
     monkeypatch.setattr(ctx, "_dispatch", dispatch)
     return count
+
+
+@pytest.fixture(params=["asyncio", "qt"])
+def ctx(request: pytest.FixtureRequest) -> Iterator[qiotask.MainContext]:
+    """Every test here runs on the embedded asyncio context and on a Qt
+    application's loop."""
+    with thread_default(open_backend(request.param)) as backend:
+        yield backend.context
 
 
 # -- progress ---------------------------------------------------------------------------
