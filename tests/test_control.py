@@ -61,7 +61,7 @@ def test_a_million_reports_do_not_flood_the_loop(runner: LoopRunner, monkeypatch
     runner.run()
     print(f"{reports:,} reports -> {len(seen):,} deliveries in {dispatches[0]:,} loop dispatches")
     assert 1 <= len(seen) <= dispatches[0]  # at most one delivery per loop iteration
-    assert len(seen) < reports / 20  # a few thousand at most: the loop is not flooded
+    assert len(seen) < reports / 10  # one per loop iteration, not one per report
     assert seen[-1][:3] == (reports, reports, "working")  # the last report is always delivered
     assert order[-1] == "func" and order[-2] == "progress"  # ... before the completion
     assert {s[3] for s in seen} == {threading.current_thread().name}
