@@ -371,3 +371,51 @@ def test_cancel_and_timeout_races_complete_everything_exactly_once(runner: LoopR
             assert isinstance(err, (TaskCancelled, TaskTimeout))
         else:
             assert err is None and task.get_result() == tasks.index(task)
+
+
+def test_a_far_deadline_does_not_break_the_timer(runner: LoopRunner, pool: qiotask.WorkerPool) -> None:
+    far = Task(None)
+    far.run_in_thread(lambda t, o: "done", timeout=1e12)  # beyond threading.TIMEOUT_MAX
+    release = blocker(pool)
+    near = Task(None)
+    near.add_done_callback(runner.quit)
+    near.run_in_thread(lambda t, o: None, pool=pool, timeout=0.02)  # the timer thread still works
+    runner.run()
+    release.set()
+    assert isinstance(near.exception(), TaskTimeout)
+    runner.run_until(far.done)
+    assert far.get_result() == "done" and far.exception() is None
+
+
+def test_priority_and_limiter_arguments(runner: LoopRunner, pool: qiotask.WorkerPool) -> None:
+    order: list[str] = []
+    release = blocker(pool)
+    limiter = qiotask.Limiter(1)
+    tasks = []
+    for name, priority in (("low", -1), ("high", 5), ("mid", 1)):
+        task = Task(None)
+        task.run_in_thread(lambda t, n: order.append(n), name, pool=pool, priority=priority, limiter=limiter)
+        tasks.append(task)
+    assert limiter.statistics()["running"] == 1 and limiter.statistics()["waiting"] == 2
+    release.set()
+    runner.run_until(lambda: all(t.done() for t in tasks))
+    assert sorted(order) == ["high", "low", "mid"]
+    bad = Task(None)
+    with pytest.raises(TypeError, match="priority must be an int"):
+        bad.run_in_thread(print, priority=1.5)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="limiter must be a qiotask.Limiter"):
+        bad.run_in_thread(print, limiter=2)  # type: ignore[arg-type]
+    bad.complete()  # the refused calls left it pending
+
+
+def test_run_in_thread_priority_orders_queued_workers(runner: LoopRunner, pool: qiotask.WorkerPool) -> None:
+    order: list[str] = []
+    release = blocker(pool)
+    tasks = []
+    for name, priority in (("low", -1), ("first-high", 5), ("mid", 1), ("second-high", 5), ("plain", 0)):
+        task = Task(None)
+        task.run_in_thread(lambda t, n: order.append(n), name, pool=pool, priority=priority)
+        tasks.append(task)
+    release.set()
+    runner.run_until(lambda: all(t.done() for t in tasks))
+    assert order == ["first-high", "second-high", "mid", "plain", "low"]

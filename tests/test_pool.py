@@ -195,7 +195,7 @@ def test_thread_names_start_with_the_pool_name(make_pool: MakePool) -> None:
 
 @pytest.mark.parametrize("max_workers", [1, 3])
 def test_max_workers_is_respected(make_pool: MakePool, gate: threading.Event, max_workers: int) -> None:
-    pool = make_pool(max_workers)
+    pool = make_pool(max_workers, grow_after=None)  # growth past max_workers: test_pool_scheduling.py
     total = 3 * max_workers
     cond = threading.Condition()
     running = 0
@@ -240,7 +240,7 @@ def test_max_workers_is_respected(make_pool: MakePool, gate: threading.Event, ma
 
 
 def test_jobs_start_in_submission_order_on_a_single_thread(make_pool: MakePool, gate: threading.Event) -> None:
-    pool = make_pool(1)
+    pool = make_pool(1, grow_after=None)
     order: list[int] = []
     first = Deliveries()
     pool.submit(blocking(gate), first)  # holds the thread while the rest queue up
@@ -333,7 +333,7 @@ def test_submit_after_shutdown_raises(make_pool: MakePool) -> None:
 
 
 def test_shutdown_still_runs_jobs_queued_before_it(make_pool: MakePool, gate: threading.Event) -> None:
-    pool = make_pool(1)
+    pool = make_pool(1, grow_after=None)
     order: list[int] = []
     done = Deliveries(6)
     pool.submit(blocking(gate, -1), done)
@@ -374,7 +374,7 @@ def test_shutdown_times_out_on_a_stuck_job(make_pool: MakePool, gate: threading.
 
 
 def test_statistics_while_blocked_and_after_completion(make_pool: MakePool, gate: threading.Event) -> None:
-    pool = make_pool(1)
+    pool = make_pool(1, grow_after=None)
     entered = threading.Event()
 
     def first() -> None:
@@ -389,6 +389,8 @@ def test_statistics_while_blocked_and_after_completion(make_pool: MakePool, gate
         "max_workers": 1,
         "submitted": 0,
         "completed": 0,
+        "extra": 0,
+        "queued_by_priority": {},
     }
     done = Deliveries(3)
     pool.submit(first, done)
@@ -403,6 +405,8 @@ def test_statistics_while_blocked_and_after_completion(make_pool: MakePool, gate
         "max_workers": 1,
         "submitted": 3,
         "completed": 0,
+        "extra": 0,
+        "queued_by_priority": {0: 2},
     }
 
     gate.set()
@@ -421,6 +425,8 @@ def test_statistics_while_blocked_and_after_completion(make_pool: MakePool, gate
         "max_workers": 1,
         "submitted": 3,
         "completed": 3,
+        "extra": 0,
+        "queued_by_priority": {},
     }
 
 
@@ -460,7 +466,7 @@ def test_default_arguments(make_pool: MakePool) -> None:
     assert pool.max_workers == DEFAULT_MAX_WORKERS
     assert pool.statistics()["max_workers"] == DEFAULT_MAX_WORKERS
     assert pool.idle_timeout == 10.0
-    assert WorkerPool.__init__.__kwdefaults__ == {"idle_timeout": 10.0, "name": "qiotask"}
+    assert WorkerPool.__init__.__kwdefaults__ == {"idle_timeout": 10.0, "name": "qiotask", "grow_after": 0.25}
     assert make_pool(1, idle_timeout=0).idle_timeout == 0.0
 
 

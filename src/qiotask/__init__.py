@@ -27,6 +27,9 @@ from ._errors import TaskCancelled as TaskCancelled
 from ._errors import TaskError as TaskError
 from ._errors import TaskStateError as TaskStateError
 from ._errors import TaskTimeout as TaskTimeout
+from ._group import TaskGroup as TaskGroup
+from ._group import TaskGroupError as TaskGroupError
+from ._limiter import Limiter as Limiter
 from ._pool import DEFAULT_MAX_WORKERS as DEFAULT_MAX_WORKERS
 from ._pool import WorkerPool as WorkerPool
 from ._task import Task as Task
@@ -44,12 +47,15 @@ __all__ = [
     "IO_OUT",
     "ContextClosedError",
     "IOCondition",
+    "Limiter",
     "MainContext",
     "MainLoop",
     "Source",
     "Task",
     "TaskCancelled",
     "TaskError",
+    "TaskGroup",
+    "TaskGroupError",
     "TaskState",
     "TaskStateError",
     "TaskTimeout",

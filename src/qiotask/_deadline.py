@@ -76,7 +76,9 @@ def _run() -> None:
                 if _heap and _heap[0][0] <= now:
                     deadline = heapq.heappop(_heap)[2]
                     break
-                _cond.wait(None if not _heap else _heap[0][0] - now)
+                # A far deadline is waited for in steps: Condition.wait
+                # refuses a timeout beyond threading.TIMEOUT_MAX.
+                _cond.wait(None if not _heap else min(_heap[0][0] - now, threading.TIMEOUT_MAX))
         fn, deadline.fn = deadline.fn, None
         if fn is None:
             continue

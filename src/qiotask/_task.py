@@ -72,6 +72,7 @@ from . import _deadline, _trace
 from . import _pool as _pool_module
 from ._context import MainContext, attach, await_hook, get_context
 from ._errors import ContextClosedError, TaskCancelled, TaskStateError, TaskTimeout
+from ._limiter import Limiter
 from ._pool import WorkerPool, default_pool
 
 __all__ = ["Task", "TaskState"]
@@ -338,6 +339,14 @@ class Task(Generic[T]):
                 raise TaskStateError(f"task {self.name!r} is already completed; set_error() must come before")
             if self._error is None:
                 self._error = err
+
+    def exception(self) -> BaseException | None:
+        """The task's error (the one ``func`` got), or None; it does not use
+        up :meth:`propagate_error`'s answer."""
+        err = self._error
+        if err is not None:
+            self._retrieved = True
+        return err
 
     def had_error(self) -> bool:
         """Whether an error was recorded."""
@@ -826,6 +835,8 @@ class Task(Generic[T]):
         copy_context: bool = True,
         timeout: float | None = None,
         abandon_on_cancel: bool = False,
+        priority: int = 0,
+        limiter: Limiter | None = None,
     ) -> None:
         """Run ``worker(task, opaque)`` on a pool thread; complete with its
         outcome on the context thread.
@@ -844,9 +855,15 @@ class Task(Generic[T]):
         worker's ``destroy(opaque)`` then runs once the worker has returned,
         and the pool counts the thread busy until then.
 
+        ``priority``: queued workers start highest priority first, first come
+        first served within one.  ``limiter``: a :class:`qiotask.Limiter`
+        capping how many workers of its kind run at once; the task waits,
+        queued, for a slot (no pool thread waits).
+
         Raises:
             TypeError: ``worker``/``destroy`` not callable, ``pool`` not a
-                WorkerPool, ``timeout`` not a number.
+                WorkerPool, ``timeout`` not a number, ``priority`` not an
+                int, ``limiter`` not a Limiter.
             ValueError: ``timeout`` negative.
             TaskStateError: the task already runs a worker or was completed.
             RuntimeError: the pool was shut down.
@@ -861,6 +878,10 @@ class Task(Generic[T]):
                 pool = default_pool()
         elif not isinstance(pool, WorkerPool):
             raise TypeError(f"run_in_thread: pool must be a WorkerPool, not {type(pool).__name__}")
+        if not isinstance(priority, int) or isinstance(priority, bool):
+            raise TypeError(f"run_in_thread: priority must be an int, not {type(priority).__name__}")
+        if limiter is not None and not isinstance(limiter, Limiter):
+            raise TypeError(f"run_in_thread: limiter must be a qiotask.Limiter, not {type(limiter).__name__}")
         if timeout is not None:
             if not isinstance(timeout, (int, float)) or isinstance(timeout, bool):
                 raise TypeError(f"run_in_thread: timeout must be a number of seconds, not {type(timeout).__name__}")
@@ -879,7 +900,12 @@ class Task(Generic[T]):
         if self._traced:
             _trace.emit("qio_task_thread_start", self, worker=worker, opaque=opaque)
         try:
-            pool.submit(self._run_worker, self._worker_done)
+            if limiter is not None:
+                limiter._submit(pool, self._run_worker, self._worker_done, priority)
+            elif priority:
+                pool.submit(self._run_worker, self._worker_done, priority)
+            else:
+                pool.submit(self._run_worker, self._worker_done)
         except BaseException:
             if deadline is not None:
                 deadline.cancel()
