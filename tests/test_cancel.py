@@ -403,7 +403,7 @@ def test_priority_and_limiter_arguments(runner: LoopRunner, pool: qiotask.Worker
     bad = Task(None)
     with pytest.raises(TypeError, match="priority must be an int"):
         bad.run_in_thread(print, priority=1.5)  # type: ignore[arg-type]
-    with pytest.raises(TypeError, match="limiter must be a qiotask.Limiter"):
+    with pytest.raises(TypeError, match=r"limiter must be a qiotask\.Limiter"):
         bad.run_in_thread(print, limiter=2)  # type: ignore[arg-type]
     bad.complete()  # the refused calls left it pending
 
