@@ -137,6 +137,7 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 _WORKER_DONE = object()
 _NEVER_RAN = object()
+_NO_TOKEN: list[bool] = []  # executors: the work starts where we cannot stop it
 
 
 class _MainCall:
@@ -224,6 +225,7 @@ class Task(Generic[T]):
         "_retrieved",
         "_s",
         "_source",
+        "_start_token",
         "_thread",
         "_traced",
         "_waiter",
@@ -717,11 +719,18 @@ class Task(Generic[T]):
                 return False
             self._cancel = reason
             hooks, self._cancel_hooks = self._cancel_hooks, None
-            claim = state == _S_QUEUED
             thread = self._thread
-            if state == _S_RUNNING and thread is not None and thread[4]:
-                claim = True
-                self._abandoned = (thread[2], thread[1])
+            claim = False
+            if thread is not None:
+                try:
+                    # Whoever pops the start token first decides: we did, so
+                    # the queued worker will never start.
+                    getattr(self, "_start_token", _NO_TOKEN).pop()
+                    claim = True
+                except IndexError:  # the worker has started (or runs elsewhere)
+                    if thread[4]:
+                        claim = True
+                        self._abandoned = (thread[2], thread[1])
             if claim:
                 self._s = _S_COMPLETING
         if hooks:
@@ -897,6 +906,7 @@ class Task(Generic[T]):
         if timeout is not None:
             deadline = _deadline.call_at(_monotonic() + timeout, self._time_out)
         self._thread = (worker, opaque, destroy, _copy_context() if copy_context else None, abandon_on_cancel, deadline)
+        self._start_token = [True]
         if self._traced:
             _trace.emit("qio_task_thread_start", self, worker=worker, opaque=opaque)
         try:
@@ -916,10 +926,13 @@ class Task(Generic[T]):
 
     def _run_worker(self) -> Any:
         # On a pool thread.
-        with _lock:
-            if self._s != _S_QUEUED:
-                return _NEVER_RAN  # cancelled while queued: it completed already
-            self._s = _S_RUNNING
+        try:
+            # One atomic pop decides between this start and a cancel of the
+            # queued worker (cheaper than the lock on every job).
+            self._start_token.pop()
+        except IndexError:
+            return _NEVER_RAN  # cancelled while queued: it completed already
+        self._s = _S_RUNNING
         if self._traced:
             _trace.emit("qio_task_thread_run", self)
         worker, opaque, _, ctx, _, _ = self._thread  # type: ignore[misc]
@@ -958,13 +971,19 @@ class Task(Generic[T]):
             if old_destroy is not None:
                 self._result_destroy = None
                 self._notify(old_destroy, old, "result destroy notifier")
-        with _lock:
-            if self._abandoned is not None:  # a cancel took over meanwhile
-                return
-            # The hand-over to wait_thread(): this thread publishes the
-            # state, then looks for a waiter; wait_thread() publishes its
-            # waiter, then looks at the state.  One of the two sees the
-            # other's store, so the waiter is always woken or never blocks.
+        if thread is not None and thread[4]:
+            # abandon_on_cancel: a cancel may take the completion over at any
+            # moment; decide under the lock which of the two completes.
+            with _lock:
+                if self._abandoned is not None:
+                    return
+                self._s = _S_COMPLETING
+        else:
+            # Otherwise only this thread completes a running task (a cancel
+            # just sets the flag), so no lock.  The hand-over to
+            # wait_thread(): this thread publishes the state, then looks for
+            # a waiter; wait_thread() publishes its waiter, then looks at the
+            # state.  One of the two sees the other's store.
             self._s = _S_COMPLETING
         waiter = self._waiter
         if waiter is not None:
