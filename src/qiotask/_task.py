@@ -129,8 +129,9 @@ _lock = threading.Lock()
 
 
 def _after_fork_in_child() -> None:
-    global _lock
+    global _lock, _ctl_lock
     _lock = threading.Lock()  # its holder, if any, does not exist here
+    _ctl_lock = threading.Lock()
 
 
 if hasattr(os, "register_at_fork"):
@@ -138,6 +139,31 @@ if hasattr(os, "register_at_fork"):
 _WORKER_DONE = object()
 _NEVER_RAN = object()
 _NO_TOKEN: list[bool] = []  # executors: the work starts where we cannot stop it
+
+
+class _Control:
+    """What cancellation, progress and call_in_main need of a task.  A task
+    shares _NO_CONTROL (never written) until one of them is first used."""
+
+    __slots__ = ("abandoned", "cancel", "cancel_hooks", "main_calls", "progress", "progress_fns")
+
+    def __init__(self) -> None:
+        # The exception a cancel() asked for: once set it is what the
+        # completion delivers ("cancel wins").
+        self.cancel: TaskCancelled | TaskTimeout | None = None
+        self.cancel_hooks: list[Callable[[Any], Any]] | None = None
+        # Set when a cancel completed the task while its worker still runs
+        # (abandon_on_cancel): (worker destroy, opaque) to run once it returns.
+        self.abandoned: tuple[DestroyNotify | None, Any] | None = None
+        # call_in_main() requests not served yet (see wait_thread).
+        self.main_calls: list[_MainCall] | None = None
+        # The latest progress report not yet delivered, and the listeners.
+        self.progress: tuple[float, float | None, str | None] | None = None
+        self.progress_fns: list[ProgressFunc] | None = None
+
+
+_NO_CONTROL = _Control()
+_ctl_lock = threading.Lock()  # makes a task's own _Control once
 
 
 class _MainCall:
@@ -204,21 +230,16 @@ class Task(Generic[T]):
 
     __slots__ = (
         "__weakref__",
-        "_abandoned",
         "_callbacks",
-        "_cancel",
-        "_cancel_hooks",
         "_context",
+        "_ctl",
         "_destroy",
         "_error",
         "_event",
         "_func",
         "_id",
-        "_main_calls",
         "_name",
         "_opaque",
-        "_progress",
-        "_progress_fns",
         "_propagated",
         "_result",
         "_result_destroy",
@@ -266,18 +287,9 @@ class Task(Generic[T]):
         self._thread: _ThreadJob | None = None
         self._waiter: queue.SimpleQueue[object] | None = None
         self._event: threading.Event | None = None
-        # The exception a cancel() asked for (TaskCancelled, TaskTimeout):
-        # once set it is what the completion delivers ("cancel wins").
-        self._cancel: TaskCancelled | TaskTimeout | None = None
-        self._cancel_hooks: list[Callable[[Task[T]], Any]] | None = None
-        # Set when a cancel completed the task while its worker still runs
-        # (abandon_on_cancel): (worker destroy, opaque) to run once it returns.
-        self._abandoned: tuple[DestroyNotify | None, Any] | None = None
-        # call_in_main() requests not served yet (see wait_thread).
-        self._main_calls: list[_MainCall] | None = None
-        # The latest progress report not yet delivered, and the listeners.
-        self._progress: tuple[float, float | None, str | None] | None = None
-        self._progress_fns: list[ProgressFunc] | None = None
+        # Cancellation, progress and call_in_main state: a shared empty one
+        # until first used, so that plain tasks pay one store for all of it.
+        self._ctl: _Control = _NO_CONTROL
         self._traced = _listeners() or _debug_enabled(_DEBUG)
         self._id = _count_created()
         self._s = _S_PENDING  # last: from here on __del__ checks completion
@@ -479,10 +491,11 @@ class Task(Generic[T]):
             self._s = _S_DELIVERING
             # From here on add_done_callback() schedules instead of appending.
             callbacks, self._callbacks = self._callbacks, None
-            if self._cancel is not None:
-                self._error = self._cancel  # cancel wins
+            ctl = self._ctl
+            if ctl.cancel is not None:
+                self._error = ctl.cancel  # cancel wins
         err = self._error
-        if self._progress is not None:
+        if ctl.progress is not None:
             self._deliver_progress()  # the last report comes before the completion
         thread = self._thread
         if self._traced:
@@ -509,7 +522,7 @@ class Task(Generic[T]):
                     _resolve_soon(cb)
                 else:
                     pending = self._notify(cb, self, "done-callback") or pending
-        if thread is not None and thread[2] is not None and self._abandoned is None:
+        if thread is not None and thread[2] is not None and ctl.abandoned is None:
             pending = self._notify(thread[2], thread[1], "worker destroy notifier") or pending
         if self._destroy is not None:
             pending = self._notify(self._destroy, self._opaque, "destroy notifier") or pending
@@ -550,6 +563,17 @@ class Task(Generic[T]):
             return exc
         return None
 
+    def _own_ctl(self) -> _Control:
+        """The task's own _Control, made on first use (never call with
+        _lock held: making it takes _ctl_lock)."""
+        ctl = self._ctl
+        if ctl is _NO_CONTROL:
+            with _ctl_lock:
+                ctl = self._ctl
+                if ctl is _NO_CONTROL:
+                    ctl = self._ctl = _Control()
+        return ctl
+
     # -- progress -------------------------------------------------------------
 
     def report_progress(self, done: float, total: float | None = None, message: str | None = None) -> None:
@@ -573,9 +597,10 @@ class Task(Generic[T]):
             raise ValueError(f"report_progress: done and total must not be negative, got {done}, {total}")
         # The report that finds none pending posts the delivery; later ones
         # only replace it (latest wins) until the loop has taken it.
+        ctl = self._own_ctl()
         with _lock:
-            previous, self._progress = self._progress, (done, total, message)
-            post = previous is None and self._progress_fns is not None
+            previous, ctl.progress = ctl.progress, (done, total, message)
+            post = previous is None and ctl.progress_fns is not None
         if post:
             self._context.call_soon(self._deliver_progress)
 
@@ -588,18 +613,20 @@ class Task(Generic[T]):
         """
         if not callable(fn):
             raise TypeError(f"connect_progress: fn must be callable, not {type(fn).__name__}")
+        ctl = self._own_ctl()
         with _lock:
-            self._progress_fns = [*(self._progress_fns or ()), fn]
-        if self._progress is not None:
+            ctl.progress_fns = [*(ctl.progress_fns or ()), fn]
+        if ctl.progress is not None:
             self._context.call_soon(self._deliver_progress)
 
     def _deliver_progress(self) -> None:
         # On the context thread: the latest report, once.
+        ctl = self._ctl
         with _lock:
-            report, self._progress = self._progress, None
+            report, ctl.progress = ctl.progress, None
         if report is None:
             return
-        for fn in self._progress_fns or ():
+        for fn in ctl.progress_fns or ():
             self._notify(fn, self, "progress callback", *report)
 
     # -- calls back to the loop ------------------------------------------------
@@ -626,16 +653,17 @@ class Task(Generic[T]):
         call: _MainCall = _MainCall(fn, args)
         # Publish the call, then look for a waiter (wait_thread publishes
         # its waiter, then looks at the calls): one of the two sees it.
+        ctl = self._own_ctl()
         with _lock:
-            self._main_calls = [*(self._main_calls or ()), call]
+            ctl.main_calls = [*(ctl.main_calls or ()), call]
         waiter = self._waiter
         if waiter is not None:
             waiter.put(call)
         self._context.post(call)
         call.done.wait()
         with _lock:
-            if self._main_calls is not None and call in self._main_calls:
-                self._main_calls.remove(call)
+            if ctl.main_calls is not None and call in ctl.main_calls:
+                ctl.main_calls.remove(call)
         if call.error is not None:
             raise call.error
         return call.result  # type: ignore[no-any-return]
@@ -713,12 +741,13 @@ class Task(Generic[T]):
         self._ask_cancel(TaskTimeout(f"task {self.name!r} timed out {where}"))
 
     def _ask_cancel(self, reason: TaskCancelled | TaskTimeout) -> bool:
+        ctl = self._own_ctl()
         with _lock:
             state = self._s
-            if self._cancel is not None or state >= _S_COMPLETING:
+            if ctl.cancel is not None or state >= _S_COMPLETING:
                 return False
-            self._cancel = reason
-            hooks, self._cancel_hooks = self._cancel_hooks, None
+            ctl.cancel = reason
+            hooks, ctl.cancel_hooks = ctl.cancel_hooks, None
             thread = self._thread
             claim = False
             if thread is not None:
@@ -730,7 +759,7 @@ class Task(Generic[T]):
                 except IndexError:  # the worker has started (or runs elsewhere)
                     if thread[4]:
                         claim = True
-                        self._abandoned = (thread[2], thread[1])
+                        ctl.abandoned = (thread[2], thread[1])
             if claim:
                 self._s = _S_COMPLETING
         if hooks:
@@ -747,7 +776,7 @@ class Task(Generic[T]):
 
     def cancelled(self) -> bool:
         """Whether a cancel (or timeout) was asked; workers poll this."""
-        return self._cancel is not None
+        return self._ctl.cancel is not None
 
     def raise_if_cancelled(self) -> None:
         """For cooperative workers: raise the cancel's exception if asked.
@@ -756,7 +785,7 @@ class Task(Generic[T]):
             TaskCancelled: the task was cancelled (TaskTimeout if it timed
                 out).
         """
-        reason = self._cancel
+        reason = self._ctl.cancel
         if reason is not None:
             raise reason
 
@@ -770,12 +799,13 @@ class Task(Generic[T]):
         """
         if not callable(fn):
             raise TypeError(f"on_cancel: fn must be callable, not {type(fn).__name__}")
+        ctl = self._own_ctl()
         with _lock:
-            if self._cancel is None:
-                if self._cancel_hooks is None:
-                    self._cancel_hooks = [fn]
+            if ctl.cancel is None:
+                if ctl.cancel_hooks is None:
+                    ctl.cancel_hooks = [fn]
                 else:
-                    self._cancel_hooks.append(fn)
+                    ctl.cancel_hooks.append(fn)
                 return
         self._notify(fn, self, "cancel hook")
 
@@ -949,7 +979,7 @@ class Task(Generic[T]):
         thread = self._thread
         if thread is not None and thread[5] is not None:
             thread[5].cancel()  # the deadline
-        abandoned = self._abandoned
+        abandoned = self._ctl.abandoned
         if abandoned is not None:
             # A cancel completed the task while this worker ran: its outcome
             # is dropped; only its destroy notifier is left to run.
@@ -975,7 +1005,7 @@ class Task(Generic[T]):
             # abandon_on_cancel: a cancel may take the completion over at any
             # moment; decide under the lock which of the two completes.
             with _lock:
-                if self._abandoned is not None:
+                if self._ctl.abandoned is not None:
                     return
                 self._s = _S_COMPLETING
         else:
@@ -1016,7 +1046,7 @@ class Task(Generic[T]):
             # call_in_main): this thread is the loop, serving them is its job.
             waiter: queue.SimpleQueue[object] = queue.SimpleQueue()
             self._waiter = waiter
-            for call in self._main_calls or ():
+            for call in self._ctl.main_calls or ():
                 call._dispatch()
             if self._s < _S_COMPLETING:
                 while (item := waiter.get()) is not _WORKER_DONE:
