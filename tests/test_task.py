@@ -664,3 +664,29 @@ def test_wait_thread_result_survives_the_context_closing(caplog: pytest.LogCaptu
     assert rec.names() == ["func"]
     assert not task.had_error() and task.get_result() == "kept"
     assert caplog.records == []
+
+
+def test_tasks_waiting_on_later_tasks_all_finish_by_pool_growth(runner: LoopRunner) -> None:
+    """2x pool-size tasks, each waiting for the one submitted after it: with
+    no growth past max_workers they would deadlock."""
+    pool = qiotask.WorkerPool(2, name="test-pool", grow_after=0.05)
+    count = 4
+    started = [threading.Event() for _ in range(count)]
+
+    def worker(task: Task[Any], i: int) -> int:
+        started[i].set()
+        if i + 1 < count:
+            assert started[i + 1].wait(10), f"task {i + 1} never started"
+        return i
+
+    tasks = []
+    for i in range(count):
+        task = Task(None)
+        task.run_in_thread(worker, i, pool=pool)
+        tasks.append(task)
+    try:
+        runner.run_until(lambda: all(t.done() for t in tasks))
+        assert [t.get_result() for t in tasks] == list(range(count))
+        assert not any(t.had_error() for t in tasks)
+    finally:
+        assert pool.shutdown(wait=True, timeout=10)
