@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 import qiotask
-from qiotask._pool import default_pool
+from qiotask._pool import WorkerPool, default_pool
 
 SocketPair = tuple[socket.socket, socket.socket]
 
@@ -176,3 +176,37 @@ def no_leaks() -> Iterator[None]:
     wait_for(lambda: not _foreign_threads(before_threads), what="threads started by the test to end")
     pending = qiotask.stats()["pending"]
     assert pending == before, f"{pending - before} task(s) left pending by the test"
+
+
+# -- pools made by a test -------------------------------------------------------
+
+#: Upper bound for every wait of the pool tests; a passing test waits far less.
+TIMEOUT = 5.0
+
+MakePool = Callable[..., WorkerPool]
+
+
+@pytest.fixture
+def make_pool() -> Iterator[MakePool]:
+    """Creates pools named ``test-pool`` (ignored by the leak check) and shuts
+    them all down at the end of the test."""
+    pools: list[WorkerPool] = []
+
+    def make(max_workers: int | None = None, **kwargs: Any) -> WorkerPool:
+        kwargs.setdefault("name", "test-pool")
+        pool = WorkerPool(max_workers, **kwargs)
+        pools.append(pool)
+        return pool
+
+    yield make
+    for pool in pools:
+        pool.shutdown(wait=True, timeout=TIMEOUT)
+
+
+@pytest.fixture
+def gate(make_pool: MakePool) -> Iterator[threading.Event]:
+    """An event that jobs block on; set at teardown, before the pools shut down
+    (this fixture depends on ``make_pool``, so it is torn down first)."""
+    event = threading.Event()
+    yield event
+    event.set()

@@ -8,7 +8,7 @@ import signal
 import threading
 import traceback
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -16,38 +16,7 @@ import pytest
 import qiotask
 from qiotask._pool import DEFAULT_MAX_WORKERS, WorkerPool, default_pool
 
-from .conftest import wait_for
-
-#: Upper bound for every wait in this file; a passing test waits far less.
-TIMEOUT = 5.0
-
-MakePool = Callable[..., WorkerPool]
-
-
-@pytest.fixture
-def make_pool() -> Iterator[MakePool]:
-    """Creates pools named ``test-pool`` (ignored by the leak check) and shuts
-    them all down at the end of the test."""
-    pools: list[WorkerPool] = []
-
-    def make(max_workers: int | None = None, **kwargs: Any) -> WorkerPool:
-        kwargs.setdefault("name", "test-pool")
-        pool = WorkerPool(max_workers, **kwargs)
-        pools.append(pool)
-        return pool
-
-    yield make
-    for pool in pools:
-        pool.shutdown(wait=True, timeout=TIMEOUT)
-
-
-@pytest.fixture
-def gate(make_pool: MakePool) -> Iterator[threading.Event]:
-    """An event that jobs block on; set at teardown, before the pools shut down
-    (this fixture depends on ``make_pool``, so it is torn down first)."""
-    event = threading.Event()
-    yield event
-    event.set()
+from .conftest import TIMEOUT, MakePool, wait_for  # the make_pool and gate fixtures live there too
 
 
 class Deliveries:

@@ -54,7 +54,7 @@ from typing import Any
 
 from ._context import MainContext, attach, await_hook, get_context
 from ._errors import TaskCancelled, TaskError, TaskStateError
-from ._task import Task
+from ._task import Task, _resolve_soon
 
 __all__ = ["TaskGroup", "TaskGroupError"]
 
@@ -478,7 +478,7 @@ class TaskGroup:
         cancelled: BaseException | None = None
         while True:
             future: asyncio.Future[None] = loop.create_future()
-            wake = functools.partial(_wake_future, loop, future)
+            wake = functools.partial(_resolve_soon, future)
             if not self._add_waiter(wake):
                 return cancelled
             try:
@@ -585,19 +585,6 @@ def _error_of(task: Task[Any]) -> BaseException | None:
     """The error a finished task delivered, without using up
     ``propagate_error()``'s "once" (func may have used it)."""
     return task.exception()
-
-
-def _wake_future(loop: asyncio.AbstractEventLoop, future: asyncio.Future[None]) -> None:
-    # From any thread.
-    try:
-        loop.call_soon_threadsafe(_set_done, future)
-    except RuntimeError:
-        pass  # the awaiting loop is closed: nobody is left to wake
-
-
-def _set_done(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)
 
 
 def _async_backend() -> str:
