@@ -210,3 +210,32 @@ def gate(make_pool: MakePool) -> Iterator[threading.Event]:
     event = threading.Event()
     yield event
     event.set()
+
+
+class Deliveries:
+    """Records every ``deliver(result, exc)`` call with the thread it ran on."""
+
+    def __init__(self, expected: int = 1) -> None:
+        self.lock = threading.Lock()
+        self.calls: list[tuple[Any, BaseException | None, threading.Thread]] = []
+        self.expected = expected
+        self.all_done = threading.Event()
+
+    def __call__(self, result: Any, exc: BaseException | None) -> None:
+        with self.lock:
+            self.calls.append((result, exc, threading.current_thread()))
+            if len(self.calls) >= self.expected:
+                self.all_done.set()
+
+    def wait(self) -> None:
+        assert self.all_done.wait(TIMEOUT), f"only {len(self.calls)} of {self.expected} jobs delivered"
+
+    @property
+    def results(self) -> list[Any]:
+        with self.lock:
+            return [result for result, _, _ in self.calls]
+
+    @property
+    def errors(self) -> list[BaseException]:
+        with self.lock:
+            return [exc for _, exc, _ in self.calls if exc is not None]

@@ -13,31 +13,7 @@ import pytest
 
 from qiotask._pool import DEFAULT_GROW_AFTER, WorkerPool, default_pool
 
-from .conftest import TIMEOUT, MakePool, wait_for  # the make_pool and gate fixtures live there too
-
-
-class Deliveries:
-    """Records every ``deliver(result, exc)`` call."""
-
-    def __init__(self, expected: int = 1) -> None:
-        self.lock = threading.Lock()
-        self.calls: list[tuple[Any, BaseException | None]] = []
-        self.expected = expected
-        self.all_done = threading.Event()
-
-    def __call__(self, result: Any, exc: BaseException | None) -> None:
-        with self.lock:
-            self.calls.append((result, exc))
-            if len(self.calls) >= self.expected:
-                self.all_done.set()
-
-    def wait(self) -> None:
-        assert self.all_done.wait(TIMEOUT), f"only {len(self.calls)} of {self.expected} jobs delivered"
-
-    @property
-    def errors(self) -> list[BaseException]:
-        with self.lock:
-            return [exc for _, exc in self.calls if exc is not None]
+from .conftest import TIMEOUT, Deliveries, MakePool, wait_for  # the make_pool and gate fixtures live there too
 
 
 def hold_the_thread(pool: WorkerPool, gate: threading.Event) -> Deliveries:
@@ -212,7 +188,7 @@ def test_jobs_that_wait_on_later_jobs_finish_by_growing_the_pool(make_pool: Make
     chain.release.set()
     chain.done.wait()
     assert chain.done.errors == []
-    assert sorted(r for r, _ in chain.done.calls) == [0, 1, 2, 3]
+    assert sorted(chain.done.results) == [0, 1, 2, 3]
     # The extra threads retire as soon as they find the queue empty, not
     # after idle_timeout (60 s here).
     wait_for(lambda: pool.statistics()["extra"] == 0, TIMEOUT, "the extra threads to retire")
@@ -340,7 +316,7 @@ def test_an_extra_thread_that_cannot_start_loses_no_job(
         chain.submit_all(pool)
         chain.done.wait()
     assert chain.done.errors == []
-    assert sorted(r for r, _ in chain.done.calls) == [0, 1, 2]
+    assert sorted(chain.done.results) == [0, 1, 2]
     assert created >= 4
     assert "could not start a thread beyond max_workers" in caplog.text
     wait_for(lambda: pool.statistics()["completed"] == 3, TIMEOUT, "the completed count to reach 3")

@@ -92,11 +92,6 @@ def remove_listener(fn: Listener) -> None:
         _listeners = tuple(items)
 
 
-def active() -> bool:
-    """Whether a task created now should emit its events."""
-    return bool(_listeners) or logger.isEnabledFor(logging.DEBUG)
-
-
 def emit(event: str, task: Any, **fields: Any) -> None:
     """Send one event to the listeners and the DEBUG log."""
     if logger.isEnabledFor(logging.DEBUG):
