@@ -1,0 +1,383 @@
+"""NetListener: listen on every address a name stands for and hand each
+new client to a callback on the loop thread.
+
+Accepting is driven by fd watches on the listener's context: no thread per
+client, no thread per listening socket.  Opening (DNS and bind) can run in a
+worker with ``open_async``.
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import selectors
+import socket
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from .._context import IO_IN, IOCondition, MainContext, Source, attach, get_context
+from .._task import DestroyNotify, Task, TaskFunc
+from ._address import InetSocketAddress, SocketAddress
+from ._channel import SocketChannel, _check_num, _default_resolver, _failed, listen_socket
+from ._resolver import DNSResolver, as_address
+
+__all__ = ["NetListener"]
+
+ClientFunc = Callable[["NetListener", SocketChannel, Any], Any]
+
+#: Connections accepted per wake-up of one listening socket: a burst of
+#: clients is taken in one loop iteration (asyncio takes up to its backlog),
+#: yet a flood cannot keep the loop from everything else.
+ACCEPT_BATCH = 128
+#: After accept() fails for want of resources (EMFILE, ENOBUFS, ...), stop
+#: accepting on that socket this long, as asyncio does, instead of spinning.
+ACCEPT_RETRY_DELAY = 1.0
+#: Tries at finding one free port for every address of a name (port 0).
+_PORT_TRIES = 10
+_names = itertools.count(1)
+
+
+class NetListener:
+    """A set of listening sockets with one client callback.
+
+    Args:
+        context: where clients are accepted and ``fn`` runs (unless
+            :meth:`set_client_func` names another); None means the context
+            of the thread that first needs one.
+        name: a name for logs and ``repr``.
+        resolver: the :class:`DNSResolver` used by ``open``.
+
+    Thread rules: ``open_sync`` and ``wait_client`` block (use a worker, or
+    ``open_async``); the other methods may be called from any thread.  The
+    client callback runs on the context thread.
+    """
+
+    def __init__(self, *, context: Any = None, name: str | None = None, resolver: DNSResolver | None = None) -> None:
+        if name is not None and not isinstance(name, str):
+            raise TypeError(f"NetListener: name must be a str or None, not {type(name).__name__}")
+        if resolver is not None and not isinstance(resolver, DNSResolver):
+            raise TypeError(f"NetListener: resolver must be a DNSResolver, not {type(resolver).__name__}")
+        self.name = name if name is not None else f"listener-{next(_names)}"
+        self._context: MainContext | None = None
+        if context is not None:
+            self._context = context if isinstance(context, MainContext) else attach(context)
+        self._resolver = resolver
+        # Guards the fields below: set_client_func, add and disconnect may
+        # come from any thread while the context thread accepts.
+        self._lock = threading.Lock()
+        self._channels: list[SocketChannel] = []
+        self._watches: dict[SocketChannel, Source] = {}
+        self._func: ClientFunc | None = None
+        self._opaque: Any = None
+        self._destroy: DestroyNotify | None = None
+        self._func_context: MainContext | None = None
+        self._waiting = 0  # wait_client() calls in progress: watches paused
+
+    def __repr__(self) -> str:
+        return f"<NetListener {self.name!r} {[str(a) for a in self.addresses]}>"
+
+    @property
+    def context(self) -> MainContext:
+        """Where clients are accepted by default (fixed when first asked)."""
+        context = self._context
+        if context is None:
+            context = self._context = get_context()
+        return context
+
+    # -- opening --------------------------------------------------------------
+
+    def open_sync(self, addr: SocketAddress | str, num: int = 1) -> None:
+        """Resolve ``addr`` and listen on every address it stands for, with
+        a backlog of ``num`` each.  Blocks: call it from a worker, or use
+        :meth:`open_async`.
+
+        With port 0, every address gets the same (free) port, so a client
+        that tries the name's addresses in turn reaches this listener on all
+        of them.  IPv6 sockets are IPv6-only, so ``::`` and ``0.0.0.0`` can
+        both be listened on.  Succeeds if at least one address could be
+        listened on, as QEMU's listener does.
+
+        Raises:
+            ValueError, TypeError: bad address or ``num``.
+            socket.gaierror: the name does not resolve.
+            OSError: no address could be listened on (the last error).
+        """
+        num = _check_num(num, "open_sync")
+        address = as_address(addr, "open_sync")
+        resolver = self._resolver if self._resolver is not None else _default_resolver
+        targets = resolver.lookup_sync(address, passive=True)
+        fresh_port = isinstance(address, InetSocketAddress) and address.port == 0 and len(targets) > 1
+        for _attempt in range(_PORT_TRIES):
+            socks, errors = self._listen_all(targets, num, fresh_port)
+            if socks or not fresh_port or not any(e.errno == errno.EADDRINUSE for e in errors):
+                break
+        if not socks:
+            raise errors[-1]
+        for sock in socks:
+            self.add(SocketChannel(sock, context=self._context, resolver=resolver))
+
+    def _listen_all(
+        self, targets: list[SocketAddress], num: int, fresh_port: bool
+    ) -> tuple[list[socket.socket], list[OSError]]:
+        socks: list[socket.socket] = []
+        errors: list[OSError] = []
+        port = 0
+        for target in targets:
+            if fresh_port and port and isinstance(target, InetSocketAddress):
+                target = InetSocketAddress(target.host, port, numeric=True)
+            try:
+                sock = listen_socket(target, num, v6only=True)
+            except OSError as exc:
+                errors.append(_failed(exc, f"cannot listen on {target}"))
+                if fresh_port and port and exc.errno == errno.EADDRINUSE:
+                    # The port picked for the first address is taken on
+                    # this one: start again with another.
+                    for made in socks:
+                        made.close()
+                    return [], errors
+                continue
+            if fresh_port and not port:
+                port = sock.getsockname()[1]
+            socks.append(sock)
+        return socks, errors
+
+    def open_async(
+        self,
+        addr: SocketAddress | str,
+        num: int = 1,
+        func: TaskFunc | None = None,
+        opaque: Any = None,
+        destroy: DestroyNotify | None = None,
+        *,
+        context: Any = None,
+    ) -> Task[NetListener]:
+        """:meth:`open_sync` on a pool thread, DNS included.
+
+        Returns the :class:`qiotask.Task` (awaitable); its source and result
+        are this listener.  ``func(listener, err, opaque)`` runs on the
+        context thread; ``destroy(opaque)`` after it.
+
+        Raises:
+            ValueError, TypeError: bad address or ``num`` (before any task).
+        """
+        num = _check_num(num, "open_async")
+        address = as_address(addr, "open_async")
+        if context is None:
+            context = self.context
+        task: Task[NetListener] = Task(self, func, opaque, destroy, context=context, name=f"{self.name} open")
+
+        def worker(_task: Task[NetListener], _opaque: Any) -> NetListener:
+            self.open_sync(address, num)
+            return self
+
+        task.run_in_thread(worker)
+        return task
+
+    def add(self, channel: SocketChannel) -> None:
+        """Listen on ``channel`` too (a listening :class:`SocketChannel`);
+        the listener owns it from now on.
+
+        Raises:
+            TypeError: ``channel`` is not a SocketChannel.
+            ValueError: ``channel`` is not open.
+        """
+        if not isinstance(channel, SocketChannel):
+            raise TypeError(f"add: channel must be a SocketChannel, not {type(channel).__name__}")
+        channel.fileno()  # raises ValueError if not open
+        with self._lock:
+            self._channels.append(channel)
+            if self._func is not None and not self._waiting:
+                self._watch(channel)
+
+    # -- clients --------------------------------------------------------------
+
+    def set_client_func(
+        self,
+        fn: ClientFunc | None,
+        opaque: Any = None,
+        destroy: DestroyNotify | None = None,
+        *,
+        context: Any = None,
+    ) -> None:
+        """Call ``fn(listener, channel, opaque)`` on the context thread for
+        each new client, until replaced; ``None`` stops accepting (clients
+        wait in the backlog).
+
+        The channel is the client's :class:`SocketChannel`, non-blocking,
+        with ``context`` as its context; ``fn`` owns it.  If ``fn`` raises,
+        the exception is logged and the client's channel closed (as
+        asyncio's ``start_server`` does).  The ``destroy(opaque)`` of the
+        function replaced runs now, in this thread; that of the last one in
+        :meth:`close`.
+
+        Raises:
+            TypeError: ``fn`` or ``destroy`` is not callable.
+        """
+        if fn is not None and not callable(fn):
+            raise TypeError(f"set_client_func: fn must be callable or None, not {type(fn).__name__}")
+        if destroy is not None and not callable(destroy):
+            raise TypeError(f"set_client_func: destroy must be callable or None, not {type(destroy).__name__}")
+        made = None
+        if context is not None:
+            made = context if isinstance(context, MainContext) else attach(context)
+        elif fn is not None:
+            made = self.context
+        with self._lock:
+            old = (self._destroy, self._opaque)
+            self._func, self._opaque, self._destroy, self._func_context = fn, opaque, destroy, made
+            self._unwatch_all()
+            if fn is not None and not self._waiting:
+                for channel in self._channels:
+                    self._watch(channel)
+        if old[0] is not None:
+            old[0](old[1])
+
+    def _watch(self, channel: SocketChannel) -> None:
+        # With self._lock held.
+        context = self._func_context if self._func_context is not None else self.context
+        # Through the channel, so that closing it waits for the watch to go.
+        self._watches[channel] = channel.add_watch(IO_IN, self._on_ready, context=context)
+
+    def _unwatch_all(self) -> None:
+        # With self._lock held.
+        watches, self._watches = self._watches, {}
+        for watch in watches.values():
+            watch.remove()
+
+    def _on_ready(self, channel: SocketChannel, _condition: IOCondition) -> bool:
+        # On the context thread: take every waiting client, up to a batch.
+        fn, opaque = self._func, self._opaque
+        context = self._func_context
+        if fn is None or context is None:
+            return False
+        for _ in range(ACCEPT_BATCH):
+            try:
+                client = channel.accept()
+            except ValueError:
+                return False  # the listening channel was closed
+            except OSError as exc:
+                context.report_exception(f"{self.name}: accept failed; retrying in {ACCEPT_RETRY_DELAY} s", exc)
+                self._pause(channel)
+                return False
+            if client is None:
+                break
+            client._context = context
+            try:
+                fn(self, client, opaque)
+            except Exception as exc:
+                context.report_exception(f"{self.name}: client function {fn!r} raised; client closed", exc)
+                client.close()
+        return True
+
+    def _pause(self, channel: SocketChannel) -> None:
+        # On the context thread, after accept() failed (EMFILE and the like).
+        with self._lock:
+            watch = self._watches.pop(channel, None)
+        if watch is not None:
+            watch.remove()
+
+        def resume() -> bool:
+            with self._lock:
+                if (
+                    self._func is not None
+                    and not self._waiting
+                    and channel in self._channels
+                    and channel not in self._watches
+                ):
+                    self._watch(channel)
+            return False
+
+        if self._func_context is not None:
+            self._func_context.timeout_add(ACCEPT_RETRY_DELAY * 1000, resume)
+
+    def wait_client(self, timeout: float | None = None) -> SocketChannel:
+        """Block until a client connects, and return its channel; the client
+        function (if any) is not called for it.  The listener's watches are
+        paused meanwhile, as QEMU's ``qio_net_listener_wait_client`` does.
+
+        Raises:
+            ValueError: the listener has no listening socket.
+            TimeoutError: ``timeout`` seconds passed first.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._lock:
+            channels = list(self._channels)
+            if not channels:
+                raise ValueError(f"wait_client: {self.name} is not listening (open or add first)")
+            self._waiting += 1
+            self._unwatch_all()
+        try:
+            with selectors.DefaultSelector() as selector:
+                for channel in channels:
+                    selector.register(channel.fileno(), selectors.EVENT_READ, channel)
+                while True:
+                    left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                    ready = selector.select(left)
+                    if not ready and deadline is not None and time.monotonic() >= deadline:
+                        raise TimeoutError(f"wait_client: no client within {timeout} s")
+                    for key, _events in ready:
+                        client = key.data.accept()
+                        if client is not None:
+                            return client  # type: ignore[no-any-return]
+        finally:
+            with self._lock:
+                self._waiting -= 1
+                if self._func is not None and not self._waiting:
+                    for channel in self._channels:
+                        if channel not in self._watches:
+                            self._watch(channel)
+
+    # -- state and shutdown ---------------------------------------------------
+
+    @property
+    def channels(self) -> list[SocketChannel]:
+        """The listening channels (a copy)."""
+        with self._lock:
+            return list(self._channels)
+
+    @property
+    def addresses(self) -> list[SocketAddress]:
+        """Where the listener listens, one address per listening socket."""
+        found = []
+        for channel in self.channels:
+            try:
+                address = channel.local_address
+            except (ValueError, OSError):
+                continue
+            if address is not None:
+                found.append(address)
+        return found
+
+    @property
+    def connected(self) -> bool:
+        """Whether the listener has listening sockets (QEMU's name)."""
+        with self._lock:
+            return bool(self._channels)
+
+    def disconnect(self) -> None:
+        """Stop accepting and close every listening socket; the client
+        function stays set (for sockets added later).  Clients already
+        accepted are not touched.  From any thread, more than once."""
+        with self._lock:
+            channels, self._channels = self._channels, []
+            self._unwatch_all()
+        for channel in channels:
+            channel.close()
+
+    def close(self) -> None:
+        """:meth:`disconnect`, then drop the client function, running its
+        ``destroy(opaque)`` (once) in this thread."""
+        self.disconnect()
+        with self._lock:
+            destroy, opaque = self._destroy, self._opaque
+            self._func = self._opaque = self._destroy = None
+        if destroy is not None:
+            destroy(opaque)
+
+    def __enter__(self) -> NetListener:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()

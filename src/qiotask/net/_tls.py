@@ -1,0 +1,312 @@
+"""TLSChannel: TLS over a connected SocketChannel, the handshake driven by
+fd watches on the loop thread -- no worker thread, as QEMU's TLS channel.
+
+The handshake is a task: each step runs ``do_handshake()`` on the context
+thread; when OpenSSL wants to read (or write) the step ends and a watch for
+``IO_IN`` (``IO_OUT``) runs the next one.  The task completes with the
+channel, or with the ``ssl.SSLError``/``OSError`` that ended the handshake.
+"""
+
+from __future__ import annotations
+
+import ssl
+import time
+from collections.abc import Callable
+from typing import Any
+
+from .. import _deadline
+from .._context import IO_IN, IO_OUT, IOCondition, MainContext, Source
+from .._errors import TaskStateError
+from .._task import DestroyNotify, Task, TaskFunc
+from ._channel import READ_SIZE, SocketChannel
+
+__all__ = ["TLSChannel"]
+
+
+class TLSChannel:
+    """A TLS session on a connected :class:`SocketChannel`.
+
+    Make one with :meth:`new_client` or :meth:`new_server`, run
+    :meth:`handshake`, then :meth:`read`/:meth:`write` (non-blocking) with
+    :meth:`add_watch`.  The TLS channel takes the socket channel over: from
+    then on, read and write through the TLS channel only.
+    """
+
+    def __init__(self, channel: SocketChannel, sock: ssl.SSLSocket, server_side: bool) -> None:
+        self.channel = channel
+        self._sock = sock
+        self.server_side = server_side
+        self._handshake: Task[TLSChannel] | None = None
+
+    @classmethod
+    def new_client(cls, channel: SocketChannel, ssl_context: ssl.SSLContext, hostname: str | None) -> TLSChannel:
+        """The client side of a TLS session over ``channel``.
+
+        ``hostname`` is sent as SNI and, when ``ssl_context.check_hostname``
+        is on (the default of ``ssl.create_default_context()``), the
+        server's certificate must be valid for it.
+
+        Raises:
+            TypeError: ``channel`` or ``ssl_context`` of the wrong type.
+            ValueError: ``channel`` is not open, or ``hostname`` is None while
+                the context checks host names.
+        """
+        return cls._wrap(channel, ssl_context, server_side=False, hostname=hostname)
+
+    @classmethod
+    def new_server(cls, channel: SocketChannel, ssl_context: ssl.SSLContext) -> TLSChannel:
+        """The server side of a TLS session over ``channel`` (``ssl_context``
+        holds the certificate chain and key).
+
+        Raises:
+            TypeError: ``channel`` or ``ssl_context`` of the wrong type.
+            ValueError: ``channel`` is not open.
+        """
+        return cls._wrap(channel, ssl_context, server_side=True, hostname=None)
+
+    @classmethod
+    def _wrap(
+        cls, channel: SocketChannel, ssl_context: ssl.SSLContext, *, server_side: bool, hostname: str | None
+    ) -> TLSChannel:
+        side = "new_server" if server_side else "new_client"
+        if not isinstance(channel, SocketChannel):
+            raise TypeError(f"{side}: channel must be a SocketChannel, not {type(channel).__name__}")
+        if not isinstance(ssl_context, ssl.SSLContext):
+            raise TypeError(f"{side}: ssl_context must be an ssl.SSLContext, not {type(ssl_context).__name__}")
+        if hostname is not None and not isinstance(hostname, str):
+            raise TypeError(f"{side}: hostname must be a str or None, not {type(hostname).__name__}")
+        if not server_side and hostname is None and ssl_context.check_hostname:
+            raise ValueError(f"{side}: the ssl context checks host names, so give the hostname to check")
+        plain = channel._open_sock(side)
+        if isinstance(plain, ssl.SSLSocket):
+            raise ValueError(f"{side}: the channel already carries TLS")
+        # wrap_socket takes the file descriptor over; the channel keeps
+        # working on it (fileno, addresses, watches, close) through the TLS
+        # socket, which is a socket too.
+        sock = ssl_context.wrap_socket(
+            plain, server_side=server_side, server_hostname=hostname, do_handshake_on_connect=False
+        )
+        sock.setblocking(False)
+        channel._sock = sock
+        return cls(channel, sock, server_side)
+
+    def __repr__(self) -> str:
+        side = "server" if self.server_side else "client"
+        return f"<TLSChannel {side} {self.version() or 'before handshake'} over {self.channel!r}>"
+
+    # -- the handshake ----------------------------------------------------------
+
+    def handshake(
+        self,
+        func: TaskFunc | None = None,
+        opaque: Any = None,
+        destroy: DestroyNotify | None = None,
+        *,
+        context: Any = None,
+        timeout: float | None = None,
+    ) -> Task[TLSChannel]:
+        """Run the TLS handshake on the context thread, driven by fd watches.
+
+        Returns the :class:`qiotask.Task` (awaitable); its source and result
+        are this TLS channel.  ``func(tls, err, opaque)`` runs on the context
+        thread (``context``, else the socket channel's) once the handshake
+        ended: ``err`` is None, or the ``ssl.SSLError`` (e.g.
+        ``ssl.SSLCertVerificationError`` for a wrong host name) or
+        ``OSError`` (the peer went away) that ended it.  ``destroy(opaque)``
+        runs after it.  The first step runs on the context's next iteration,
+        never inside this call.
+
+        ``task.cancel()`` or ``timeout`` seconds passing (say, a peer that
+        never answers) ends the handshake with :class:`qiotask.TaskCancelled`
+        or :class:`qiotask.TaskTimeout`.  A failed handshake leaves the
+        channel open: close it.
+
+        Raises:
+            TypeError, ValueError: bad ``timeout``.
+            qiotask.TaskStateError: a handshake was already started.
+        """
+        if timeout is not None:
+            if not isinstance(timeout, (int, float)) or isinstance(timeout, bool):
+                raise TypeError(f"handshake: timeout must be a number of seconds, not {type(timeout).__name__}")
+            if not timeout >= 0:
+                raise ValueError(f"handshake: timeout must not be negative, got {timeout}")
+        if self._handshake is not None:
+            raise TaskStateError("handshake: a TLS channel has one handshake; it was already started")
+        where: MainContext = self.channel._task_context(context)
+        task: Task[TLSChannel] = Task(self, func, opaque, destroy, context=where, name="tls handshake")
+        self._handshake = task
+        _Handshake(self, task, where, timeout).start()
+        return task
+
+    # -- after the handshake ----------------------------------------------------
+
+    @property
+    def sock(self) -> ssl.SSLSocket:
+        """The TLS socket (non-blocking)."""
+        return self._sock
+
+    def fileno(self) -> int:
+        """The socket's file descriptor.
+
+        Raises:
+            ValueError: the channel was closed.
+        """
+        return self.channel.fileno()
+
+    def version(self) -> str | None:
+        """The protocol agreed (``"TLSv1.3"``...), None before the handshake."""
+        return self._sock.version() if self.channel.sock is not None else None
+
+    def cipher(self) -> tuple[str, str, int] | None:
+        """``(name, protocol, secret bits)`` of the cipher agreed, or None."""
+        return self._sock.cipher() if self.channel.sock is not None else None
+
+    def getpeercert(self) -> Any:
+        """The peer's certificate as ``ssl.SSLSocket.getpeercert()`` gives it."""
+        return self._sock.getpeercert()
+
+    def read(self, n: int = READ_SIZE) -> bytes | None:
+        """Up to ``n`` bytes of plaintext; ``b""`` at end of stream; None if
+        none can be read now.  A watch made with :meth:`add_watch` is called
+        again while decrypted data is still buffered, so read what it gives.
+
+        Raises:
+            ValueError: the channel was closed.
+            ssl.SSLError, OSError: the session or connection failed.
+        """
+        sock = self.channel._open_sock("read")
+        try:
+            return sock.recv(n)
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError, InterruptedError):
+            return None
+
+    def write(self, data: bytes | bytearray | memoryview) -> int | None:
+        """Encrypt and send what the socket takes now of ``data``; the
+        number of plaintext bytes sent, or None if none can be now.
+
+        Raises:
+            ValueError: the channel was closed.
+            ssl.SSLError, OSError: the session or connection failed.
+        """
+        sock = self.channel._open_sock("write")
+        try:
+            return sock.send(data)
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError, InterruptedError):
+            return None
+
+    def add_watch(
+        self, condition: IOCondition | int, fn: Callable[..., Any], *args: Any, context: Any = None
+    ) -> Source:
+        """As :meth:`SocketChannel.add_watch`, calling ``fn(tls, condition,
+        *args)``; a watch for ``IO_IN`` is also called (on the next
+        iterations) while TLS holds decrypted bytes the socket no longer
+        signals.
+
+        Raises:
+            ValueError: the channel was closed.
+            TypeError: ``fn`` is not callable.
+        """
+        if not callable(fn):
+            raise TypeError(f"add_watch: fn must be callable, not {type(fn).__name__}")
+        source: Source | None = None
+        wants_in = bool(int(condition) & IO_IN)
+
+        def call(ready: IOCondition) -> bool:
+            keep = bool(fn(self, ready, *args))
+            if not keep and source is not None:
+                source.remove()
+            return keep
+
+        def drain() -> bool:
+            # Idle source: while fn keeps reading, and TLS has more buffered.
+            if source is None or source.removed or self.channel.sock is None:
+                return False
+            return call(IO_IN) and self._buffered()
+
+        def on_ready(_channel: SocketChannel, ready: IOCondition) -> bool:
+            keep = call(ready)
+            if keep and wants_in and self._buffered():
+                assert source is not None
+                source._context.idle_add(drain)
+            return keep
+
+        source = self.channel.add_watch(condition, on_ready, context=context)
+        return source
+
+    def _buffered(self) -> bool:
+        try:
+            return self._sock.pending() > 0
+        except (ValueError, OSError):
+            return False
+
+    def close(self) -> None:
+        """Close the connection (no TLS close_notify is sent); from any
+        thread, more than once."""
+        self.channel.close()
+
+    def __enter__(self) -> TLSChannel:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+
+class _Handshake:
+    """One handshake in progress; every method but ``_cancelled`` runs on
+    the context thread."""
+
+    def __init__(self, tls: TLSChannel, task: Task[TLSChannel], context: MainContext, timeout: float | None) -> None:
+        self.tls = tls
+        self.task = task
+        self.context = context
+        self.watch: Source | None = None
+        self.deadline: _deadline.Deadline | None = None
+        self.done = False
+        if timeout is not None:
+            self.deadline = _deadline.call_at(time.monotonic() + timeout, task._time_out)
+
+    def start(self) -> None:
+        self.task.on_cancel(self._cancelled)
+        self.context.call_soon(self.step)
+
+    def _cancelled(self, _task: Task[TLSChannel]) -> None:
+        # In the cancelling thread (the deadline's for a timeout): finish on
+        # the context thread, where the steps run -- or here, if that loop
+        # is gone (no step can run any more; the task then reports it).
+        if self.context.closed:
+            self.finish(None)
+        else:
+            self.context.call_soon(self.finish, None)
+
+    def step(self, *_ignored: Any) -> bool:
+        self.watch = None
+        if self.done:
+            return False
+        if self.task.cancelled():
+            self.finish(None)
+            return False
+        try:
+            self.tls._sock.do_handshake()
+        except ssl.SSLWantReadError:
+            self.watch = self.tls.channel.add_watch(IO_IN, self.step, context=self.context)
+        except ssl.SSLWantWriteError:
+            self.watch = self.tls.channel.add_watch(IO_OUT, self.step, context=self.context)
+        except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+            self.finish(exc)
+        else:
+            self.finish(None)
+        return False  # each watch serves one step
+
+    def finish(self, err: BaseException | None) -> None:
+        if self.done:
+            return
+        self.done = True
+        watch, self.watch = self.watch, None
+        if watch is not None:
+            watch.remove()
+        if self.deadline is not None:
+            self.deadline.cancel()
+        if err is not None:
+            self.task.abort(err)
+        else:
+            self.task.complete(self.tls)  # a cancel that won is delivered instead
