@@ -17,7 +17,7 @@ $(PY):
 	$(PY) -m pip install -q --upgrade pip
 
 $(STAMP): pyproject.toml | $(PY)
-	$(PY) -m pip install -q -e '.[test,lint]'
+	$(PY) -m pip install -q -e '.[test,lint,demo]'
 	@for extra in $(LOOP_EXTRAS); do \
 		$(PY) -m pip install -q -e ".[$$extra]" >/dev/null 2>&1 \
 			|| echo "note: the '$$extra' extra could not be installed here; its tests will be skipped"; \

@@ -25,9 +25,18 @@ def test_demo_runs_the_seed_examples_and_exits_0() -> None:
     assert "resolved 'localhost' and bound" in out
     assert "client read b'hello from the main loop\\n'" in out
     assert "demo finished: all steps ran" in out
+    # Step 4, qiotask.net: a name resolved in a worker, TLS on the loop, echo.
+    assert "resolved 'localhost': [" in out
+    assert "echo server listening on " in out
+    assert "client TLS handshake done: TLSv1." in out
+    assert "server TLS handshake done: TLSv1." in out
+    for message in ("ping 1", "ping 2", "ping 3"):
+        assert f"echo server echoed b'{message}'" in out
+        assert f"client got b'{message}' back" in out
+    assert "echo server and client closed; 3 messages echoed" in out
     for line in out.splitlines():
         step = line.split()[3] if len(line.split()) > 3 else ""
-        if step in ("func", "timer", "watch"):
+        if step in ("func", "timer", "watch", "accept"):
             assert "MainThread" in line, line
         if step == "worker":
             assert "qiotask-worker" in line, line

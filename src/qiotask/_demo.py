@@ -5,6 +5,9 @@
    worker thread, the result reported on the main loop's thread.
 3. A client connecting to that listener from a worker thread, while the main
    loop accepts it through an fd watch, and one line exchanged.
+4. qiotask.net: an echo server on a NetListener and a client that connects
+   by name; both run a TLS handshake (certificate made at run time) on the
+   main loop, exchange three messages and shut down.
 
 Each step prints the thread it ran on and how long it took.
 """
@@ -12,6 +15,7 @@ Each step prints the thread it ran on and how long it took.
 from __future__ import annotations
 
 import socket
+import ssl
 import sys
 import threading
 import time
@@ -20,6 +24,7 @@ from typing import Any, TextIO
 
 from ._context import IO_IN, IOCondition, MainLoop, get_context
 from ._task import Task
+from .net import DNSResolver, NetListener, SocketChannel, TLSChannel
 
 
 class QMyObject:
@@ -146,7 +151,7 @@ def run_demo(out: TextIO = sys.stdout) -> int:
         def maybe_finish() -> None:
             if served["accepted"] and served["client"]:
                 outcome["client"] = True
-                loop.quit()
+                run_echo(say, check_main_thread, outcome, loop.quit)
 
         def on_connection(fd: int, condition: IOCondition) -> bool:
             check_main_thread("accept watch")
@@ -199,8 +204,158 @@ def run_demo(out: TextIO = sys.stdout) -> int:
     if server.sock is not None:
         server.sock.close()
     errors = outcome.get("errors", [])
-    ok = not errors and all(outcome.get(k) for k in ("timer", "listen", "client"))
+    ok = not errors and all(outcome.get(k) for k in ("timer", "listen", "client", "echo"))
     for error in errors:
         say("main", f"ERROR: {error}")
     say("main", "demo finished: " + ("all steps ran, callbacks on the main thread" if ok else "FAILED"))
     return 0 if ok else 1
+
+
+def _tls_contexts() -> tuple[ssl.SSLContext, ssl.SSLContext] | None:
+    """(server, client) TLS contexts with a CA and a localhost certificate
+    made now; None without ``trustme`` (the ``demo`` extra)."""
+    try:
+        import trustme
+    except ImportError:
+        return None
+    ca = trustme.CA()
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("localhost", "127.0.0.1", "::1").configure_cert(server)
+    client = ssl.create_default_context()
+    ca.configure_trust(client)
+    return server, client
+
+
+MESSAGES = (b"ping 1", b"ping 2", b"ping 3")
+
+
+def run_echo(say: _Printer, check: Callable[[str], None], outcome: dict[str, Any], done: Callable[[], None]) -> None:
+    """Step 4: an echo server on a NetListener, a client connecting by name,
+    TLS on both sides, three messages; calls ``done()`` when all is closed."""
+    t0 = time.perf_counter()
+    contexts = _tls_contexts()
+    if contexts is None:
+        say("main", "TLS needs trustme (pip install 'qiotask[demo]'); the echo runs in plain TCP")
+    else:
+        say("main", "made a CA and a certificate for localhost", t0)
+
+    def resolve(*args: Any) -> Any:
+        w0 = time.perf_counter()
+        found = socket.getaddrinfo(*args)
+        say("worker", f"resolved {args[0]!r}: {sorted({info[4][0] for info in found})}", w0)
+        return found
+
+    resolver = DNSResolver(getaddrinfo=resolve)
+    listener = NetListener(name="echo", resolver=resolver)
+    clock = {"connect": t0}
+    state: dict[str, Any] = {"echoed": 0, "server_closed": False, "client_closed": False}
+
+    def fail(what: str, err: BaseException) -> None:
+        say("func", f"{what} failed: {err!r}")
+        outcome["echo"] = False
+        listener.close()
+        done()
+
+    def finish_if_closed() -> None:
+        if state["server_closed"] and state["client_closed"]:
+            listener.close()
+            outcome["echo"] = state["echoed"] == len(MESSAGES)
+            say("func", f"echo server and client closed; {state['echoed']} messages echoed", t0)
+            done()
+
+    # -- the server ----------------------------------------------------------
+
+    def on_client(_listener: NetListener, channel: SocketChannel, _opaque: Any) -> None:
+        check("client func")
+        say("accept", f"echo server accepted {channel.remote_address}")
+        if contexts is None:
+            serve(channel)
+            return
+
+        def handshake_done(tls: TLSChannel, err: BaseException | None, _opaque: Any) -> None:
+            check("server handshake func")
+            if err is not None:
+                tls.close()
+                fail("server TLS handshake", err)
+                return
+            say("func", f"server TLS handshake done: {tls.version()}")
+            serve(tls)
+
+        TLSChannel.new_server(channel, contexts[0]).handshake(handshake_done)
+
+    def serve(conn: SocketChannel | TLSChannel) -> None:
+        def on_readable(conn: SocketChannel | TLSChannel, _condition: IOCondition) -> bool:
+            check("server watch")
+            data = conn.read()
+            if data is None:
+                return True
+            if not data:
+                conn.close()
+                say("watch", "echo server: client said goodbye; connection closed")
+                state["server_closed"] = True
+                finish_if_closed()
+                return False
+            conn.write(data)  # a few bytes: the socket takes them at once
+            say("watch", f"echo server echoed {data!r}")
+            return True
+
+        conn.add_watch(IO_IN, on_readable)
+
+    # -- the client ----------------------------------------------------------
+
+    def talk(conn: SocketChannel | TLSChannel) -> None:
+        def send_next() -> None:
+            conn.write(MESSAGES[state["echoed"]])
+
+        def on_readable(conn: SocketChannel | TLSChannel, _condition: IOCondition) -> bool:
+            check("client watch")
+            data = conn.read()
+            if data is None:
+                return True
+            say("watch", f"client got {data!r} back")
+            state["echoed"] += data == MESSAGES[state["echoed"]]
+            if state["echoed"] < len(MESSAGES) and data:
+                send_next()
+                return True
+            conn.close()
+            state["client_closed"] = True
+            finish_if_closed()
+            return False
+
+        conn.add_watch(IO_IN, on_readable)
+        send_next()
+
+    def connected(channel: SocketChannel, err: BaseException | None, _opaque: Any) -> None:
+        check("connect func")
+        if err is not None:
+            fail("connect", err)
+            return
+        say("func", f"client connected {channel.local_address} -> {channel.remote_address}", clock["connect"])
+        if contexts is None:
+            talk(channel)
+            return
+
+        def handshake_done(tls: TLSChannel, err: BaseException | None, _opaque: Any) -> None:
+            check("client handshake func")
+            if err is not None:
+                tls.close()
+                fail("client TLS handshake", err)
+                return
+            say("func", f"client TLS handshake done: {tls.version()}, server certificate valid for 'localhost'")
+            talk(tls)
+
+        TLSChannel.new_client(channel, contexts[1], "localhost").handshake(handshake_done)
+
+    def opened(_listener: NetListener, err: BaseException | None, _opaque: Any) -> None:
+        check("listener func")
+        if err is not None:
+            fail("listen", err)
+            return
+        addresses = listener.addresses
+        say("func", f"echo server listening on {', '.join(map(str, addresses))}", t0)
+        listener.set_client_func(on_client)
+        clock["connect"] = time.perf_counter()
+        port = addresses[0].port  # type: ignore[attr-defined]
+        SocketChannel(resolver=resolver).connect_async(f"localhost:{port}", connected)
+
+    listener.open_async("localhost:0", 16, opened)

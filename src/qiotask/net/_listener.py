@@ -126,7 +126,7 @@ class NetListener:
         port = 0
         for target in targets:
             if fresh_port and port and isinstance(target, InetSocketAddress):
-                target = InetSocketAddress(target.host, port, numeric=True)
+                target = InetSocketAddress(target.host, port)
             try:
                 sock = listen_socket(target, num, v6only=True)
             except OSError as exc:
