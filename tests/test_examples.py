@@ -147,3 +147,12 @@ def test_trio_resolve() -> None:
     assert "127.0.0.1: 127.0.0.1" in lines
     assert "canonical name of localhost: localhost" in lines
     assert lines[-1] == "resolved 3 of 3 names"
+
+
+@pytest.mark.timeout(EXAMPLE_TIMEOUT + 20)
+def test_glib_echo() -> None:
+    require("glib", "gi")
+    lines = run_example("glib_echo.py", "--clients", "6")
+    matching(r"echo server on 127\.0\.0\.1:\d+", lines)
+    replies = sorted(line for line in lines if line.startswith("client "))
+    assert replies == sorted(f"client {n} got 'hello from client {n}' on MainThread" for n in range(6)), lines
