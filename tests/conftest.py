@@ -83,6 +83,7 @@ class LoopRunner:
 
     def run(self, timeout: float = 10.0) -> None:
         """Run until quit(); fail the test if that takes over ``timeout`` s."""
+        self.timed_out = False
 
         def give_up() -> bool:
             self.timed_out = True

@@ -147,6 +147,21 @@ def _check_num(num: object, where: str) -> int:
     return num
 
 
+def _dgram_addresses(
+    local: SocketAddress | str | None, remote: SocketAddress | str | None, where: str
+) -> tuple[SocketAddress | None, SocketAddress | None]:
+    if local is None and remote is None:
+        raise ValueError(f"{where}: give a local address, a remote address or both")
+    local_addr = as_address(local, where) if local is not None else None
+    remote_addr = as_address(remote, where) if remote is not None else None
+    kinds = {type(a) for a in (local_addr, remote_addr) if a is not None}
+    if len(kinds) > 1:
+        raise ValueError(f"{where}: local {local_addr} and remote {remote_addr} are of different kinds")
+    if not kinds <= {InetSocketAddress, UnixSocketAddress}:
+        raise ValueError(f"{where}: datagrams need inet or unix addresses, not {kinds.pop().kind}")
+    return local_addr, remote_addr
+
+
 class _CloseLater:
     """Closes a socket on its context's thread, after the loop forgot the fd;
     or at once, in the closing thread, if the context closes first."""
@@ -203,6 +218,13 @@ class SocketChannel:
         self._sock: socket.socket | None = None
         self._closed = False
         self._watches: list[Source] = []
+        # Every context that ever watched the socket: a watch removed from
+        # another thread is only forgotten by its loop later, so close()
+        # defers the close to such a context's thread.
+        self._watched: set[MainContext] = set()
+        # Called (in the closing thread) by close(): a TLS handshake in
+        # progress ends when its channel is closed under it.
+        self._close_hooks: list[Callable[[], Any]] = []
         if sock is not None:
             self._adopt(sock)
 
@@ -340,15 +362,7 @@ class SocketChannel:
             socket.gaierror: a name does not resolve.
             OSError: the socket could not be bound or connected.
         """
-        if local is None and remote is None:
-            raise ValueError("dgram_sync: give a local address, a remote address or both")
-        local_addr = as_address(local, "dgram_sync") if local is not None else None
-        remote_addr = as_address(remote, "dgram_sync") if remote is not None else None
-        kinds = {type(a) for a in (local_addr, remote_addr) if a is not None}
-        if len(kinds) > 1:
-            raise ValueError(f"dgram_sync: local {local_addr} and remote {remote_addr} are of different kinds")
-        if not kinds <= {InetSocketAddress, UnixSocketAddress}:
-            raise ValueError(f"dgram_sync: datagrams need inet or unix addresses, not {kinds.pop().kind}")
+        local_addr, remote_addr = _dgram_addresses(local, remote, "dgram_sync")
         self._check_unopened("dgram_sync")
         sock = self._dgram_socket(local_addr, remote_addr)
         self._opened(sock, "dgram_sync")
@@ -461,9 +475,13 @@ class SocketChannel:
         context: Any = None,
         timeout: float | None = None,
     ) -> Task[SocketChannel]:
-        """:meth:`dgram_sync` on a pool thread; see :meth:`connect_async`."""
-        local_addr = as_address(local, "dgram_async") if local is not None else None
-        remote_addr = as_address(remote, "dgram_async") if remote is not None else None
+        """:meth:`dgram_sync` on a pool thread; see :meth:`connect_async`.
+
+        Raises:
+            ValueError, TypeError: bad or mismatched addresses (before any
+                task exists).
+        """
+        local_addr, remote_addr = _dgram_addresses(local, remote, "dgram_async")
         return self._start(
             "dgram", lambda: self.dgram_sync(local_addr, remote_addr), func, opaque, destroy, context, timeout
         )
@@ -626,16 +644,19 @@ class SocketChannel:
         """
         if not callable(fn):
             raise TypeError(f"add_watch: fn must be callable, not {type(fn).__name__}")
-        fd = self.fileno()
 
         def on_ready(_fd: int, ready: IOCondition, *rest: Any) -> Any:
             return fn(self, ready, *rest)
 
         where = self.context if context is None else self._task_context(context)
-        source = where.io_add_watch(fd, condition, on_ready, *args)
+        # Under the lock, so that a close() in another thread either comes
+        # first (and this raises) or sees the watch (and removes it).
         with self._lock:
+            fd = self._open_sock("add_watch").fileno()
+            source = where.io_add_watch(fd, condition, on_ready, *args)
             self._watches = [w for w in self._watches if not w.removed]
             self._watches.append(source)
+            self._watched.add(where)
         return source
 
     # -- closing --------------------------------------------------------------
@@ -649,10 +670,10 @@ class SocketChannel:
         """Remove the channel's watches and close the socket; from any
         thread, any number of times.
 
-        Off the context thread, while watches are active, the socket is
-        closed on the context thread once the watches are gone (a loop must
-        forget an fd before it is closed and its number reused); if that
-        context is already closed, at once.
+        Called off the thread of a context that has watched the socket, it
+        closes the socket on that context's thread, once the loop has
+        forgotten the fd (a loop must forget an fd before it is closed and
+        its number reused); if that context is closed, at once.
         """
         with self._lock:
             if self._closed:
@@ -660,23 +681,23 @@ class SocketChannel:
             self._closed = True
             sock, self._sock = self._sock, None
             watches, self._watches = self._watches, []
-        later: MainContext | None = None
+            hooks, self._close_hooks = self._close_hooks, []
         for watch in watches:
-            if watch.removed:
-                continue
             watch.remove()
-            context = watch._context
-            if not context.is_owner() and not context.closed:
-                later = context  # its loop may still poll the fd
+        for hook in hooks:
+            hook()
         if sock is None:
             return
-        if later is None:
-            sock.close()
-            return
-        try:
-            later.post(_CloseLater(sock))
-        except Exception:  # the context closed meanwhile
-            sock.close()
+        for context in self._watched:
+            if not context.is_owner() and not context.closed:
+                try:
+                    # Queued after the watches' removals: the loop forgets
+                    # the fd, then it is closed.
+                    context.post(_CloseLater(sock))
+                    return
+                except Exception:  # that context closed meanwhile
+                    continue
+        sock.close()
 
     def __enter__(self) -> SocketChannel:
         return self

@@ -248,11 +248,17 @@ class NetListener:
 
     def _on_ready(self, channel: SocketChannel, _condition: IOCondition) -> bool:
         # On the context thread: take every waiting client, up to a batch.
-        fn, opaque = self._func, self._opaque
-        context = self._func_context
-        if fn is None or context is None:
+        with self._lock:
+            fn, opaque = self._func, self._opaque
+            context = self._func_context
+            watch = self._watches.get(channel)
+        if fn is None or context is None or watch is None:
             return False
         for _ in range(ACCEPT_BATCH):
+            if watch.removed:
+                # Replaced, stopped or paused meanwhile (maybe by fn itself,
+                # whose destroy may have run): leave the rest to the backlog.
+                return False
             try:
                 client = channel.accept()
             except ValueError:
@@ -362,7 +368,9 @@ class NetListener:
         accepted are not touched.  From any thread, more than once."""
         with self._lock:
             channels, self._channels = self._channels, []
-            self._unwatch_all()
+            # Not removed here: channel.close() removes them, and off the
+            # context thread closes the socket only once the loop forgot it.
+            self._watches = {}
         for channel in channels:
             channel.close()
 

@@ -174,6 +174,12 @@ class DNSResolver:
             infos = self._getaddrinfo(addr.host, addr.port, family, kind, 0, flags)
         except socket.gaierror as exc:
             raise socket.gaierror(exc.errno, f"address resolution failed for {addr}: {exc.strerror}") from exc
+        except UnicodeError as exc:
+            # socket.getaddrinfo encodes a name with IDNA before any lookup:
+            # an empty or too long label fails there.  It does not resolve.
+            raise socket.gaierror(
+                socket.EAI_NONAME, f"address resolution failed for {addr}: not a valid host name ({exc})"
+            ) from exc
         found: list[SocketAddress] = []
         for info_family, _kind, _proto, _canon, sockaddr in infos:
             if info_family not in families:

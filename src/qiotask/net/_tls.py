@@ -88,7 +88,9 @@ class TLSChannel:
         )
         sock.setblocking(False)
         channel._sock = sock
-        return cls(channel, sock, server_side)
+        made = cls(channel, sock, server_side)
+        channel._close_hooks.append(made._channel_closed)
+        return made
 
     def __repr__(self) -> str:
         side = "server" if self.server_side else "client"
@@ -116,10 +118,10 @@ class TLSChannel:
         runs after it.  The first step runs on the context's next iteration,
         never inside this call.
 
-        ``task.cancel()`` or ``timeout`` seconds passing (say, a peer that
-        never answers) ends the handshake with :class:`qiotask.TaskCancelled`
-        or :class:`qiotask.TaskTimeout`.  A failed handshake leaves the
-        channel open: close it.
+        ``task.cancel()`` (or :meth:`close`) or ``timeout`` seconds passing
+        (say, a peer that never answers) ends the handshake with
+        :class:`qiotask.TaskCancelled` or :class:`qiotask.TaskTimeout`.  A
+        failed handshake leaves the channel open: close it.
 
         Raises:
             TypeError, ValueError: bad ``timeout``.
@@ -179,10 +181,15 @@ class TLSChannel:
             return sock.recv(n)
         except (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError, InterruptedError):
             return None
+        except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+            # close_notify, or a peer that closed without one (as most do):
+            # either way the stream ended.
+            return b""
 
     def write(self, data: bytes | bytearray | memoryview) -> int | None:
-        """Encrypt and send what the socket takes now of ``data``; the
-        number of plaintext bytes sent, or None if none can be now.
+        """Encrypt and send ``data``: ``len(data)``, or None if the socket
+        takes nothing now.  After None, write the same bytes again when
+        ``IO_OUT`` says so (OpenSSL's rule: it may have sent a part).
 
         Raises:
             ValueError: the channel was closed.
@@ -217,16 +224,21 @@ class TLSChannel:
                 source.remove()
             return keep
 
+        draining = [False]
+
         def drain() -> bool:
             # Idle source: while fn keeps reading, and TLS has more buffered.
             if source is None or source.removed or self.channel.sock is None:
+                draining[0] = False
                 return False
-            return call(IO_IN) and self._buffered()
+            draining[0] = call(IO_IN) and self._buffered()
+            return draining[0]
 
         def on_ready(_channel: SocketChannel, ready: IOCondition) -> bool:
             keep = call(ready)
-            if keep and wants_in and self._buffered():
+            if keep and wants_in and not draining[0] and self._buffered():
                 assert source is not None
+                draining[0] = True
                 source._context.idle_add(drain)
             return keep
 
@@ -240,9 +252,34 @@ class TLSChannel:
             return False
 
     def close(self) -> None:
-        """Close the connection (no TLS close_notify is sent); from any
-        thread, more than once."""
+        """Close the connection; from any thread, more than once.
+
+        On the context thread, after a handshake that succeeded, TLS's
+        close_notify is sent first (as far as the socket takes it now), so
+        the peer reads a clean end of stream; from another thread it is not
+        (an SSL session must not be used by two threads at once).  A
+        handshake still running ends with :class:`qiotask.TaskCancelled`.
+        """
+        handshake = self._handshake
+        sock = self.channel.sock
+        if (
+            sock is self._sock
+            and handshake is not None
+            and handshake.done()
+            and not handshake.had_error()
+            and self.channel.context.is_owner()
+        ):
+            try:
+                self._sock.unwrap()  # sends close_notify
+            except (OSError, ValueError):
+                pass  # the peer's close_notify is not awaited; a dead socket
         self.channel.close()
+
+    def _channel_closed(self) -> None:
+        # The socket channel's close hook, in the closing thread.
+        handshake = self._handshake
+        if handshake is not None:
+            handshake.cancel()  # nothing once it completed
 
     def __enter__(self) -> TLSChannel:
         return self
