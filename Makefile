@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 # under QIOTASK_REQUIRE_ALL_LOOPS=1 (CI, where .ci/run installs them all).
 LOOP_EXTRAS := uvloop glib qt trio dask
 
-.PHONY: demo test lint bench info clean
+.PHONY: demo test lint bench bench-net info clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,9 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/throughput.py
+
+bench-net: $(STAMP)
+	$(PY) benchmarks/net.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build dist

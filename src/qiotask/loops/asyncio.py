@@ -48,6 +48,8 @@ class AsyncioContext(MainContext):
         self.loop = loop
         # Bound once: post() asks this on every queued item.
         self._loop_closed = loop.is_closed  # type: ignore[method-assign]
+        # fd -> (reading, writing): what the loop was last told.
+        self._fd_sides: dict[int, tuple[bool, bool]] = {}
         if thread is not None:
             self._set_owner(thread)
 
@@ -63,14 +65,22 @@ class AsyncioContext(MainContext):
         return self.loop.call_later(delay, fn)
 
     def _set_fd_interest(self, fd: int, read: bool, write: bool) -> None:
-        if read:
-            self.loop.add_reader(fd, self._fd_ready, fd)
-        else:
-            self.loop.remove_reader(fd)
-        if write:
-            self.loop.add_writer(fd, self._fd_ready, fd)
-        else:
-            self.loop.remove_writer(fd)
+        # Only the side that changed: remove_writer() of an fd without a
+        # writer still costs a selector lookup and a KeyError.
+        old_read, old_write = self._fd_sides.pop(fd, (False, False))
+        if read or write:
+            self._fd_sides[fd] = (read, write)
+        loop = self.loop
+        if read != old_read:
+            if read:
+                loop.add_reader(fd, self._fd_ready, fd)
+            else:
+                loop.remove_reader(fd)
+        if write != old_write:
+            if write:
+                loop.add_writer(fd, self._fd_ready, fd)
+            else:
+                loop.remove_writer(fd)
 
     def _run_loop(self) -> None:
         if self.loop.is_closed():
