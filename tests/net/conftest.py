@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import socket
 import ssl
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -54,6 +55,54 @@ def run_task(runner: LoopRunner, task: qiotask.Task[Any], timeout: float = 10.0)
     if err is not None:
         raise err
     return task.get_result()
+
+
+class Completion:
+    """Records ``func(source, err, opaque)`` and ``destroy(opaque)`` with the
+    thread each ran on; made on the test (loop) thread."""
+
+    def __init__(self) -> None:
+        self.test_thread = threading.current_thread()
+        self.calls: list[tuple[str, Any, threading.Thread]] = []
+
+    def func(self, source: Any, err: BaseException | None, opaque: Any) -> None:
+        self.calls.append(("func", (source, err, opaque), threading.current_thread()))
+
+    def destroy(self, opaque: Any) -> None:
+        self.calls.append(("destroy", opaque, threading.current_thread()))
+
+    def error(self, source: Any, opaque: Any) -> BaseException | None:
+        """Check that func, then destroy, ran once each on the test thread
+        with ``source`` and ``opaque``; the ``err`` func was given."""
+        assert [call[0] for call in self.calls] == ["func", "destroy"]
+        (_, (got_source, err, got_opaque), func_thread), (_, destroy_opaque, destroy_thread) = self.calls
+        assert got_source is source
+        assert got_opaque is opaque and destroy_opaque is opaque
+        assert func_thread is self.test_thread and destroy_thread is self.test_thread
+        return err  # type: ignore[no-any-return]
+
+
+class Blocker:
+    """A ``getaddrinfo`` that blocks until released, then answers 127.0.0.1."""
+
+    def __init__(self) -> None:
+        self.entered = threading.Event()
+        self.release = threading.Event()
+        self.threads: list[str] = []
+
+    def __call__(self, host: str, port: int, *_rest: int) -> list[tuple[Any, ...]]:
+        self.threads.append(threading.current_thread().name)
+        self.entered.set()
+        self.release.wait(10)
+        return [(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", ("127.0.0.1", port))]
+
+
+@pytest.fixture
+def blocker() -> Iterator[Blocker]:
+    """A Blocker, released at teardown so that no worker stays blocked."""
+    made = Blocker()
+    yield made
+    made.release.set()
 
 
 @dataclass

@@ -28,37 +28,12 @@ from qiotask._pool import WorkerPool
 from qiotask.net import DNSResolver, InetSocketAddress, SocketAddress, SocketChannel, UnixSocketAddress
 
 from ..conftest import LoopRunner, join, start_thread
-from .conftest import needs_ipv6, run_task
+from .conftest import Blocker, Completion, needs_ipv6, run_task
 
 #: Worker threads of the default pool are named ``qiotask-worker-<n>``.
 WORKER = "qiotask-worker"
 #: The most any single wait of these tests may take; a passing one waits far less.
 BOUND = 2.0
-
-
-class Completion:
-    """Records ``func(source, err, opaque)`` and ``destroy(opaque)`` with the
-    thread each ran on; made on the test (loop) thread."""
-
-    def __init__(self) -> None:
-        self.test_thread = threading.current_thread()
-        self.calls: list[tuple[str, Any, threading.Thread]] = []
-
-    def func(self, source: Any, err: BaseException | None, opaque: Any) -> None:
-        self.calls.append(("func", (source, err, opaque), threading.current_thread()))
-
-    def destroy(self, opaque: Any) -> None:
-        self.calls.append(("destroy", opaque, threading.current_thread()))
-
-    def error(self, source: Any, opaque: Any) -> BaseException | None:
-        """Check that func, then destroy, ran once each on the test thread
-        with ``source`` and ``opaque``; the ``err`` func was given."""
-        assert [call[0] for call in self.calls] == ["func", "destroy"]
-        (_, (got_source, err, got_opaque), func_thread), (_, destroy_opaque, destroy_thread) = self.calls
-        assert got_source is source
-        assert got_opaque is opaque and destroy_opaque is opaque
-        assert func_thread is self.test_thread and destroy_thread is self.test_thread
-        return err  # type: ignore[no-any-return]
 
 
 class RecordingResolver(DNSResolver):
@@ -79,29 +54,6 @@ class RecordingResolver(DNSResolver):
     ) -> list[SocketAddress]:
         self.lookups.append(threading.current_thread().name)
         return super().lookup_sync(addr, passive=passive, kind=kind)
-
-
-class Blocker:
-    """A ``getaddrinfo`` that blocks until released, then answers 127.0.0.1."""
-
-    def __init__(self) -> None:
-        self.entered = threading.Event()
-        self.release = threading.Event()
-        self.threads: list[str] = []
-
-    def getaddrinfo(self, host: str, port: int, *_rest: int) -> list[tuple[Any, ...]]:
-        self.threads.append(threading.current_thread().name)
-        self.entered.set()
-        self.release.wait(10)
-        return [(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", ("127.0.0.1", port))]
-
-
-@pytest.fixture
-def blocker() -> Iterator[Blocker]:
-    """A Blocker, released at teardown so that no worker stays blocked."""
-    made = Blocker()
-    yield made
-    made.release.set()
 
 
 @pytest.fixture
@@ -449,7 +401,7 @@ def test_open_an_open_channel_fails_in_the_task(runner: LoopRunner, listener: so
 @pytest.mark.parametrize("how", ["cancel", "timeout"])
 def test_cancel_while_resolving(runner: LoopRunner, blocker: Blocker, listener: socket.socket, how: str) -> None:
     port = listener.getsockname()[1]
-    with SocketChannel(resolver=DNSResolver(getaddrinfo=blocker.getaddrinfo)) as channel:
+    with SocketChannel(resolver=DNSResolver(getaddrinfo=blocker)) as channel:
         done = Completion()
         timeout = 0.1 if how == "timeout" else None
         task = channel.connect_async(f"blocked.test:{port}", done.func, None, done.destroy, timeout=timeout)
@@ -476,7 +428,7 @@ def test_cancel_while_resolving(runner: LoopRunner, blocker: Blocker, listener: 
 
 def test_close_while_opening(runner: LoopRunner, blocker: Blocker, listener: socket.socket) -> None:
     port = listener.getsockname()[1]
-    channel = SocketChannel(resolver=DNSResolver(getaddrinfo=blocker.getaddrinfo))
+    channel = SocketChannel(resolver=DNSResolver(getaddrinfo=blocker))
     done = Completion()
     task = channel.connect_async(f"blocked.test:{port}", done.func, None, done.destroy)
     assert blocker.entered.wait(BOUND)

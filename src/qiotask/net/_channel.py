@@ -23,7 +23,7 @@ from .._task import DestroyNotify, Task, TaskFunc
 from ._address import FdSocketAddress, InetSocketAddress, SocketAddress, UnixSocketAddress, VsockSocketAddress
 from ._resolver import DNSResolver, as_address
 
-__all__ = ["SocketChannel", "address_of", "listen_socket"]
+__all__ = ["SocketChannel", "address_of", "as_context", "listen_socket"]
 
 _default_resolver = DNSResolver()
 #: How much ``read()`` asks for when not told: one loopback segment's worth.
@@ -45,6 +45,13 @@ def address_of(family: int, sockaddr: Any) -> SocketAddress | None:
     if family == getattr(socket, "AF_VSOCK", None):
         return VsockSocketAddress(int(sockaddr[0]), int(sockaddr[1]))
     return None
+
+
+def as_context(context: Any) -> MainContext | None:
+    """``context`` as a MainContext (a loop object is attached); None stays None."""
+    if context is None or isinstance(context, MainContext):
+        return context
+    return attach(context)
 
 
 def _unix_name(addr: UnixSocketAddress) -> str:
@@ -208,9 +215,7 @@ class SocketChannel:
             raise TypeError(f"SocketChannel: sock must be a socket.socket or None, not {type(sock).__name__}")
         if resolver is not None and not isinstance(resolver, DNSResolver):
             raise TypeError(f"SocketChannel: resolver must be a DNSResolver, not {type(resolver).__name__}")
-        self._context: MainContext | None = None
-        if context is not None:
-            self._context = context if isinstance(context, MainContext) else attach(context)
+        self._context = as_context(context)
         self.resolver = resolver if resolver is not None else _default_resolver
         # Guards _sock against a worker opening it while a cancel or close()
         # in another thread looks at it.
@@ -269,7 +274,8 @@ class SocketChannel:
     def _task_context(self, context: Any) -> MainContext:
         if context is None:
             return self.context
-        made = context if isinstance(context, MainContext) else attach(context)
+        made = as_context(context)
+        assert made is not None
         if self._context is None:
             self._context = made
         return made

@@ -17,10 +17,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from .._context import IO_IN, IOCondition, MainContext, Source, attach, get_context
+from .._context import IO_IN, IOCondition, MainContext, Source, get_context
 from .._task import DestroyNotify, Task, TaskFunc
 from ._address import InetSocketAddress, SocketAddress
-from ._channel import SocketChannel, _check_num, _default_resolver, _failed, listen_socket
+from ._channel import SocketChannel, _check_num, _default_resolver, _failed, as_context, listen_socket
 from ._resolver import DNSResolver, as_address
 
 __all__ = ["NetListener"]
@@ -60,9 +60,7 @@ class NetListener:
         if resolver is not None and not isinstance(resolver, DNSResolver):
             raise TypeError(f"NetListener: resolver must be a DNSResolver, not {type(resolver).__name__}")
         self.name = name if name is not None else f"listener-{next(_names)}"
-        self._context: MainContext | None = None
-        if context is not None:
-            self._context = context if isinstance(context, MainContext) else attach(context)
+        self._context = as_context(context)
         self._resolver = resolver
         # Guards the fields below: set_client_func, add and disconnect may
         # come from any thread while the context thread accepts.
@@ -219,10 +217,8 @@ class NetListener:
             raise TypeError(f"set_client_func: fn must be callable or None, not {type(fn).__name__}")
         if destroy is not None and not callable(destroy):
             raise TypeError(f"set_client_func: destroy must be callable or None, not {type(destroy).__name__}")
-        made = None
-        if context is not None:
-            made = context if isinstance(context, MainContext) else attach(context)
-        elif fn is not None:
+        made = as_context(context)
+        if made is None and fn is not None:
             made = self.context
         with self._lock:
             old = (self._destroy, self._opaque)
