@@ -27,6 +27,7 @@ def test_demo_runs_the_seed_examples_and_exits_0() -> None:
     assert "demo finished: all steps ran" in out
     # Step 4, qiotask.net: a name resolved in a worker, TLS on the loop, echo.
     assert "resolved 'localhost': [" in out
+    assert "made a CA and a certificate for localhost" in out  # a worker step: checked below
     assert "echo server listening on " in out
     assert "client TLS handshake done: TLSv1." in out
     assert "server TLS handshake done: TLSv1." in out

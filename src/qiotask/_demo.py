@@ -233,11 +233,36 @@ def run_echo(say: _Printer, check: Callable[[str], None], outcome: dict[str, Any
     """Step 4: an echo server on a NetListener, a client connecting by name,
     TLS on both sides, three messages; calls ``done()`` when all is closed."""
     t0 = time.perf_counter()
-    contexts = _tls_contexts()
-    if contexts is None:
-        say("main", "TLS needs trustme (pip install 'qiotask[demo]'); the echo runs in plain TCP")
-    else:
-        say("main", "made a CA and a certificate for localhost", t0)
+
+    def make_certificates(_task: Task[Any], _opaque: Any) -> tuple[ssl.SSLContext, ssl.SSLContext] | None:
+        # Key generation is CPU work: a worker's job, not the loop's.
+        made = _tls_contexts()
+        if made is not None:
+            say("worker", "made a CA and a certificate for localhost", t0)
+        return made
+
+    def certificates_made(_source: Any, err: BaseException | None, _opaque: Any) -> None:
+        check("certificate func")
+        contexts = certificates.get_result() if err is None else None
+        if contexts is None:
+            why = f"no certificate ({err!r})" if err is not None else "TLS needs trustme (pip install 'qiotask[demo]')"
+            say("func", f"{why}; the echo runs in plain TCP")
+        _echo(contexts, say, check, outcome, done)
+
+    certificates: Task[tuple[ssl.SSLContext, ssl.SSLContext] | None] = Task(
+        "certificates", certificates_made, name="certificates"
+    )
+    certificates.run_in_thread(make_certificates)
+
+
+def _echo(
+    contexts: tuple[ssl.SSLContext, ssl.SSLContext] | None,
+    say: _Printer,
+    check: Callable[[str], None],
+    outcome: dict[str, Any],
+    done: Callable[[], None],
+) -> None:
+    t0 = time.perf_counter()
 
     def resolve(*args: Any) -> Any:
         w0 = time.perf_counter()
