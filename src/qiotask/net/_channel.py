@@ -360,7 +360,10 @@ class SocketChannel:
         """Open a datagram socket bound to ``local`` and connected to
         ``remote`` (either may be None, not both).  Blocks: call it from a
         worker.  Inet and Unix addresses only; with both given they must be
-        of one kind (an inet ``local`` is matched to ``remote``'s family).
+        of one kind.  A remote name is resolved and its first address used
+        (a datagram "connect" only sets the default destination, so there
+        is no refusal to fall back from); an inet ``local`` is matched to
+        that address's family.
 
         Raises:
             ValueError, TypeError: bad or mismatched addresses; the channel
