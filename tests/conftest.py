@@ -153,7 +153,7 @@ def _foreign_threads(before: set[threading.Thread]) -> list[threading.Thread]:
         for t in threading.enumerate()
         if t not in before
         and t.is_alive()
-        and not t.name.startswith(("qiotask-worker", "qiotask-deadlines", "test-pool"))
+        and not t.name.startswith(("qiotask-worker", "qiotask-dns-worker", "qiotask-deadlines", "test-pool"))
     ]
 
 

@@ -352,8 +352,8 @@ def test_set_client_func_replacement_and_destroy(
     listeners: Callable[..., NetListener],
     clients: list[socket.socket],
 ) -> None:
-    """Replacing the client function runs the old destroy(opaque) once, at
-    once, in the calling thread; None stops accepting (a client waits in the
+    """Replacing the client function runs the old destroy(opaque) once, on
+    the loop thread (at once when replaced there); None stops accepting (a client waits in the
     backlog until a new function is set); close() runs the last destroy once."""
     destroyed: list[tuple[str, int]] = []
 
@@ -375,10 +375,13 @@ def test_set_client_func_replacement_and_destroy(
     assert read_to_eof(sock) == GREETING
     assert first.calls == 0
 
-    # Replaced from another thread: that thread runs the destroy.
+    # Replaced from another thread: the destroy is queued to the loop thread
+    # (a client call may be running there), and runs there, once.
     helper = start_thread(lambda: listener.set_client_func(None), "replacer")
     join(helper)
-    assert destroyed[1:] == [("two", helper.ident)]
+    assert destroyed[1:] == []
+    runner.run_until(lambda: len(destroyed) == 2, TIMEOUT)
+    assert destroyed[1:] == [("two", threading.get_ident())]
 
     waiting = connect(address, clients)
     run_for(runner, 0.1)

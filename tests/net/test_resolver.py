@@ -219,7 +219,8 @@ def test_timeout_of_a_sync_lookup(blocker: Blocker) -> None:
     with pytest.raises(qiotask.TaskTimeout, match=r"^lookup of example\.test:80 took longer than 0\.2 s$"):
         resolver.lookup_sync("example.test:80")
     assert 0.15 <= time.monotonic() - start < 1.5
-    assert blocker.entered.is_set() and blocker.threads[0].startswith(WORKER)
+    # On the timed lookups' own pool, not the shared one (see _lookup_pool).
+    assert blocker.entered.is_set() and blocker.threads[0].startswith("qiotask-dns-worker")
 
 
 def test_timed_lookup_answers_and_fails_through_the_pool(own_pool: WorkerPool) -> None:

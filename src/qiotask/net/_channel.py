@@ -23,7 +23,17 @@ from .._task import DestroyNotify, Task, TaskFunc
 from ._address import FdSocketAddress, InetSocketAddress, SocketAddress, UnixSocketAddress, VsockSocketAddress
 from ._resolver import DNSResolver, as_address
 
-__all__ = ["SocketChannel", "address_of", "as_context", "listen_socket"]
+__all__ = [
+    "OpenRace",
+    "SocketChannel",
+    "address_of",
+    "as_context",
+    "check_timeout",
+    "inet_sockaddr",
+    "listen_socket",
+    "on_loop_thread",
+    "unix_file_of",
+]
 
 _default_resolver = DNSResolver()
 #: How much ``read()`` asks for when not told: one loopback segment's worth.
@@ -73,9 +83,14 @@ def _vsock_family() -> int:
 def _socket_of_fd(addr: FdSocketAddress, where: str) -> socket.socket:
     # The fd stays the caller's: the channel owns a duplicate.
     try:
-        return socket.socket(fileno=os.dup(addr.fd))
+        fd = os.dup(addr.fd)
     except OSError as exc:
-        raise type(exc)(exc.errno, f"{where}: fd {addr.fd} is not an open socket: {exc.strerror}") from exc
+        raise _failed(exc, f"{where}: fd {addr.fd} is not open") from None
+    try:
+        return socket.socket(fileno=fd)
+    except OSError as exc:
+        os.close(fd)
+        raise _failed(exc, f"{where}: fd {addr.fd} is not a socket") from None
 
 
 def _remove_stale_unix_socket(path: str) -> None:
@@ -88,15 +103,54 @@ def _remove_stale_unix_socket(path: str) -> None:
         pass
 
 
+def unix_file_of(target: SocketAddress) -> tuple[str, int] | None:
+    """(path, inode) of the socket file a listen on ``target`` just made."""
+    if not isinstance(target, UnixSocketAddress) or target.abstract:
+        return None
+    try:
+        return (target.path, os.stat(target.path).st_ino)
+    except OSError:
+        return None
+
+
+def _remove_own_unix_socket(path: str, inode: int) -> None:
+    # Only the file this channel made: a later server may have replaced it.
+    try:
+        if os.stat(path).st_ino == inode:
+            os.unlink(path)
+    except OSError:
+        pass
+
+
 def _failed(exc: OSError, what: str) -> OSError:
     """``exc``'s kind again, with a message saying what was being done."""
     reason = exc.strerror or str(exc)
+    args: tuple[Any, ...] = (f"{what}: {reason}",) if exc.errno is None else (exc.errno, f"{what}: {reason}")
     try:
-        made = type(exc)(exc.errno, f"{what}: {reason}")
+        made = type(exc)(*args)
     except TypeError:  # an OSError subclass with another signature
-        made = OSError(exc.errno, f"{what}: {reason}")
+        made = OSError(*args)
     made.__cause__ = exc
     return made
+
+
+def inet_sockaddr(addr: InetSocketAddress) -> tuple[Any, ...]:
+    """The socket address tuple of a numeric inet address; an IPv6 zone
+    (``fe80::1%eth0``) becomes the scope id that bind/connect need."""
+    if "%" not in addr.host:
+        return (addr.host, addr.port)
+    infos = socket.getaddrinfo(addr.host, addr.port, socket.AF_INET6, 0, 0, socket.AI_NUMERICHOST)
+    return infos[0][4]
+
+
+def check_timeout(timeout: object, where: str) -> None:
+    """Raise TypeError/ValueError unless ``timeout`` is None or seconds >= 0."""
+    if timeout is None:
+        return
+    if not isinstance(timeout, (int, float)) or isinstance(timeout, bool):
+        raise TypeError(f"{where}: timeout must be a number of seconds, not {type(timeout).__name__}")
+    if not timeout >= 0:
+        raise ValueError(f"{where}: timeout must not be negative, got {timeout}")
 
 
 def listen_socket(target: SocketAddress, num: int, *, v6only: bool = False) -> socket.socket:
@@ -112,7 +166,7 @@ def listen_socket(target: SocketAddress, num: int, *, v6only: bool = False) -> s
         return sock
     sockaddr: Any
     if isinstance(target, InetSocketAddress):
-        family, sockaddr = _inet_family(target), (target.host, target.port)
+        family, sockaddr = _inet_family(target), inet_sockaddr(target)
     elif isinstance(target, UnixSocketAddress):
         family, sockaddr = socket.AF_UNIX, _unix_name(target)
         if not target.abstract:
@@ -169,20 +223,60 @@ def _dgram_addresses(
     return local_addr, remote_addr
 
 
-class _CloseLater:
-    """Closes a socket on its context's thread, after the loop forgot the fd;
-    or at once, in the closing thread, if the context closes first."""
+class _LoopCall:
+    """``fn(*args)`` on a context's thread -- or, if the context closes
+    first, in the thread that closes it: for cleanups that must run once."""
 
-    __slots__ = ("sock",)
+    __slots__ = ("args", "fn")
 
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
+    def __init__(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
+        self.fn = fn
+        self.args = args
 
     def _dispatch(self) -> None:
-        self.sock.close()
+        self.fn(*self.args)
 
     def _context_closed(self, context: MainContext) -> None:
-        self.sock.close()
+        self.fn(*self.args)
+
+
+def on_loop_thread(context: MainContext | None, fn: Callable[..., Any], *args: Any) -> None:
+    """``fn(*args)`` now if this is ``context``'s thread (or there is no
+    context, or it is closed); else queued to run there, after what is
+    already queued.  Either way it runs exactly once."""
+    if context is None or context.is_owner() or context.closed:
+        fn(*args)
+    else:
+        context.post(_LoopCall(fn, args))
+
+
+class OpenRace:
+    """A cancel against a worker that opens something (a socket, listening
+    sockets): whichever comes second undoes the opening, so that a cancelled
+    open never leaves anything open.  The cancel hook may run in any thread."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()  # guards the two fields below
+        self._cancelled = False
+        self._undo: Callable[[], None] | None = None
+
+    def cancelled(self, _task: Any) -> None:
+        """The task's cancel hook."""
+        with self._lock:
+            self._cancelled = True
+            undo, self._undo = self._undo, None
+        if undo is not None:
+            undo()
+
+    def opened(self, undo: Callable[[], None], what: str) -> None:
+        """In the worker, once opened: raise TaskCancelled (after ``undo()``)
+        if the cancel came first; else keep ``undo`` for a cancel to come."""
+        with self._lock:
+            if not self._cancelled:
+                self._undo = undo
+                return
+        undo()
+        raise TaskCancelled(f"{what} was cancelled")
 
 
 class SocketChannel:
@@ -227,9 +321,12 @@ class SocketChannel:
         # another thread is only forgotten by its loop later, so close()
         # defers the close to such a context's thread.
         self._watched: set[MainContext] = set()
-        # Called (in the closing thread) by close(): a TLS handshake in
-        # progress ends when its channel is closed under it.
+        # Called (in the closing thread) by close(): an open or a TLS
+        # handshake in progress ends when its channel is closed under it.
         self._close_hooks: list[Callable[[], Any]] = []
+        # (path, inode) of the Unix socket file this channel listens on,
+        # removed by close() as QEMU does.
+        self._unix_file: tuple[str, int] | None = None
         if sock is not None:
             self._adopt(sock)
 
@@ -307,7 +404,7 @@ class SocketChannel:
             except OSError as exc:
                 errors.append(_failed(exc, f"cannot listen on {target}"))
                 continue
-            self._opened(sock, "listen_sync")
+            self._opened(sock, "listen_sync", unix_file_of(target))
             return
         raise errors[-1]
 
@@ -341,7 +438,7 @@ class SocketChannel:
             return _socket_of_fd(target, "connect")
         if isinstance(target, InetSocketAddress):
             sock = socket.socket(_inet_family(target), socket.SOCK_STREAM)
-            sockaddr: Any = (target.host, target.port)
+            sockaddr: Any = inet_sockaddr(target)
         elif isinstance(target, UnixSocketAddress):
             sock, sockaddr = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM), _unix_name(target)
         elif isinstance(target, VsockSocketAddress):
@@ -403,7 +500,7 @@ class SocketChannel:
                     sockaddr: Any = _unix_name(addr)
                 else:
                     assert isinstance(addr, InetSocketAddress)
-                    sockaddr = (addr.host, addr.port)
+                    sockaddr = inet_sockaddr(addr)
                 try:
                     getattr(sock, act)(sockaddr)
                 except OSError as exc:
@@ -419,13 +516,16 @@ class SocketChannel:
         if self._sock is not None:
             raise ValueError(f"{where}: the channel already has a socket; make a new SocketChannel")
 
-    def _opened(self, sock: socket.socket, where: str) -> None:
+    def _opened(self, sock: socket.socket, where: str, unix_file: tuple[str, int] | None = None) -> None:
         with self._lock:
             if self._closed or self._sock is not None:
                 sock.close()
+                if unix_file is not None:
+                    _remove_own_unix_socket(*unix_file)
                 # Closed (or opened by a racing call) while this one ran.
                 self._check_unopened(where)
             self._adopt(sock)
+            self._unix_file = unix_file
 
     # -- opening (tasks) ------------------------------------------------------
 
@@ -505,34 +605,35 @@ class SocketChannel:
         context: Any,
         timeout: float | None,
     ) -> Task[SocketChannel]:
+        check_timeout(timeout, f"{what}_async")
         task: Task[SocketChannel] = Task(self, func, opaque, destroy, context=self._task_context(context), name=what)
-        # A cancel completes the task at once (the worker may sit in
-        # getaddrinfo or connect, which nothing interrupts); a socket the
-        # worker opens after that is closed, not adopted, and one adopted
-        # just before the cancel won is closed by the cancel.
-        race = {"cancelled": False, "adopted": False}
+        # A cancel (or a close() of the channel) completes the task at once:
+        # the worker may sit in getaddrinfo or connect, which nothing
+        # interrupts.  A socket it opens after that is closed, not adopted,
+        # and one adopted just before the cancel won is closed by the cancel.
+        race = OpenRace()
 
-        def on_cancel(_task: Task[SocketChannel]) -> None:
+        def undo() -> None:
             with self._lock:
-                race["cancelled"] = True
-                sock = self._sock if race["adopted"] else None
-                if sock is not None:
-                    self._sock = None
+                sock, self._sock = self._sock, None
+                self._unix_file = None
             if sock is not None:
                 sock.close()
 
         def worker(_task: Task[SocketChannel], _opaque: Any) -> SocketChannel:
             open_sync()
-            with self._lock:
-                sock = self._sock if race["cancelled"] else None
-                if sock is None:
-                    race["adopted"] = True
-                    return self
-                self._sock = None
-            sock.close()
-            raise TaskCancelled(f"{what} was cancelled")
+            race.opened(undo, what)
+            return self
 
-        task.on_cancel(on_cancel)
+        def finished(_task: Task[SocketChannel]) -> None:
+            with self._lock:
+                if task.cancel in self._close_hooks:
+                    self._close_hooks.remove(task.cancel)
+
+        task.on_cancel(race.cancelled)
+        with self._lock:
+            self._close_hooks.append(task.cancel)
+        task.add_done_callback(finished)
         task.run_in_thread(worker, timeout=timeout, abandon_on_cancel=True)
         return task
 
@@ -688,25 +789,25 @@ class SocketChannel:
             if self._closed:
                 return
             self._closed = True
-            sock, self._sock = self._sock, None
-            watches, self._watches = self._watches, []
             hooks, self._close_hooks = self._close_hooks, []
-        for watch in watches:
-            watch.remove()
+        # First the hooks (an open or a handshake in progress is cancelled),
+        # so that whoever finds the socket gone below already sees why.
         for hook in hooks:
             hook()
+        with self._lock:
+            sock, self._sock = self._sock, None
+            watches, self._watches = self._watches, []
+            unix_file, self._unix_file = self._unix_file, None
+        for watch in watches:
+            watch.remove()
+        if unix_file is not None:
+            _remove_own_unix_socket(*unix_file)
         if sock is None:
             return
-        for context in self._watched:
-            if not context.is_owner() and not context.closed:
-                try:
-                    # Queued after the watches' removals: the loop forgets
-                    # the fd, then it is closed.
-                    context.post(_CloseLater(sock))
-                    return
-                except Exception:  # that context closed meanwhile
-                    continue
-        sock.close()
+        # Off the thread of a context that watched the socket, its removals
+        # are queued there: queue the close behind them.
+        later = next((c for c in self._watched if not c.is_owner() and not c.closed), None)
+        on_loop_thread(later, sock.close)
 
     def __enter__(self) -> SocketChannel:
         return self

@@ -20,7 +20,17 @@ from typing import Any
 from .._context import IO_IN, IOCondition, MainContext, Source, get_context
 from .._task import DestroyNotify, Task, TaskFunc
 from ._address import InetSocketAddress, SocketAddress
-from ._channel import SocketChannel, _check_num, _default_resolver, _failed, as_context, listen_socket
+from ._channel import (
+    OpenRace,
+    SocketChannel,
+    _check_num,
+    _default_resolver,
+    _failed,
+    as_context,
+    listen_socket,
+    on_loop_thread,
+    unix_file_of,
+)
 from ._resolver import DNSResolver, as_address
 
 __all__ = ["NetListener"]
@@ -72,6 +82,7 @@ class NetListener:
         self._destroy: DestroyNotify | None = None
         self._func_context: MainContext | None = None
         self._waiting = 0  # wait_client() calls in progress: watches paused
+        self._wakers: list[socket.socket] = []  # one per wait_client() call
 
     def __repr__(self) -> str:
         return f"<NetListener {self.name!r} {[str(a) for a in self.addresses]}>"
@@ -102,8 +113,12 @@ class NetListener:
             socket.gaierror: the name does not resolve.
             OSError: no address could be listened on (the last error).
         """
-        num = _check_num(num, "open_sync")
-        address = as_address(addr, "open_sync")
+        self._open(addr, num, "open_sync", [])
+
+    def _open(self, addr: SocketAddress | str, num: int, where: str, opened: list[SocketChannel]) -> None:
+        # open_sync, noting in `opened` the channels it adds as it adds them.
+        num = _check_num(num, where)
+        address = as_address(addr, where)
         resolver = self._resolver if self._resolver is not None else _default_resolver
         targets = resolver.lookup_sync(address, passive=True)
         fresh_port = isinstance(address, InetSocketAddress) and address.port == 0 and len(targets) > 1
@@ -113,13 +128,16 @@ class NetListener:
                 break
         if not socks:
             raise errors[-1]
-        for sock in socks:
-            self.add(SocketChannel(sock, context=self._context, resolver=resolver))
+        for sock, target in socks:
+            channel = SocketChannel(sock, context=self._context, resolver=resolver)
+            channel._unix_file = unix_file_of(target)
+            opened.append(channel)
+            self.add(channel)
 
     def _listen_all(
         self, targets: list[SocketAddress], num: int, fresh_port: bool
-    ) -> tuple[list[socket.socket], list[OSError]]:
-        socks: list[socket.socket] = []
+    ) -> tuple[list[tuple[socket.socket, SocketAddress]], list[OSError]]:
+        socks: list[tuple[socket.socket, SocketAddress]] = []
         errors: list[OSError] = []
         port = 0
         for target in targets:
@@ -132,13 +150,13 @@ class NetListener:
                 if fresh_port and port and exc.errno == errno.EADDRINUSE:
                     # The port picked for the first address is taken on
                     # this one: start again with another.
-                    for made in socks:
+                    for made, _target in socks:
                         made.close()
                     return [], errors
                 continue
             if fresh_port and not port:
                 port = sock.getsockname()[1]
-            socks.append(sock)
+            socks.append((sock, target))
         return socks, errors
 
     def open_async(
@@ -165,12 +183,30 @@ class NetListener:
         if context is None:
             context = self.context
         task: Task[NetListener] = Task(self, func, opaque, destroy, context=context, name=f"{self.name} open")
+        # A cancel completes the task at once; sockets the worker opens
+        # after that, or just before the cancel won, are closed again.
+        race = OpenRace()
+        opened: list[SocketChannel] = []
+
+        def undo() -> None:
+            with self._lock:
+                self._channels = [c for c in self._channels if c not in opened]
+                for channel in opened:
+                    self._watches.pop(channel, None)
+            for channel in opened:
+                channel.close()
 
         def worker(_task: Task[NetListener], _opaque: Any) -> NetListener:
-            self.open_sync(address, num)
+            try:
+                self._open(address, num, "open_async", opened)
+            except BaseException:
+                undo()
+                raise
+            race.opened(undo, f"{self.name} open")
             return self
 
-        task.run_in_thread(worker)
+        task.on_cancel(race.cancelled)
+        task.run_in_thread(worker, abandon_on_cancel=True)
         return task
 
     def add(self, channel: SocketChannel) -> None:
@@ -179,11 +215,19 @@ class NetListener:
 
         Raises:
             TypeError: ``channel`` is not a SocketChannel.
-            ValueError: ``channel`` is not open.
+            ValueError: ``channel`` is not open, or not listening.
         """
         if not isinstance(channel, SocketChannel):
             raise TypeError(f"add: channel must be a SocketChannel, not {type(channel).__name__}")
-        channel.fileno()  # raises ValueError if not open
+        sock = channel._open_sock("add")
+        accepting = getattr(socket, "SO_ACCEPTCONN", None)
+        if accepting is not None and sock.type == socket.SOCK_STREAM:
+            try:
+                listening = sock.getsockopt(socket.SOL_SOCKET, accepting)
+            except OSError:
+                listening = 1  # cannot tell (e.g. vsock): trust the caller
+            if not listening:
+                raise ValueError(f"add: {channel!r} is not listening (listen_sync first)")
         with self._lock:
             self._channels.append(channel)
             if self._func is not None and not self._waiting:
@@ -207,8 +251,9 @@ class NetListener:
         with ``context`` as its context; ``fn`` owns it.  If ``fn`` raises,
         the exception is logged and the client's channel closed (as
         asyncio's ``start_server`` does).  The ``destroy(opaque)`` of the
-        function replaced runs now, in this thread; that of the last one in
-        :meth:`close`.
+        function replaced runs on its context thread: at once if this is
+        that thread, else queued there (so never while that function still
+        runs); that of the last one in :meth:`close`, likewise.
 
         Raises:
             TypeError: ``fn`` or ``destroy`` is not callable.
@@ -221,14 +266,21 @@ class NetListener:
         if made is None and fn is not None:
             made = self.context
         with self._lock:
-            old = (self._destroy, self._opaque)
+            old = (self._destroy, self._opaque, self._func_context)
             self._func, self._opaque, self._destroy, self._func_context = fn, opaque, destroy, made
             self._unwatch_all()
             if fn is not None and not self._waiting:
                 for channel in self._channels:
                     self._watch(channel)
-        if old[0] is not None:
-            old[0](old[1])
+        self._destroy_later(*old)
+
+    @staticmethod
+    def _destroy_later(destroy: DestroyNotify | None, opaque: Any, context: MainContext | None) -> None:
+        # On the old function's context thread, queued behind a client call
+        # that may be running there now: destroy never pulls opaque from
+        # under its function.
+        if destroy is not None:
+            on_loop_thread(context, destroy, opaque)
 
     def _watch(self, channel: SocketChannel) -> None:
         # With self._lock held.
@@ -300,18 +352,27 @@ class NetListener:
         paused meanwhile, as QEMU's ``qio_net_listener_wait_client`` does.
 
         Raises:
-            ValueError: the listener has no listening socket.
+            ValueError: the listener has no listening socket, or was
+                disconnected (from another thread) while waiting.
             TimeoutError: ``timeout`` seconds passed first.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
+        gone = f"wait_client: {self.name} was disconnected while waiting"
+        # disconnect() writes to `wake`: a selector does not notice that a
+        # socket it waits on was closed.
+        waiting, wake = socket.socketpair()
         with self._lock:
             channels = list(self._channels)
             if not channels:
+                waiting.close()
+                wake.close()
                 raise ValueError(f"wait_client: {self.name} is not listening (open or add first)")
             self._waiting += 1
+            self._wakers.append(wake)
             self._unwatch_all()
         try:
             with selectors.DefaultSelector() as selector:
+                selector.register(waiting, selectors.EVENT_READ, None)
                 for channel in channels:
                     selector.register(channel.fileno(), selectors.EVENT_READ, channel)
                 while True:
@@ -320,16 +381,24 @@ class NetListener:
                     if not ready and deadline is not None and time.monotonic() >= deadline:
                         raise TimeoutError(f"wait_client: no client within {timeout} s")
                     for key, _events in ready:
-                        client = key.data.accept()
+                        if key.data is None:
+                            raise ValueError(gone)
+                        try:
+                            client = key.data.accept()
+                        except ValueError:
+                            raise ValueError(gone) from None
                         if client is not None:
                             return client  # type: ignore[no-any-return]
         finally:
             with self._lock:
+                self._wakers.remove(wake)
                 self._waiting -= 1
                 if self._func is not None and not self._waiting:
                     for channel in self._channels:
                         if channel not in self._watches:
                             self._watch(channel)
+            waiting.close()
+            wake.close()
 
     # -- state and shutdown ---------------------------------------------------
 
@@ -367,18 +436,23 @@ class NetListener:
             # Not removed here: channel.close() removes them, and off the
             # context thread closes the socket only once the loop forgot it.
             self._watches = {}
+            wakers = list(self._wakers)
         for channel in channels:
             channel.close()
+        for wake in wakers:
+            try:
+                wake.send(b"!")
+            except OSError:
+                pass  # that wait_client() is just leaving
 
     def close(self) -> None:
         """:meth:`disconnect`, then drop the client function, running its
-        ``destroy(opaque)`` (once) in this thread."""
+        ``destroy(opaque)`` once, as :meth:`set_client_func` does."""
         self.disconnect()
         with self._lock:
-            destroy, opaque = self._destroy, self._opaque
+            old = (self._destroy, self._opaque, self._func_context)
             self._func = self._opaque = self._destroy = None
-        if destroy is not None:
-            destroy(opaque)
+        self._destroy_later(*old)
 
     def __enter__(self) -> NetListener:
         return self

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .._errors import TaskTimeout
-from .._pool import WorkerPool, default_pool
+from .._pool import DEFAULT_GROW_AFTER, WorkerPool
 from .._task import DestroyNotify, Task, TaskFunc
 from ._address import InetSocketAddress, SocketAddress
 
@@ -53,6 +53,27 @@ def inet_families(addr: InetSocketAddress) -> tuple[int, ...]:
     return wanted
 
 
+_dns_pool: WorkerPool | None = None
+_dns_lock = threading.Lock()
+
+
+def _lookup_pool() -> WorkerPool:
+    """The pool of timed sync lookups.
+
+    A timed lookup waits for its getaddrinfo on another thread, and the
+    waiting thread is often a pool worker itself (an async open).  Sharing
+    the default pool, a burst of opens would fill it with workers waiting
+    for lookups queued behind them, and time them all out; so timed lookups
+    get threads of their own ("qiotask-dns-worker-N"), which grow past the
+    limit as the default pool does when every thread is stuck.
+    """
+    global _dns_pool
+    with _dns_lock:
+        if _dns_pool is None or _dns_pool._shutdown:
+            _dns_pool = WorkerPool(name="qiotask-dns", grow_after=DEFAULT_GROW_AFTER)
+        return _dns_pool
+
+
 class DNSResolver:
     """Looks up the numeric addresses of a name, off the loop thread.
 
@@ -65,8 +86,10 @@ class DNSResolver:
             interrupted: its thread is left to finish on its own and its late
             answer is dropped).  None (the default) waits as long as the
             system resolver does.
-        pool: the :class:`qiotask.WorkerPool` that runs async lookups (and
-            timed sync ones); by default the process-wide pool.
+        pool: the :class:`qiotask.WorkerPool` that runs async lookups and
+            timed sync ones; by default async lookups run on the
+            process-wide pool and timed sync ones on a small pool of their
+            own (see ``_lookup_pool``).
 
     Raises:
         TypeError: ``getaddrinfo`` is not callable, ``pool`` is not a
@@ -207,7 +230,7 @@ class DNSResolver:
             outcome.append((result, exc))
             done.set()
 
-        pool = self._pool if self._pool is not None else default_pool()
+        pool = self._pool if self._pool is not None else _lookup_pool()
         pool.submit(lambda: self._lookup(addr, passive, kind), deliver)
         if not done.wait(timeout):
             raise TaskTimeout(f"lookup of {addr} took longer than {timeout} s")

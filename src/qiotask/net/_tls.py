@@ -18,7 +18,7 @@ from .. import _deadline
 from .._context import IO_IN, IO_OUT, IOCondition, MainContext, Source
 from .._errors import TaskStateError
 from .._task import DestroyNotify, Task, TaskFunc
-from ._channel import READ_SIZE, SocketChannel
+from ._channel import READ_SIZE, SocketChannel, check_timeout
 
 __all__ = ["TLSChannel"]
 
@@ -127,14 +127,15 @@ class TLSChannel:
             TypeError, ValueError: bad ``timeout``.
             qiotask.TaskStateError: a handshake was already started.
         """
-        if timeout is not None:
-            if not isinstance(timeout, (int, float)) or isinstance(timeout, bool):
-                raise TypeError(f"handshake: timeout must be a number of seconds, not {type(timeout).__name__}")
-            if not timeout >= 0:
-                raise ValueError(f"handshake: timeout must not be negative, got {timeout}")
+        check_timeout(timeout, "handshake")
         if self._handshake is not None:
             raise TaskStateError("handshake: a TLS channel has one handshake; it was already started")
         where: MainContext = self.channel._task_context(context)
+        channel = self.channel
+        with channel._lock:
+            # The steps use the socket on that context's thread from now on:
+            # a close() from another thread must leave the closing to it.
+            channel._watched.add(where)
         task: Task[TLSChannel] = Task(self, func, opaque, destroy, context=where, name="tls handshake")
         self._handshake = task
         _Handshake(self, task, where, timeout).start()
@@ -215,16 +216,24 @@ class TLSChannel:
         """
         if not callable(fn):
             raise TypeError(f"add_watch: fn must be callable, not {type(fn).__name__}")
+        if not isinstance(condition, int) or isinstance(condition, bool):
+            raise TypeError(f"add_watch: condition must be an IOCondition, not {type(condition).__name__}")
         source: Source | None = None
-        wants_in = bool(int(condition) & IO_IN)
+        wants_in = bool(condition & IO_IN)
+        draining = [False]  # an idle drain is queued or running
 
         def call(ready: IOCondition) -> bool:
-            keep = bool(fn(self, ready, *args))
-            if not keep and source is not None:
-                source.remove()
+            try:
+                keep = bool(fn(self, ready, *args))
+            except BaseException:
+                keep = False  # as an io watch whose function raises: removed
+                raise
+            finally:
+                if not keep:
+                    draining[0] = False
+                    if source is not None:
+                        source.remove()
             return keep
-
-        draining = [False]
 
         def drain() -> bool:
             # Idle source: while fn keeps reading, and TLS has more buffered.
@@ -304,7 +313,12 @@ class _Handshake:
 
     def start(self) -> None:
         self.task.on_cancel(self._cancelled)
-        self.context.call_soon(self.step)
+        if self.context.closed:
+            # No step can run: complete now (the task reports the closed
+            # context), so that func and destroy are not lost.
+            self.finish(None)
+        else:
+            self.context.call_soon(self.step)
 
     def _cancelled(self, _task: Task[TLSChannel]) -> None:
         # In the cancelling thread (the deadline's for a timeout): finish on
@@ -324,10 +338,14 @@ class _Handshake:
             return False
         try:
             self.tls._sock.do_handshake()
-        except ssl.SSLWantReadError:
-            self.watch = self.tls.channel.add_watch(IO_IN, self.step, context=self.context)
-        except ssl.SSLWantWriteError:
-            self.watch = self.tls.channel.add_watch(IO_OUT, self.step, context=self.context)
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError) as want:
+            wait_for = IO_IN if isinstance(want, ssl.SSLWantReadError) else IO_OUT
+            try:
+                self.watch = self.tls.channel.add_watch(wait_for, self.step, context=self.context)
+            except ValueError as exc:
+                # Closed from another thread during the step: its close hook
+                # cancelled the task already, and that is what func hears.
+                self.finish(exc)
         except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
             self.finish(exc)
         else:
