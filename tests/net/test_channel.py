@@ -11,14 +11,18 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import ipaddress
+import os
 import re
 import select
 import socket
+import stat
 import tempfile
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -329,6 +333,128 @@ def test_listen_on_fd_uses_a_duplicate() -> None:
         assert holder.getsockname()
 
 
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counting open fds needs /proc/self/fd")
+def test_fd_naming_a_regular_file_leaks_no_fd(tmp_path: Path) -> None:
+    """``fd:N`` naming an open file that is no socket: OSError (ENOTSOCK),
+    and the duplicate made of the fd is closed again, every time."""
+    with open(tmp_path / "plain.txt", "w") as plain:
+        fd = plain.fileno()
+        before = open_fds()
+        for _ in range(50):
+            for opener in ("listen_sync", "connect_sync"):
+                with SocketChannel() as channel:
+                    with pytest.raises(OSError) as info:
+                        getattr(channel, opener)(f"fd:{fd}")
+                    assert info.value.errno == errno.ENOTSOCK
+                    assert f"fd:{fd}" in str(info.value)
+                    assert channel.sock is None
+        assert open_fds() == before, "a failed fd: open left a duplicate open"
+        assert os.fstat(fd)  # the caller's fd stays open
+
+
+def link_local_ipv6() -> str | None:
+    """A usable link-local IPv6 address of this machine with its zone
+    (``fe80::1%eth0``), from /proc/net/if_inet6; None if there is none."""
+    try:
+        with open("/proc/net/if_inet6") as table:
+            lines = table.read().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        fields = line.split()
+        if len(fields) != 6:
+            continue
+        hexaddr, _index, _prefix, scope, flags, name = fields
+        # scope 0x20 is link-local; skip tentative (0x40) and DAD-failed (0x08) ones.
+        if int(scope, 16) == 0x20 and not int(flags, 16) & 0x48:
+            return f"{ipaddress.IPv6Address(int(hexaddr, 16)).compressed}%{name}"
+    return None
+
+
+LINK_LOCAL = link_local_ipv6()
+needs_link_local = pytest.mark.skipif(
+    LINK_LOCAL is None, reason="this machine has no link-local IPv6 address (none in /proc/net/if_inet6)"
+)
+
+
+def literal_getaddrinfo(host: str, port: int, *_rest: int) -> list[tuple[Any, ...]]:
+    """A getaddrinfo answering the IPv6 literal as written, zone included
+    (the system's moves the zone to the scope id of the sockaddr)."""
+    return [(socket.AF_INET6, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", (host, port, 0, 0))]
+
+
+def zoned_round_trip(resolver: DNSResolver | None) -> None:
+    assert LINK_LOCAL is not None
+    with SocketChannel(resolver=resolver) as server, SocketChannel(resolver=resolver) as client:
+        server.listen_sync(f"[{LINK_LOCAL}]:0")
+        assert server.sock is not None
+        _host, port, _flow, scope_id = server.sock.getsockname()
+        assert scope_id == socket.if_nametoindex(LINK_LOCAL.split("%")[1])
+        client.connect_sync(f"[{LINK_LOCAL}]:{port}")
+        wait_readable(server.sock)
+        conn = server.accept()
+        assert conn is not None
+        with conn:
+            assert client.write(b"zone") == 4
+            wait_readable(conn.sock)
+            assert conn.read() == b"zone"
+
+
+@needs_link_local
+def test_ipv6_link_local_with_a_zone() -> None:
+    """An address with a zone (``[fe80::1%eth0]:port``) is bound and
+    connected with its interface's scope id (a (host, port) pair would be
+    EINVAL): listen_sync, then connect_sync to it, round trip."""
+    zoned_round_trip(DNSResolver(getaddrinfo=literal_getaddrinfo))
+
+
+@needs_link_local
+def test_ipv6_link_local_with_a_zone_through_the_system_resolver() -> None:
+    """The same through socket.getaddrinfo, which moves the zone into the
+    scope id: the resolver writes it back into the host."""
+    assert DNSResolver().lookup_sync(f"[{LINK_LOCAL}]:7") == [InetSocketAddress(LINK_LOCAL, 7)]
+    zoned_round_trip(None)
+
+
+def test_listening_unix_socket_file_removed_on_close(sockdir: str) -> None:
+    """close() of a channel listening on a Unix path removes its socket
+    file (as QEMU does); a client's close leaves it."""
+    path = f"{sockdir}/s"
+    server = SocketChannel()
+    server.listen_sync(f"unix:{path}")
+    assert stat.S_ISSOCK(os.stat(path).st_mode)
+    with SocketChannel() as client:
+        client.connect_sync(f"unix:{path}")
+    assert os.path.exists(path)
+    server.close()
+    assert not os.path.exists(path)
+
+
+def test_replaced_unix_socket_file_is_left_alone(sockdir: str) -> None:
+    """A socket file someone else made at the path meanwhile is not the
+    channel's: its close() leaves it (that server still serves); the newer
+    channel removes its own on close."""
+    path = f"{sockdir}/s"
+    first = SocketChannel()
+    first.listen_sync(f"unix:{path}")
+    os.unlink(path)
+    with SocketChannel() as second:
+        second.listen_sync(f"unix:{path}")
+        first.close()
+        assert stat.S_ISSOCK(os.stat(path).st_mode)
+        with SocketChannel() as client:
+            client.connect_sync(f"unix:{path}")
+            wait_readable(second.sock)
+            conn = second.accept()
+            assert conn is not None
+            conn.close()
+    assert not os.path.exists(path)
+
+
 # -- failures on a loop -----------------------------------------------------------
 
 
@@ -436,6 +562,28 @@ def test_close_while_opening(runner: LoopRunner, blocker: Blocker, listener: soc
     assert task.done()
     with pytest.raises(qiotask.TaskCancelled):
         run_task(runner, task, BOUND)
+    assert isinstance(done.error(channel, None), qiotask.TaskCancelled)
+    blocker.release.set()
+    conn, _peer = listener.accept()
+    with conn:
+        conn.settimeout(BOUND)
+        assert conn.recv(1) == b""  # the socket made meanwhile was closed
+    assert channel.sock is None and channel.closed
+
+
+def test_close_from_another_thread_while_opening(runner: LoopRunner, blocker: Blocker, listener: socket.socket) -> None:
+    """close() from another thread while the worker sits in getaddrinfo:
+    the open ends with TaskCancelled, func and destroy on the loop thread,
+    without waiting for the worker."""
+    port = listener.getsockname()[1]
+    channel = SocketChannel(resolver=DNSResolver(getaddrinfo=blocker))
+    done = Completion()
+    task = channel.connect_async(f"blocked.test:{port}", done.func, None, done.destroy)
+    assert blocker.entered.wait(BOUND)
+    join(start_thread(channel.close, "test-closer"))
+    with pytest.raises(qiotask.TaskCancelled):
+        run_task(runner, task, BOUND)  # the worker is still blocked
+    assert not blocker.release.is_set()
     assert isinstance(done.error(channel, None), qiotask.TaskCancelled)
     blocker.release.set()
     conn, _peer = listener.accept()
@@ -631,6 +779,23 @@ def test_listen_on_a_busy_port_names_the_address() -> None:
             assert channel.sock is None
 
 
+@pytest.mark.parametrize("opener", ["listen_sync", "connect_sync"])
+def test_error_without_errno_says_no_errno_none(sockdir: str, opener: str) -> None:
+    """An OSError with no errno (a Unix path longer than sun_path): the
+    message says what failed and why, with no "[Errno None]"."""
+    path = f"{sockdir}/{'x' * 200}"
+    with SocketChannel() as channel:
+        with pytest.raises(OSError) as info:
+            getattr(channel, opener)(f"unix:{path}")
+        assert info.value.errno is None
+        text = str(info.value)
+        assert "Errno" not in text
+        verb = "listen on" if opener == "listen_sync" else "connect to"
+        assert text.startswith(f"cannot {verb} unix:{path}: ") and "too long" in text
+        assert channel.sock is None
+    assert not os.path.exists(path)
+
+
 OPENERS: dict[str, Callable[[SocketChannel, Any], object]] = {
     "listen_sync": lambda c, a: c.listen_sync(a),
     "connect_sync": lambda c, a: c.connect_sync(a),
@@ -691,3 +856,41 @@ def test_bad_backlog_raises(num: Any, error: type[Exception], form: str) -> None
             getattr(channel, form)("127.0.0.1:0", num)
         assert channel.sock is None
     assert qiotask.stats()["created"] == created
+
+
+@pytest.mark.parametrize(
+    ("timeout", "error", "message"),
+    [
+        (-1, ValueError, "timeout must not be negative, got -1"),
+        (float("nan"), ValueError, "timeout must not be negative, got nan"),
+        ("1", TypeError, "timeout must be a number of seconds, not str"),
+        (True, TypeError, "timeout must be a number of seconds, not bool"),
+    ],
+)
+@pytest.mark.parametrize("form", ["connect_async", "listen_async", "dgram_async"])
+def test_bad_timeout_raises_before_any_task(timeout: Any, error: type[Exception], message: str, form: str) -> None:
+    created = qiotask.stats()["created"]
+    with SocketChannel() as channel:
+        with pytest.raises(error, match=f"^{form}: {re.escape(message)}$"):
+            if form == "dgram_async":
+                channel.dgram_async("127.0.0.1:0", None, timeout=timeout)
+            else:
+                getattr(channel, form)("127.0.0.1:0", timeout=timeout)
+        assert channel.sock is None
+    assert qiotask.stats()["created"] == created
+
+
+def test_dgram_unix_socket_file_removed_on_close(sockdir: str) -> None:
+    """A datagram channel bound to a Unix path removes its file on close()
+    too; its peer's file stays until the peer closes."""
+    local, remote = f"{sockdir}/local", f"{sockdir}/remote"
+    with SocketChannel() as peer:
+        peer.dgram_sync(f"unix:{remote}", None)
+        channel = SocketChannel()
+        channel.dgram_sync(f"unix:{local}", f"unix:{remote}")
+        assert channel.write(b"datagram") == 8
+        wait_readable(peer.sock)
+        assert peer.read() == b"datagram"
+        channel.close()
+        assert not os.path.exists(local) and os.path.exists(remote)
+    assert not os.path.exists(remote)

@@ -12,10 +12,13 @@ import functools
 import logging
 import os
 import select
+import selectors
 import socket
+import stat
 import sys
 import threading
 import time
+import types
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -28,7 +31,7 @@ from qiotask.net import DNSResolver, InetSocketAddress, NetListener, SocketAddre
 from qiotask.net._channel import listen_socket
 
 from ..conftest import LoopRunner, join, start_thread
-from .conftest import needs_ipv6, run_task
+from .conftest import Blocker, Completion, needs_ipv6, run_task
 
 #: Upper bound for every blocking client call; a passing test waits far less.
 TIMEOUT = 5.0
@@ -258,6 +261,50 @@ def test_open_async_reports_errors_on_the_loop_thread(
     assert not listener.connected
 
 
+def test_open_async_cancelled_while_resolving(
+    ctx: qiotask.MainContext,
+    runner: LoopRunner,
+    listeners: Callable[..., NetListener],
+    blocker: Blocker,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """cancel() while the worker sits in getaddrinfo completes the open at
+    once with TaskCancelled (func and destroy on the loop thread); the
+    socket the worker listens on once released is closed again, never
+    added for good: the listener is not connected and serves nobody."""
+    made: list[socket.socket] = []
+    listening = threading.Event()
+
+    def recording_listen_socket(*args: Any, **kwargs: Any) -> socket.socket:
+        sock = listen_socket(*args, **kwargs)
+        made.append(sock)
+        listening.set()
+        return sock
+
+    monkeypatch.setattr("qiotask.net._listener.listen_socket", recording_listen_socket)
+    listener = listeners(resolver=DNSResolver(getaddrinfo=blocker))
+    greeter = Greeter()
+    listener.set_client_func(greeter)
+    done = Completion()
+    task = listener.open_async("blocked.test:0", 8, done.func, "open", done.destroy)
+    assert blocker.entered.wait(TIMEOUT)
+    assert task.cancel()
+    assert task.done()  # at once: the blocked worker is abandoned
+    with pytest.raises(qiotask.TaskCancelled):
+        run_task(runner, task, TIMEOUT)
+    assert isinstance(done.error(listener, "open"), qiotask.TaskCancelled)
+    assert not listener.connected
+
+    blocker.release.set()
+    assert listening.wait(TIMEOUT)
+    # Closed by the worker (on the loop thread, if the loop watched it).
+    runner.run_until(lambda: all(sock.fileno() == -1 for sock in made), TIMEOUT)
+    assert len(made) == 1
+    assert not listener.connected
+    assert listener.channels == [] and listener.addresses == []
+    assert greeter.calls == 0
+
+
 def test_open_sync_address_in_use(listeners: Callable[..., NetListener]) -> None:
     """A port some socket already listens on: open_sync raises the OSError,
     saying which address."""
@@ -434,6 +481,58 @@ def test_client_func_replaced_from_within_stops_its_batch(
     assert replies == [b"", GREETING, GREETING]
 
 
+@pytest.mark.parametrize("how", ["set_client_func(None)", "close()"])
+def test_client_func_dropped_from_another_thread_while_it_runs(
+    ctx: qiotask.MainContext,
+    runner: LoopRunner,
+    listeners: Callable[..., NetListener],
+    clients: list[socket.socket],
+    how: str,
+) -> None:
+    """set_client_func(None) or close() from another thread while the
+    client function runs on the loop: its destroy(opaque) runs after it
+    returned, on the loop thread, once -- never under its feet."""
+    listener = listeners()
+    listener.open_sync("127.0.0.1:0", 8)
+    events: list[tuple[str, int]] = []
+    opaque = {"alive": True}
+    running, dropped = threading.Event(), threading.Event()
+
+    def client_func(_listener: NetListener, channel: SocketChannel, op: dict[str, bool]) -> None:
+        running.set()
+        assert dropped.wait(TIMEOUT)
+        events.append(("returned" if op["alive"] else "returned after destroy", threading.get_ident()))
+        channel.close()
+
+    def destroy(op: dict[str, bool]) -> None:
+        op["alive"] = False
+        events.append(("destroy", threading.get_ident()))
+
+    def drop() -> None:
+        try:
+            assert running.wait(TIMEOUT)
+            if how == "close()":
+                listener.close()
+            else:
+                listener.set_client_func(None)
+        finally:
+            dropped.set()
+
+    listener.set_client_func(client_func, opaque, destroy)
+    dropper = start_thread(drop, "dropper")
+    try:
+        sock = connect(listener.addresses[0], clients)
+        runner.run_until(lambda: any(event == "destroy" for event, _ in events), TIMEOUT)
+    finally:
+        dropped.set()
+        join(dropper)
+    me = threading.get_ident()
+    assert events == [("returned", me), ("destroy", me)]
+    assert read_to_eof(sock) == b""
+    listener.close()
+    assert events == [("returned", me), ("destroy", me)]
+
+
 def test_client_func_that_raises(
     ctx: qiotask.MainContext,
     runner: LoopRunner,
@@ -570,6 +669,43 @@ def test_wait_client_times_out(listeners: Callable[..., NetListener]) -> None:
     assert 0.04 <= elapsed < 2.0
 
 
+@pytest.mark.parametrize("how", ["disconnect", "close"])
+def test_wait_client_woken_by_disconnect_from_another_thread(
+    listeners: Callable[..., NetListener], monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    """disconnect() (or close()) from another thread while wait_client()
+    waits: wait_client raises ValueError at once, not after its timeout."""
+    waiting = threading.Event()
+
+    class SignallingSelector(selectors.DefaultSelector):
+        def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
+            waiting.set()
+            return super().select(timeout)
+
+    monkeypatch.setattr(
+        "qiotask.net._listener.selectors",
+        types.SimpleNamespace(DefaultSelector=SignallingSelector, EVENT_READ=selectors.EVENT_READ),
+    )
+    listener = listeners()
+    listener.open_sync("127.0.0.1:0")
+    channel = listener.channels[0]
+
+    def stop() -> None:
+        if waiting.wait(TIMEOUT):
+            getattr(listener, how)()
+
+    stopper = start_thread(stop, "disconnecter")
+    start = time.monotonic()
+    try:
+        with pytest.raises(ValueError, match="disconnected"):
+            listener.wait_client(timeout=3.0)
+    finally:
+        waiting.set()
+        join(stopper)
+    assert time.monotonic() - start < 1.0
+    assert channel.closed and not listener.connected
+
+
 # -- disconnect and close ---------------------------------------------------------
 
 
@@ -641,6 +777,52 @@ def test_add_checks_its_argument(listeners: Callable[..., NetListener]) -> None:
     with pytest.raises(ValueError):
         listener.add(closed)
     assert not listener.connected
+
+
+def test_add_refuses_a_channel_that_is_not_listening(listeners: Callable[..., NetListener]) -> None:
+    """A connected (not listening) stream channel: add() raises ValueError
+    rather than take it (accept() on it would fail, and be retried, for ever)."""
+    listener = listeners()
+    a, b = socket.socketpair()
+    with SocketChannel(a) as channel, b:
+        with pytest.raises(ValueError, match="not listening"):
+            listener.add(channel)
+        assert not channel.closed
+    assert not listener.connected and listener.channels == []
+
+
+def test_unix_path_too_long_says_no_errno_none(listeners: Callable[..., NetListener], tmp_path: Path) -> None:
+    """An OSError with no errno (a Unix path longer than sun_path): the
+    message names the address, with no "[Errno None]"."""
+    text = f"unix:{tmp_path / ('x' * 200)}"
+    with pytest.raises(OSError) as info:
+        listeners().open_sync(text)
+    assert info.value.errno is None
+    assert "Errno" not in str(info.value)
+    assert str(info.value).startswith(f"cannot listen on {text}: ")
+
+
+def test_unix_socket_files_removed_on_close(listeners: Callable[..., NetListener], tmp_path: Path) -> None:
+    """close() (and disconnect()) of a listener on a Unix path removes the
+    socket file it made -- but not a file someone else put at that path
+    meanwhile."""
+    path = tmp_path / "l.sock"
+    listener = listeners()
+    listener.open_sync(f"unix:{path}")
+    assert stat.S_ISSOCK(path.stat().st_mode)
+    listener.close()
+    assert not path.exists()
+
+    first, second = listeners(), listeners()
+    first.open_sync(f"unix:{path}")
+    path.unlink()
+    second.open_sync(f"unix:{path}")  # another server at that path now
+    first.close()
+    assert stat.S_ISSOCK(path.stat().st_mode)
+    with connect(second.addresses[0]):
+        assert is_pending(second)
+    second.disconnect()
+    assert not path.exists()
 
 
 @pytest.mark.parametrize("text", ["nonsense", "127.0.0.1", "tcp:localhost:99999", "unix:", "fd:x"])

@@ -20,7 +20,7 @@ from typing import Any, NamedTuple
 import pytest
 
 import qiotask
-from qiotask._pool import WorkerPool
+from qiotask._pool import DEFAULT_MAX_WORKERS, WorkerPool
 from qiotask.net import (
     DNSResolver,
     FdSocketAddress,
@@ -235,6 +235,30 @@ def test_timed_lookup_answers_and_fails_through_the_pool(own_pool: WorkerPool) -
     fake.answer = fail
     with pytest.raises(socket.gaierror, match=r"address resolution failed for example\.test:80"):
         resolver.lookup_sync("example.test:80")
+
+
+def test_timed_lookups_from_a_burst_of_workers(runner: LoopRunner) -> None:
+    """Four times as many workers of the default pool as it has threads,
+    each making a timed sync lookup (as a burst of async opens through a
+    DNSResolver(timeout=...) does): all answer, none times out, because
+    timed lookups do not queue behind the workers that wait for them."""
+
+    def answer(port: int) -> list[tuple[Any, ...]]:
+        time.sleep(0.02)  # a 20 ms DNS answer
+        return [v4(port)]
+
+    fake = FakeGetaddrinfo(answer)
+    resolver = DNSResolver(getaddrinfo=fake, timeout=1.0)
+    tasks: list[qiotask.Task[list[SocketAddress]]] = []
+    for i in range(4 * DEFAULT_MAX_WORKERS):
+        task: qiotask.Task[list[SocketAddress]] = qiotask.Task(resolver, name=f"open {i}")
+        task.run_in_thread(lambda _task, _opaque: resolver.lookup_sync("example.test:80"))
+        tasks.append(task)
+    runner.run_until(lambda: all(task.done() for task in tasks), 5.0)
+    assert [task.exception() for task in tasks if task.had_error()] == []
+    assert all(task.get_result() == [InetSocketAddress("192.0.2.1", 80)] for task in tasks)
+    assert len(fake.calls) == len(tasks)
+    assert not any(call.thread.startswith(WORKER) for call in fake.calls)
 
 
 # -- arguments ---------------------------------------------------------------------

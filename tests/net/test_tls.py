@@ -7,13 +7,16 @@ handshake, no worker thread used, and argument checks.
 
 from __future__ import annotations
 
+import gc
 import hashlib
+import logging
 import os
 import select
 import socket
 import ssl
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -131,6 +134,29 @@ def recording_context(make: Callable[[], ssl.SSLContext], steps: list[int]) -> s
     made = make()
     made.sslsocket_class = RecordingSSLSocket
     return made
+
+
+def tls_pair(runner: LoopRunner, closer: Closer, certs: Certs) -> tuple[TLSChannel, TLSChannel]:
+    """(server, client): TLS over a socketpair, both handshakes done."""
+    a, b = socket.socketpair()
+    server = closer(TLSChannel.new_server(closer(SocketChannel(a)), certs.server_context()))
+    client = closer(TLSChannel.new_client(closer(SocketChannel(b)), certs.client_context(), "localhost"))
+    tasks = [server.handshake(timeout=TIMEOUT), client.handshake(timeout=TIMEOUT)]
+    runner.run_until(lambda: all(task.done() for task in tasks), TIMEOUT)
+    assert [task.exception() for task in tasks] == [None, None]
+    return server, client
+
+
+def spin(runner: LoopRunner, iterations: int) -> None:
+    """Run ``iterations`` iterations of the loop (to show that something
+    does not happen)."""
+    left = [iterations]
+
+    def tick() -> bool:
+        left[0] -= 1
+        return left[0] <= 0
+
+    runner.run_until(tick, TIMEOUT)
 
 
 def silent_peer(closer: Closer) -> socket.socket:
@@ -351,6 +377,40 @@ def test_one_mebibyte_each_way(
         assert receiver.drained > 0, "no call came from TLS's buffered bytes alone"
 
 
+def test_in_watch_removed_when_fn_raises_during_a_drain(
+    ctx: qiotask.MainContext, runner: LoopRunner, certs: Certs, closer: Closer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An IO_IN watch whose fn raises in a call for TLS's buffered bytes (a
+    drain call): the exception is logged and the watch removed, as an fd
+    watch whose function raises is; fn is not called again, not for the
+    bytes left buffered, nor for more data."""
+    server, client = tls_pair(runner, closer, certs)
+    boom = RuntimeError("boom in the first drain call")
+    calls: list[bool] = []  # per call: whether the socket itself was readable
+
+    def one_byte_at_a_time(tls: TLSChannel, _cond: qiotask.IOCondition) -> bool:
+        calls.append(readable(tls.sock))
+        if len(calls) == 2:
+            raise boom
+        tls.read(1)
+        return True
+
+    with caplog.at_level(logging.ERROR, logger="qiotask"):
+        watch = server.add_watch(qiotask.IO_IN, one_byte_at_a_time)
+        assert client.write(b"0123456789") == 10
+        runner.run_until(lambda: len(calls) >= 2, TIMEOUT)
+        assert calls == [True, False]  # the second call was a drain call
+        assert watch.removed
+        assert server.sock.pending() == 9
+
+        assert client.write(b"ABCDEFGHIJ") == 10
+        assert select.select([server.sock], [], [], TIMEOUT)[0]
+        spin(runner, 20)
+    assert len(calls) == 2
+    reports = [r for r in caplog.records if r.exc_info and r.exc_info[1] is boom]
+    assert len(reports) == 1 and reports[0].levelno == logging.ERROR
+
+
 # -- handshakes that fail -------------------------------------------------------------
 
 
@@ -492,6 +552,123 @@ def test_close_during_the_handshake(
     assert client.channel.closed
 
 
+@pytest.mark.parametrize("step", [1, 2])
+def test_close_from_another_thread_during_a_handshake_step(
+    ctx: qiotask.MainContext, runner: LoopRunner, certs: Certs, caplog: pytest.LogCaptureFixture, step: int
+) -> None:
+    """close() from another thread while a handshake step runs on the loop
+    (forced: do_handshake closes the channel from another thread, and joins
+    it, before it goes on): the socket is not closed under the step (no EBADF)
+    and the step does not fail on the closed channel (nothing logged); the
+    handshake ends with TaskCancelled, on the loop thread."""
+    steps: list[int] = []
+    failures: list[BaseException] = []
+    closing: list[TLSChannel] = []
+
+    class ClosingSSLSocket(ssl.SSLSocket):
+        def do_handshake(self, block: bool = False) -> None:
+            steps.append(threading.get_ident())
+            if len(steps) == step:
+                closing_thread = threading.Thread(target=closing[0].close, name="tls-closer")
+                closing_thread.start()
+                closing_thread.join(TIMEOUT)
+                assert not closing_thread.is_alive()
+            try:
+                super().do_handshake(block)
+            except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                raise
+            except BaseException as exc:
+                failures.append(exc)
+                raise
+
+    ssl_context = certs.client_context()
+    ssl_context.sslsocket_class = ClosingSSLSocket
+    a, peer = socket.socketpair()
+    with peer:
+        tls = TLSChannel.new_client(SocketChannel(a), ssl_context, "localhost")
+        closing.append(tls)
+        sock = tls.sock
+        func = Recorder()
+        destroyed: list[Any] = []
+        with caplog.at_level(logging.WARNING, logger="qiotask"):
+            task = tls.handshake(func, "opaque", destroyed.append)
+            if step == 2:
+                runner.run_until(lambda: readable(peer), TIMEOUT)  # step 1 sent the ClientHello
+                assert not task.done()
+                peer.sendall(b"\x16")  # a record's first byte: step 2 runs, and wants more
+            with pytest.raises(qiotask.TaskCancelled):
+                run_task(runner, task, TIMEOUT)
+            # The socket is closed on the loop thread, after the step.
+            runner.run_until(lambda: sock.fileno() == -1, TIMEOUT)
+        assert len(steps) == step and set(steps) == {threading.get_ident()}
+        assert failures == []
+        assert len(func.calls) == 1
+        _tls, err, thread = func.calls[0]
+        assert isinstance(err, qiotask.TaskCancelled) and thread == threading.get_ident()
+        assert destroyed == ["opaque"]
+        assert tls.channel.closed
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+    assert not any("Bad file descriptor" in r.getMessage() or r.exc_info for r in caplog.records)
+
+
+def test_handshake_on_a_closed_context(certs: Certs) -> None:
+    """A handshake whose context is already closed cannot run a step: the
+    task completes at once with ContextClosedError, func is not called
+    (its loop is gone) and destroy runs once -- no task left pending, no
+    ResourceWarning."""
+    closed = qiotask.MainContext(name="closed")
+    closed.close()
+    a, peer = socket.socketpair()
+    with peer:
+        tls = TLSChannel.new_client(SocketChannel(a, context=closed), certs.client_context(), "localhost")
+        try:
+            func = Recorder()
+            destroyed: list[Any] = []
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                task = tls.handshake(func, "opaque", destroyed.append)
+                assert task.done()
+                assert isinstance(task.exception(), qiotask.ContextClosedError)
+                assert func.calls == []
+                assert destroyed == ["opaque"]
+                del task
+                gc.collect()
+            assert [w for w in caught if issubclass(w.category, ResourceWarning)] == []
+            assert destroyed == ["opaque"]
+            assert not readable(peer)  # no step ran: no ClientHello
+        finally:
+            tls.close()
+
+
+def test_handshake_whose_context_closes_while_it_waits(certs: Certs) -> None:
+    """A handshake waiting for its peer when its loop goes away cannot
+    notice (loops give no word when they close); it completes -- destroy
+    once, no func -- when the channel is closed, as docs/net.md says."""
+    own = qiotask.MainContext(name="closing")
+    runner = LoopRunner(own)
+    steps: list[int] = []
+    a, peer = socket.socketpair()
+    with peer:
+        tls = TLSChannel.new_client(
+            SocketChannel(a, context=own), recording_context(certs.client_context, steps), "localhost"
+        )
+        destroyed: list[Any] = []
+        called: list[Any] = []
+        task = tls.handshake(lambda *args: called.append(args), "opaque", destroyed.append)
+        try:
+            runner.run_until(lambda: bool(steps), TIMEOUT)  # step 1 ran: waits for the peer
+            own.close()
+            assert not task.done()
+            tls.close()
+            assert task.done()
+            assert isinstance(task.exception(), (qiotask.ContextClosedError, qiotask.TaskCancelled))
+            assert destroyed == ["opaque"] and called == []
+        finally:
+            tls.close()
+            own.close()
+            task.exception()
+
+
 def test_handshake_twice(ctx: qiotask.MainContext, runner: LoopRunner, certs: Certs, closer: Closer) -> None:
     """A second handshake() raises TaskStateError, while the first runs."""
     client = tls_client(runner, closer, address_of(silent_peer(closer)), certs.client_context(), "localhost")
@@ -586,3 +763,12 @@ def test_handshake_checks(plain_channel: SocketChannel, certs: Certs) -> None:
         tls.handshake(timeout=True)
     with pytest.raises(TypeError):
         tls.add_watch(qiotask.IO_IN, "not callable")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("condition", ["in", None])
+def test_add_watch_checks_the_condition(plain_channel: SocketChannel, certs: Certs, condition: Any) -> None:
+    """A condition that is no IOCondition: TypeError (as SocketChannel's
+    add_watch gives), and no watch is added."""
+    tls = TLSChannel.new_server(plain_channel, certs.server_context())
+    with pytest.raises(TypeError, match="condition must be an IOCondition"):
+        tls.add_watch(condition, lambda *_: True)

@@ -470,10 +470,13 @@ class SocketChannel:
         """
         local_addr, remote_addr = _dgram_addresses(local, remote, "dgram_sync")
         self._check_unopened("dgram_sync")
-        sock = self._dgram_socket(local_addr, remote_addr)
-        self._opened(sock, "dgram_sync")
+        sock, bound = self._dgram_socket(local_addr, remote_addr)
+        self._opened(sock, "dgram_sync", unix_file_of(bound) if bound is not None else None)
 
-    def _dgram_socket(self, local: SocketAddress | None, remote: SocketAddress | None) -> socket.socket:
+    def _dgram_socket(
+        self, local: SocketAddress | None, remote: SocketAddress | None
+    ) -> tuple[socket.socket, SocketAddress | None]:
+        """The socket, and the address it was bound to (None if unbound)."""
         lookup = self.resolver.lookup_sync
         remote_target = lookup(remote, kind=socket.SOCK_DGRAM)[0] if remote is not None else None
         local_target: SocketAddress | None = None
@@ -508,7 +511,7 @@ class SocketChannel:
         except BaseException:
             sock.close()
             raise
-        return sock
+        return sock, local_target
 
     def _check_unopened(self, where: str) -> None:
         if self._closed:

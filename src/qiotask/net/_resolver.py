@@ -53,6 +53,13 @@ def inet_families(addr: InetSocketAddress) -> tuple[int, ...]:
     return wanted
 
 
+def _zone_name(scope_id: int) -> str:
+    try:
+        return socket.if_indextoname(scope_id)
+    except (OSError, AttributeError):  # no such interface now, or no API
+        return str(scope_id)
+
+
 _dns_pool: WorkerPool | None = None
 _dns_lock = threading.Lock()
 
@@ -207,9 +214,12 @@ class DNSResolver:
         for info_family, _kind, _proto, _canon, sockaddr in infos:
             if info_family not in families:
                 continue
+            host = str(sockaddr[0])
+            if info_family == socket.AF_INET6 and len(sockaddr) > 3 and sockaddr[3] and "%" not in host:
+                host += "%" + _zone_name(int(sockaddr[3]))  # keep the zone of fe80::1%eth0
             found.append(
                 InetSocketAddress(
-                    str(sockaddr[0]),
+                    host,
                     int(sockaddr[1]),
                     ipv4=addr.ipv4,
                     ipv6=addr.ipv6,
