@@ -940,3 +940,23 @@ def test_keyboard_interrupt_in_a_batch_leaves_the_rest_scheduled(runner: LoopRun
     ctx.call_soon(runner.quit)  # a second run finds "after" still scheduled
     runner.run()
     assert ran == ["interrupt", "after"]
+
+
+def test_fd_the_loop_refuses_leaves_nothing_behind(ctx: qiotask.MainContext, runner: Any, tmp_path: Any) -> None:
+    """asyncio refuses a regular file (EPERM from epoll): io_add_watch
+    raises, and nothing is left registered -- a socket that gets the same
+    fd number next is watched as any other."""
+    with open(tmp_path / "file", "wb") as file:
+        fd = file.fileno()
+        with pytest.raises(OSError):
+            ctx.io_add_watch(fd, qiotask.IO_IN, lambda *_: False)
+    a, b = socket.socketpair()
+    with a, b:
+        if fd not in (a.fileno(), b.fileno()):
+            pytest.skip("the fd number was not reused; nothing to check")
+        reader = a if a.fileno() == fd else b
+        fired: list[qiotask.IOCondition] = []
+        ctx.io_add_watch(reader, qiotask.IO_IN, lambda _fd, cond: fired.append(cond))
+        (b if reader is a else a).send(b"x")
+        runner.run_until(lambda: bool(fired))
+        assert fired == [qiotask.IO_IN]

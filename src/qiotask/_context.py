@@ -398,6 +398,8 @@ class MainContext:
                 or ``condition`` is not an ``IOCondition``/int.
             ValueError: ``fd`` is negative or ``condition`` is empty or has
                 unknown bits.
+            OSError: on the context thread, the loop refused the fd (asyncio:
+                a regular file, a closed fd); nothing is left registered.
         """
         _check_callable(fn, "io_add_watch")
         if not isinstance(fd, int) or isinstance(fd, bool):
@@ -431,8 +433,18 @@ class MainContext:
 
     def _io_add(self, source: Source) -> None:
         fd = source._fd
-        self._io.setdefault(fd, []).append(source)
-        self._io_refresh(fd)
+        watches = self._io.setdefault(fd, [])
+        watches.append(source)
+        try:
+            self._io_refresh(fd)
+        except BaseException:
+            # The loop refused the fd (asyncio: a regular file, a closed fd):
+            # leave nothing behind for a later fd of that number to trip on.
+            watches.remove(source)
+            if not watches:
+                del self._io[fd]
+            source._removed = True
+            raise
 
     def _io_remove(self, source: Source) -> None:
         fd = source._fd
@@ -451,11 +463,15 @@ class MainContext:
         read = bool(mask & _READ_SIDE_BITS)
         write = bool(mask & _OUT_BITS)
         if self._io_mask.get(fd, (False, False)) != (read, write):
+            try:
+                self._set_fd_interest(fd, read, write)
+            except BaseException:
+                self._io_mask.pop(fd, None)  # what the loop holds is unknown now
+                raise
             if read or write:
                 self._io_mask[fd] = (read, write)
             else:
                 self._io_mask.pop(fd, None)
-            self._set_fd_interest(fd, read, write)
 
     def _fd_ready(self, fd: int) -> None:
         """Adapter callback, context thread: ``fd`` is ready for something."""

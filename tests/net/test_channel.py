@@ -894,3 +894,26 @@ def test_dgram_unix_socket_file_removed_on_close(sockdir: str) -> None:
         channel.close()
         assert not os.path.exists(local) and os.path.exists(remote)
     assert not os.path.exists(remote)
+
+
+def test_close_from_a_third_thread_waits_for_every_watching_context() -> None:
+    """A channel watched on two contexts, closed from a third thread: the
+    socket is closed only once both loops have dropped their watches."""
+    first, second = qiotask.MainContext(name="first"), qiotask.MainContext(name="second")
+    a, b = channel_pair()
+    try:
+        a.add_watch(qiotask.IO_IN, lambda *_: True, context=first)
+        a.add_watch(qiotask.IO_IN, lambda *_: True, context=second)
+        sock = a.sock
+        assert sock is not None
+        closer = start_thread(a.close, "closer")
+        join(closer)
+        first._dispatch()
+        assert sock.fileno() != -1, "closed while the second loop still watches the fd"
+        second._dispatch()
+        assert sock.fileno() == -1
+    finally:
+        a.close()
+        b.close()
+        first.close()
+        second.close()

@@ -27,10 +27,11 @@ from typing import Any
 import pytest
 
 import qiotask
+from qiotask._pool import default_pool
 from qiotask.net import DNSResolver, InetSocketAddress, NetListener, SocketAddress, SocketChannel, UnixSocketAddress
 from qiotask.net._channel import listen_socket
 
-from ..conftest import LoopRunner, join, start_thread
+from ..conftest import LoopRunner, join, start_thread, wait_for
 from .conftest import Blocker, Completion, needs_ipv6, run_task
 
 #: Upper bound for every blocking client call; a passing test waits far less.
@@ -303,6 +304,30 @@ def test_open_async_cancelled_while_resolving(
     assert not listener.connected
     assert listener.channels == [] and listener.addresses == []
     assert greeter.calls == 0
+
+
+@pytest.mark.parametrize("stop", ["close", "disconnect"])
+def test_close_during_open_async(
+    ctx: qiotask.MainContext,
+    runner: LoopRunner,
+    listeners: Callable[..., NetListener],
+    blocker: Blocker,
+    stop: str,
+) -> None:
+    """close()/disconnect() while open_async's worker sits in getaddrinfo
+    cancels the open (TaskCancelled at once); the socket the worker makes
+    once released is closed: the listener stays disconnected."""
+    listener = listeners(resolver=DNSResolver(getaddrinfo=blocker))
+    done = Completion()
+    task = listener.open_async("blocked.test:0", 8, done.func, "open", done.destroy)
+    assert blocker.entered.wait(TIMEOUT)
+    getattr(listener, stop)()
+    with pytest.raises(qiotask.TaskCancelled):
+        run_task(runner, task, TIMEOUT)
+    assert isinstance(done.error(listener, "open"), qiotask.TaskCancelled)
+    blocker.release.set()
+    wait_for(lambda: default_pool().statistics()["busy"] == 0, what="the open's worker to return")
+    assert not listener.connected and listener.addresses == []
 
 
 def test_open_sync_address_in_use(listeners: Callable[..., NetListener]) -> None:

@@ -30,7 +30,7 @@ from qiotask.net import (
     VsockSocketAddress,
 )
 
-from ..conftest import LoopRunner
+from ..conftest import LoopRunner, join, start_thread
 from .conftest import Blocker, Completion, run_task
 
 #: Worker threads of the default pool are named ``qiotask-worker-<n>``.
@@ -259,6 +259,37 @@ def test_timed_lookups_from_a_burst_of_workers(runner: LoopRunner) -> None:
     assert all(task.get_result() == [InetSocketAddress("192.0.2.1", 80)] for task in tasks)
     assert len(fake.calls) == len(tasks)
     assert not any(call.thread.startswith(WORKER) for call in fake.calls)
+
+
+def test_timed_lookups_are_not_held_up_by_hung_ones() -> None:
+    """Lookups that hang keep their threads after they time out; a lookup
+    of a name that answers at once must not wait behind them (the timed
+    lookups' pool adds a thread whenever all are busy)."""
+    hung = threading.Event()
+
+    def answer(host: str, port: int, *_rest: int) -> list[tuple[Any, ...]]:
+        if host == "hangs.test":
+            hung.wait(10)
+        return [v4(port)]
+
+    resolver = DNSResolver(getaddrinfo=answer, timeout=0.5)
+    outcomes: list[str] = []
+
+    def hanging_lookup() -> None:
+        try:
+            resolver.lookup_sync("hangs.test:80")
+        except qiotask.TaskTimeout:
+            outcomes.append("timeout")
+
+    waiters = [start_thread(hanging_lookup, f"hanging-{i}") for i in range(2 * DEFAULT_MAX_WORKERS + 2)]
+    try:
+        for waiter in waiters:
+            join(waiter)
+        assert outcomes == ["timeout"] * len(waiters)
+        for _ in range(3):
+            assert resolver.lookup_sync("quick.test:80") == [InetSocketAddress("192.0.2.1", 80)]
+    finally:
+        hung.set()
 
 
 # -- arguments ---------------------------------------------------------------------

@@ -752,6 +752,47 @@ def test_new_client_checks(plain_channel: SocketChannel, certs: Certs) -> None:
         TLSChannel.new_server(closed, certs.server_context())
 
 
+@pytest.mark.parametrize("hostname", ["bad..host", "a\0b", "-" * 64 + ".example"])
+def test_bad_hostname_leaves_the_channel_as_it_was(plain_channel: SocketChannel, certs: Certs, hostname: str) -> None:
+    """A host name that is no host name is a ValueError raised before the
+    socket is wrapped: the channel keeps its socket and fd, and still works."""
+    fd = plain_channel.fileno()
+    with pytest.raises(ValueError, match="not a valid host name"):
+        TLSChannel.new_client(plain_channel, certs.client_context(), hostname)
+    assert plain_channel.fileno() == fd and not isinstance(plain_channel.sock, ssl.SSLSocket)
+    assert plain_channel.write(b"still usable") == 12
+
+
+def test_handshake_cancelled_then_context_closed(certs: Certs) -> None:
+    """A cancel from another thread hands the end of the handshake to the
+    loop; if that loop's context closes before it runs it, the handshake
+    still completes (destroy once, func cannot run) when the context closes."""
+    own = qiotask.MainContext(name="closing")
+    runner = LoopRunner(own)
+    steps: list[int] = []
+    a, peer = socket.socketpair()
+    with peer:
+        tls = TLSChannel.new_client(
+            SocketChannel(a, context=own), recording_context(certs.client_context, steps), "localhost"
+        )
+        destroyed: list[Any] = []
+        called: list[Any] = []
+        task = tls.handshake(lambda *args: called.append(args), "opaque", destroyed.append)
+        try:
+            runner.run_until(lambda: bool(steps), TIMEOUT)  # step 1 ran: waits for the peer
+            canceller = threading.Thread(target=task.cancel, name="canceller")
+            canceller.start()
+            canceller.join(TIMEOUT)
+            assert not task.done()  # the end is queued to the loop, which does not run again
+            own.close()
+            assert task.done()
+            assert destroyed == ["opaque"] and called == []
+        finally:
+            tls.close()
+            own.close()
+            task.exception()
+
+
 def test_handshake_checks(plain_channel: SocketChannel, certs: Certs) -> None:
     """A bad timeout is refused before any handshake starts."""
     tls = TLSChannel.new_server(plain_channel, certs.server_context())

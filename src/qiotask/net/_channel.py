@@ -24,6 +24,7 @@ from ._address import FdSocketAddress, InetSocketAddress, SocketAddress, UnixSoc
 from ._resolver import DNSResolver, as_address
 
 __all__ = [
+    "LoopCall",
     "OpenRace",
     "SocketChannel",
     "address_of",
@@ -223,21 +224,33 @@ def _dgram_addresses(
     return local_addr, remote_addr
 
 
-class _LoopCall:
-    """``fn(*args)`` on a context's thread -- or, if the context closes
-    first, in the thread that closes it: for cleanups that must run once."""
+class LoopCall:
+    """``fn(*args)`` on a context's thread; if the context closes first,
+    ``on_closed(*closed_args)`` (by default the same call) in the thread that
+    finds it closed: for cleanups that must run exactly once."""
 
-    __slots__ = ("args", "fn")
+    __slots__ = ("args", "closed_args", "fn", "on_closed")
 
-    def __init__(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
+    def __init__(
+        self,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        on_closed: Callable[..., Any] | None = None,
+        closed_args: tuple[Any, ...] = (),
+    ) -> None:
         self.fn = fn
         self.args = args
+        self.on_closed = on_closed
+        self.closed_args = closed_args
 
     def _dispatch(self) -> None:
         self.fn(*self.args)
 
     def _context_closed(self, context: MainContext) -> None:
-        self.fn(*self.args)
+        if self.on_closed is None:
+            self.fn(*self.args)
+        else:
+            self.on_closed(*self.closed_args)
 
 
 def on_loop_thread(context: MainContext | None, fn: Callable[..., Any], *args: Any) -> None:
@@ -247,7 +260,7 @@ def on_loop_thread(context: MainContext | None, fn: Callable[..., Any], *args: A
     if context is None or context.is_owner() or context.closed:
         fn(*args)
     else:
-        context.post(_LoopCall(fn, args))
+        context.post(LoopCall(fn, args))
 
 
 class OpenRace:
@@ -808,9 +821,24 @@ class SocketChannel:
         if sock is None:
             return
         # Off the thread of a context that watched the socket, its removals
-        # are queued there: queue the close behind them.
-        later = next((c for c in self._watched if not c.is_owner() and not c.closed), None)
-        on_loop_thread(later, sock.close)
+        # are queued there: the close waits behind them, on every such
+        # context (the last one to get there closes).
+        others = [c for c in self._watched if not c.is_owner() and not c.closed]
+        if not others:
+            sock.close()
+            return
+        left = [len(others)]
+        count_lock = threading.Lock()
+
+        def one_done() -> None:
+            with count_lock:
+                left[0] -= 1
+                last = left[0] == 0
+            if last:
+                sock.close()
+
+        for context in others:
+            context.post(LoopCall(one_done, ()))
 
     def __enter__(self) -> SocketChannel:
         return self

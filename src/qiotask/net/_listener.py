@@ -83,6 +83,7 @@ class NetListener:
         self._func_context: MainContext | None = None
         self._waiting = 0  # wait_client() calls in progress: watches paused
         self._wakers: list[socket.socket] = []  # one per wait_client() call
+        self._opening: set[Task[NetListener]] = set()  # open_async tasks not done yet
 
     def __repr__(self) -> str:
         return f"<NetListener {self.name!r} {[str(a) for a in self.addresses]}>"
@@ -206,8 +207,15 @@ class NetListener:
             return self
 
         task.on_cancel(race.cancelled)
+        with self._lock:
+            self._opening.add(task)
+        task.add_done_callback(self._opened)
         task.run_in_thread(worker, abandon_on_cancel=True)
         return task
+
+    def _opened(self, task: Task[NetListener]) -> None:
+        with self._lock:
+            self._opening.discard(task)
 
     def add(self, channel: SocketChannel) -> None:
         """Listen on ``channel`` too (a listening :class:`SocketChannel`);
@@ -428,15 +436,19 @@ class NetListener:
             return bool(self._channels)
 
     def disconnect(self) -> None:
-        """Stop accepting and close every listening socket; the client
-        function stays set (for sockets added later).  Clients already
-        accepted are not touched.  From any thread, more than once."""
+        """Stop accepting and close every listening socket, cancelling an
+        :meth:`open_async` in progress; the client function stays set (for
+        sockets added later).  Clients already accepted are not touched.
+        From any thread, more than once."""
         with self._lock:
             channels, self._channels = self._channels, []
             # Not removed here: channel.close() removes them, and off the
             # context thread closes the socket only once the loop forgot it.
             self._watches = {}
             wakers = list(self._wakers)
+            opening = list(self._opening)
+        for task in opening:
+            task.cancel()  # its sockets are closed, never listened on
         for channel in channels:
             channel.close()
         for wake in wakers:

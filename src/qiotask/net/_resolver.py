@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .._errors import TaskTimeout
-from .._pool import DEFAULT_GROW_AFTER, WorkerPool
+from .._pool import WorkerPool
 from .._task import DestroyNotify, Task, TaskFunc
 from ._address import InetSocketAddress, SocketAddress
 
@@ -71,13 +71,16 @@ def _lookup_pool() -> WorkerPool:
     waiting thread is often a pool worker itself (an async open).  Sharing
     the default pool, a burst of opens would fill it with workers waiting
     for lookups queued behind them, and time them all out; so timed lookups
-    get threads of their own ("qiotask-dns-worker-N"), which grow past the
-    limit as the default pool does when every thread is stuck.
+    get threads of their own ("qiotask-dns-worker-N"), a new one whenever
+    all are busy (idle ones expire).
     """
     global _dns_pool
     with _dns_lock:
         if _dns_pool is None or _dns_pool._shutdown:
-            _dns_pool = WorkerPool(name="qiotask-dns", grow_after=DEFAULT_GROW_AFTER)
+            # grow_after=0: a new thread as soon as all are busy.  Lookups
+            # that hang keep their threads after they time out, and the
+            # ones behind them must not wait in the queue for those.
+            _dns_pool = WorkerPool(name="qiotask-dns", grow_after=0)
         return _dns_pool
 
 

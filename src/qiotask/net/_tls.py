@@ -18,7 +18,7 @@ from .. import _deadline
 from .._context import IO_IN, IO_OUT, IOCondition, MainContext, Source
 from .._errors import TaskStateError
 from .._task import DestroyNotify, Task, TaskFunc
-from ._channel import READ_SIZE, SocketChannel, check_timeout
+from ._channel import READ_SIZE, LoopCall, SocketChannel, check_timeout, on_loop_thread
 
 __all__ = ["TLSChannel"]
 
@@ -47,9 +47,11 @@ class TLSChannel:
         server's certificate must be valid for it.
 
         Raises:
-            TypeError: ``channel`` or ``ssl_context`` of the wrong type.
-            ValueError: ``channel`` is not open, or ``hostname`` is None while
-                the context checks host names.
+            TypeError: ``channel``, ``ssl_context`` or ``hostname`` of the
+                wrong type.
+            ValueError: ``channel`` is not open or already carries TLS;
+                ``hostname`` is not a valid host name, or is None while the
+                context checks host names.
         """
         return cls._wrap(channel, ssl_context, server_side=False, hostname=hostname)
 
@@ -77,19 +79,29 @@ class TLSChannel:
             raise TypeError(f"{side}: hostname must be a str or None, not {type(hostname).__name__}")
         if not server_side and hostname is None and ssl_context.check_hostname:
             raise ValueError(f"{side}: the ssl context checks host names, so give the hostname to check")
-        plain = channel._open_sock(side)
-        if isinstance(plain, ssl.SSLSocket):
-            raise ValueError(f"{side}: the channel already carries TLS")
-        # wrap_socket takes the file descriptor over; the channel keeps
-        # working on it (fileno, addresses, watches, close) through the TLS
-        # socket, which is a socket too.
-        sock = ssl_context.wrap_socket(
-            plain, server_side=server_side, server_hostname=hostname, do_handshake_on_connect=False
-        )
-        sock.setblocking(False)
-        channel._sock = sock
-        made = cls(channel, sock, server_side)
-        channel._close_hooks.append(made._channel_closed)
+        if hostname is not None:
+            # Checked before wrap_socket, which takes the fd over first and
+            # fails on a bad name after.
+            try:
+                if "\0" in hostname:
+                    raise UnicodeError("NUL character")
+                hostname.encode("idna")
+            except UnicodeError as exc:
+                raise ValueError(f"{side}: not a valid host name: {hostname!r} ({exc})") from None
+        with channel._lock:  # against a close() in another thread
+            plain = channel._open_sock(side)
+            if isinstance(plain, ssl.SSLSocket):
+                raise ValueError(f"{side}: the channel already carries TLS")
+            # wrap_socket takes the file descriptor over; the channel keeps
+            # working on it (fileno, addresses, watches, close) through the
+            # TLS socket, which is a socket too.
+            sock = ssl_context.wrap_socket(
+                plain, server_side=server_side, server_hostname=hostname, do_handshake_on_connect=False
+            )
+            sock.setblocking(False)
+            channel._sock = sock
+            made = cls(channel, sock, server_side)
+            channel._close_hooks.append(made._channel_closed)
         return made
 
     def __repr__(self) -> str:
@@ -313,21 +325,16 @@ class _Handshake:
 
     def start(self) -> None:
         self.task.on_cancel(self._cancelled)
-        if self.context.closed:
-            # No step can run: complete now (the task reports the closed
-            # context), so that func and destroy are not lost.
-            self.finish(None)
-        else:
-            self.context.call_soon(self.step)
+        # The first step on the context's next iteration; if the context is
+        # (or gets) closed first, complete instead (the task reports the
+        # closed context), so that func and destroy are not lost.
+        self.context.post(LoopCall(self.step, (), self.finish, (None,)))
 
     def _cancelled(self, _task: Task[TLSChannel]) -> None:
         # In the cancelling thread (the deadline's for a timeout): finish on
-        # the context thread, where the steps run -- or here, if that loop
-        # is gone (no step can run any more; the task then reports it).
-        if self.context.closed:
-            self.finish(None)
-        else:
-            self.context.call_soon(self.finish, None)
+        # the context thread, where the steps run -- or, if that loop is
+        # gone or goes before, in the thread that finds it gone.
+        on_loop_thread(self.context, self.finish, None)
 
     def step(self, *_ignored: Any) -> bool:
         self.watch = None
