@@ -93,9 +93,11 @@ from throughput import (
     awaiting,
     describe_environment,
     environment,
+    machine_busy_seconds,
     make_sample,
     noop,
     run_in_executor,
+    warn_if_busy,
     write_json,
 )
 
@@ -109,7 +111,6 @@ TK_POLL_MS = 1
 MEASURE_TIMEOUT = 20.0  # seconds; a contender that takes longer is dropped
 LOOP_TIMEOUT = 170.0  # seconds; a child process that takes longer is killed
 RESULT_MARK = "@@loops-result "
-BUSY_WARNING = 0.25  # CPUs used by other processes above which the report warns
 
 perf_counter = time.perf_counter
 
@@ -127,7 +128,6 @@ class LoopResult:
     qiotask_contenders: list[str] = field(default_factory=list)
     samples: list[Sample] = field(default_factory=list)
     failures: dict[str, str] = field(default_factory=dict)  # contender (or "loop") -> what went wrong
-    notes: list[str] = field(default_factory=list)
     elapsed: float = 0.0
     other_cpus: float | None = None  # CPUs used by other processes during the run, on average
 
@@ -926,16 +926,6 @@ RUNNERS: dict[str, Callable[[argparse.Namespace, LoopResult], None]] = {
 }
 
 
-def machine_busy_seconds() -> float | None:
-    """CPU seconds all processes have used since boot (Linux ``/proc/stat``), or None."""
-    try:
-        with open("/proc/stat", encoding="ascii") as f:
-            ticks = [int(v) for v in f.readline().split()[1:9]]
-        return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")  # all but idle and iowait
-    except (OSError, ValueError, IndexError):
-        return None
-
-
 def child_main(args: argparse.Namespace) -> int:
     """In the child process: measure one loop and print the result as one JSON line on stdout."""
     result = LoopResult(loop=args.child)
@@ -1047,8 +1037,6 @@ def report_loop(result: LoopResult, summaries: list[Summary], best: str | None, 
                 print(f"per-round {s.contender} / {best}: " + ", ".join(f"{r:.2f}x" for r in s.ratios))
     for name, what in result.failures.items():
         print(f"FAILED {name}: {what}")
-    for note in result.notes:
-        print(f"note: {note}")
 
 
 def report_summary(rows: list[tuple[str, str, str, Summary | None, Summary | None, str]]) -> None:
@@ -1100,8 +1088,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     rows: list[tuple[str, str, str, Summary | None, Summary | None, str]] = []
     reasons: list[str] = []
-    for result in results:
-        summaries, best = summarize(result)
+    summarized = [summarize(result) for result in results]
+    for result, (summaries, best) in zip(results, summarized, strict=True):
         report_loop(result, summaries, best, args)
         by_name = {s.contender: s for s in summaries}
         theirs = by_name.get(best) if best else None
@@ -1117,12 +1105,7 @@ def main(argv: list[str] | None = None) -> int:
                 verdict = "PASS" if ours.ratio >= TARGET_RATIO else "FAIL"
             rows.append((result.loop, mine, best or "-", ours, theirs, verdict))
     report_summary(rows)
-    busiest = max((r.other_cpus for r in results if r.other_cpus is not None), default=None)
-    if busiest is not None and busiest > BUSY_WARNING:
-        print(
-            f"warning: other processes used up to {busiest:.2f} of {os.cpu_count()} CPUs during the run; "
-            "the figures are unreliable: run again on a quiet machine"
-        )
+    warn_if_busy(max((r.other_cpus for r in results if r.other_cpus is not None), default=None), "up to ")
     for i, reason in enumerate(reasons, 1):
         print(f"[{i}] {reason}")
 
@@ -1140,8 +1123,8 @@ def main(argv: list[str] | None = None) -> int:
             },
             "target_ratio": TARGET_RATIO,
             "loops": [
-                r.to_json() | {"summary": [asdict(s) for s in summarize(r)[0]], "best_peer": summarize(r)[1]}
-                for r in results
+                r.to_json() | {"summary": [asdict(s) for s in summaries], "best_peer": best}
+                for r, (summaries, best) in zip(results, summarized, strict=True)
             ],
         }
         write_json(args.json, data)

@@ -77,7 +77,14 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 # Shared with throughput.py (benchmarks/ is sys.path[0] when this script runs).
-from throughput import describe_environment, environment, percentile, write_json
+from throughput import (
+    describe_environment,
+    environment,
+    machine_busy_seconds,
+    percentile,
+    warn_if_busy,
+    write_json,
+)
 
 import qiotask
 from qiotask.net import NetListener, SocketChannel
@@ -92,7 +99,6 @@ WARMUP_CONNS = 500
 IDLE_TIMEOUT = 10.0  # seconds without any progress after which a measurement fails
 START_TIMEOUT = 30.0  # seconds for a server process to say which port it listens on
 PORT_MARK = "@@net-port "
-BUSY_WARNING = 0.25  # CPUs used by other processes above which the report warns
 SATURATED = 0.9  # server CPU use below which the server was not the (only) bottleneck
 
 perf_counter = time.perf_counter
@@ -285,16 +291,6 @@ class Server:
             self.proc.wait()
 
 
-def machine_busy_seconds() -> float | None:
-    """CPU seconds all processes have used since boot (Linux ``/proc/stat``), or None."""
-    try:
-        with open("/proc/stat", encoding="ascii") as f:
-            ticks = [int(v) for v in f.readline().split()[1:9]]
-        return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")  # all but idle and iowait
-    except (OSError, ValueError, IndexError):
-        return None
-
-
 # -- the load generator (the parent process) -----------------------------------------------------------
 
 
@@ -462,11 +458,7 @@ def report(summaries: list[Summary], args: argparse.Namespace, elapsed: float, o
                 f"{s.client_cpu_use:.2f}: the server was not the only bottleneck (the load generator or the "
                 f"machine's {os.cpu_count()} CPUs were), so its conn/s understates it; compare server CPU µs/conn"
             )
-    if other_cpus is not None and other_cpus > BUSY_WARNING:
-        print(
-            f"warning: other processes used {other_cpus:.2f} of {os.cpu_count()} CPUs during the run; "
-            "the figures are unreliable: run again on a quiet machine"
-        )
+    warn_if_busy(other_cpus)
     if args.profile:
         print(f"note: the servers ran under cProfile (stats in {args.profile}); the ratio measures the profiler too")
     ok = ours.ratio >= TARGET_RATIO
@@ -513,9 +505,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for name in CONTENDERS:
             servers[name] = Server(name, args.profile)
-        server_cpu0 = {name: s.cpu_seconds() or 0.0 for name, s in servers.items()}
         samples = run_rounds(servers, args.conns, args.inflight, args.rounds, warmup)
-        server_cpu = sum((s.cpu_seconds() or 0.0) - server_cpu0[name] for name, s in servers.items())
+        # All of the servers' CPU, start-up included: they started after busy0.
+        server_cpu = sum(s.cpu_seconds() or 0.0 for s in servers.values())
     except Exception as exc:
         print(f"FAILED: {type(exc).__name__}: {exc}", flush=True)
         return 1

@@ -37,7 +37,8 @@ process and one ``asyncio.run``; only the ratios are meant to be compared across
 
 This is a report, not a test: the exit status is 0 whatever the figures are.
 
-``loops.py`` imports its shared pieces from here (``Sample``, ``make_sample``, the jobs, ``awaiting``).
+``loops.py`` and ``net.py`` import their shared pieces from here (``Sample``, ``make_sample``, the jobs,
+``awaiting``, the environment, ``machine_busy_seconds`` and ``warn_if_busy``).
 """
 
 from __future__ import annotations
@@ -130,6 +131,29 @@ def describe_environment(elapsed: float) -> str:
         f"Python {platform.python_version()}, {os.cpu_count()} CPUs, "
         f"qiotask {qiotask.__version__}, {qiotask.DEFAULT_MAX_WORKERS} workers; run took {elapsed:.1f} s"
     )
+
+
+#: CPUs used by other processes during a run above which a report warns.
+BUSY_WARNING = 0.25
+
+
+def machine_busy_seconds() -> float | None:
+    """CPU seconds all processes have used since boot (Linux ``/proc/stat``), or None."""
+    try:
+        with open("/proc/stat", encoding="ascii") as f:
+            ticks = [int(v) for v in f.readline().split()[1:9]]
+        return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")  # all but idle and iowait
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def warn_if_busy(other_cpus: float | None, how: str = "") -> None:
+    """Print a warning if other processes used more than BUSY_WARNING CPUs."""
+    if other_cpus is not None and other_cpus > BUSY_WARNING:
+        print(
+            f"warning: other processes used {how}{other_cpus:.2f} of {os.cpu_count()} CPUs during the run; "
+            "the figures are unreliable: run again on a quiet machine"
+        )
 
 
 def write_json(path: str, data: dict[str, Any]) -> None:

@@ -35,8 +35,10 @@ def echo(channel: SocketChannel, condition: qiotask.IOCondition) -> bool:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--clients", type=int, default=5)
+    parser.add_argument("--clients", type=int, default=5, help="how many clients connect (at least 1)")
     args = parser.parse_args()
+    if args.clients < 1:
+        parser.error("--clients must be at least 1")
 
     loop = GLib.MainLoop()
     ctx = qiotask.attach(GLib.MainContext.default())
