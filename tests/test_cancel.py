@@ -419,3 +419,33 @@ def test_run_in_thread_priority_orders_queued_workers(runner: LoopRunner, pool: 
     release.set()
     runner.run_until(lambda: all(t.done() for t in tasks))
     assert order == ["first-high", "second-high", "mid", "plain", "low"]
+
+
+def test_cleanups_queued_to_a_context_run_when_it_closes(pool: qiotask.WorkerPool) -> None:
+    """An abandoned worker's destroy and a done-callback added after the
+    completion are queued to the context; if it closes before running them,
+    they run then (in the closing thread), never dropped."""
+    own = qiotask.MainContext(name="closing")
+    calls: list[str] = []
+    release = threading.Event()
+    try:
+        task: Task[Any] = Task(object(), context=own, name="abandoned")
+        task.run_in_thread(
+            lambda _t, _o: release.wait(10),
+            "opaque",
+            lambda o: calls.append(f"destroy {o}"),
+            pool=pool,
+            abandon_on_cancel=True,
+        )
+        wait_for(lambda: task.state is TaskState.RUNNING)
+        assert task.cancel() and task.done()
+        assert isinstance(task.exception(), TaskCancelled)
+        task.add_done_callback(lambda t: calls.append("late done-callback"))
+        release.set()
+        wait_for(lambda: pool.statistics()["busy"] == 0, what="the abandoned worker to return")
+        assert calls == []  # both queued to a loop that will not run again
+        own.close()
+        assert sorted(calls) == ["destroy opaque", "late done-callback"]
+    finally:
+        release.set()
+        own.close()

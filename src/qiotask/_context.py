@@ -111,6 +111,31 @@ class _Call:
         pass
 
 
+class _CallOnce(_Call):
+    """A call that must run exactly once, as a cleanup does: on the context
+    thread, or -- if the loop goes away first -- in the thread that finds
+    it gone, as ``on_closed(*closed_args)`` (by default the call itself)."""
+
+    __slots__ = ("closed_args", "on_closed")
+
+    def __init__(
+        self,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...] = (),
+        on_closed: Callable[..., Any] | None = None,
+        closed_args: tuple[Any, ...] = (),
+    ) -> None:
+        super().__init__(fn, args)
+        self.on_closed = on_closed
+        self.closed_args = closed_args
+
+    def _context_closed(self, context: MainContext) -> None:
+        if self.on_closed is None:
+            self.fn(*self.args)
+        else:
+            self.on_closed(*self.closed_args)
+
+
 class _TimerHandle(Protocol):
     def cancel(self) -> None: ...
 
@@ -246,6 +271,23 @@ class MainContext:
         context's exception handler.
         """
         self.post(_Call(fn, args))
+
+    def _call_soon_once(self, fn: Callable[..., Any], *args: Any) -> None:
+        """From any thread: ``fn(*args)`` once, for a cleanup that must run
+        -- on the context thread, or here if the loop is gone (and in the
+        thread that finds it gone, if it goes before the call ran)."""
+        if self.closed:
+            fn(*args)
+        else:
+            self.post(_CallOnce(fn, args))
+
+    def _call_here_or_soon(self, fn: Callable[..., Any], *args: Any) -> None:
+        """:meth:`_call_soon_once`, but at once when called on the context
+        thread."""
+        if self.is_owner():
+            fn(*args)
+        else:
+            self._call_soon_once(fn, *args)
 
     def _dispatch(self) -> None:
         """On the context thread: run the batch that is queued now."""

@@ -369,12 +369,8 @@ class TaskGroup:
             return
         context = self._context
         assert context is not None
-        if context.is_owner() or context.closed:
-            # Closed: its thread will run nothing more, so here and now,
-            # as Task.add_done_callback does.
-            self._call_on_done(on_done, context)
-        else:
-            context.call_soon(self._call_on_done, on_done, context)
+        # If the loop is gone, here and now, as Task.add_done_callback does.
+        context._call_here_or_soon(self._call_on_done, on_done, context)
 
     def _call_on_done(self, on_done: OnDone, context: MainContext) -> None:
         try:

@@ -831,10 +831,7 @@ class Task(Generic[T]):
                 return
         # Like a Future's: a callback added once the completion started runs
         # later on the context thread, after func and the callbacks before it.
-        if self._context.closed:
-            self._notify(fn, self, "done-callback")
-        else:
-            self._context.call_soon(self._notify, fn, self, "done-callback")
+        self._context._call_soon_once(self._notify, fn, self, "done-callback")
 
     def wait(self, timeout: float | None = None) -> bool:
         """From a thread other than the context's: block until the task has
@@ -985,10 +982,7 @@ class Task(Generic[T]):
             # is dropped; only its destroy notifier is left to run.
             destroy, opaque = abandoned
             if destroy is not None:
-                if self._context.closed:
-                    self._notify(destroy, opaque, "worker destroy notifier")
-                else:
-                    self._context.call_soon(self._notify, destroy, opaque, "worker destroy notifier")
+                self._context._call_soon_once(self._notify, destroy, opaque, "worker destroy notifier")
             return
         if exc is not None:
             with _lock:

@@ -24,7 +24,6 @@ from ._address import FdSocketAddress, InetSocketAddress, SocketAddress, UnixSoc
 from ._resolver import DNSResolver, as_address
 
 __all__ = [
-    "LoopCall",
     "OpenRace",
     "SocketChannel",
     "address_of",
@@ -32,7 +31,6 @@ __all__ = [
     "check_timeout",
     "inet_sockaddr",
     "listen_socket",
-    "on_loop_thread",
     "unix_file_of",
 ]
 
@@ -222,45 +220,6 @@ def _dgram_addresses(
     if not kinds <= {InetSocketAddress, UnixSocketAddress}:
         raise ValueError(f"{where}: datagrams need inet or unix addresses, not {kinds.pop().kind}")
     return local_addr, remote_addr
-
-
-class LoopCall:
-    """``fn(*args)`` on a context's thread; if the context closes first,
-    ``on_closed(*closed_args)`` (by default the same call) in the thread that
-    finds it closed: for cleanups that must run exactly once."""
-
-    __slots__ = ("args", "closed_args", "fn", "on_closed")
-
-    def __init__(
-        self,
-        fn: Callable[..., Any],
-        args: tuple[Any, ...],
-        on_closed: Callable[..., Any] | None = None,
-        closed_args: tuple[Any, ...] = (),
-    ) -> None:
-        self.fn = fn
-        self.args = args
-        self.on_closed = on_closed
-        self.closed_args = closed_args
-
-    def _dispatch(self) -> None:
-        self.fn(*self.args)
-
-    def _context_closed(self, context: MainContext) -> None:
-        if self.on_closed is None:
-            self.fn(*self.args)
-        else:
-            self.on_closed(*self.closed_args)
-
-
-def on_loop_thread(context: MainContext | None, fn: Callable[..., Any], *args: Any) -> None:
-    """``fn(*args)`` now if this is ``context``'s thread (or there is no
-    context, or it is closed); else queued to run there, after what is
-    already queued.  Either way it runs exactly once."""
-    if context is None or context.is_owner() or context.closed:
-        fn(*args)
-    else:
-        context.post(LoopCall(fn, args))
 
 
 class OpenRace:
@@ -838,7 +797,7 @@ class SocketChannel:
                 sock.close()
 
         for context in others:
-            context.post(LoopCall(one_done, ()))
+            context._call_soon_once(one_done)
 
     def __enter__(self) -> SocketChannel:
         return self

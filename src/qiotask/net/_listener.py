@@ -28,7 +28,6 @@ from ._channel import (
     _failed,
     as_context,
     listen_socket,
-    on_loop_thread,
     unix_file_of,
 )
 from ._resolver import DNSResolver, as_address
@@ -288,7 +287,10 @@ class NetListener:
         # that may be running there now: destroy never pulls opaque from
         # under its function.
         if destroy is not None:
-            on_loop_thread(context, destroy, opaque)
+            if context is None:
+                destroy(opaque)
+            else:
+                context._call_here_or_soon(destroy, opaque)
 
     def _watch(self, channel: SocketChannel) -> None:
         # With self._lock held.

@@ -15,10 +15,10 @@ from collections.abc import Callable
 from typing import Any
 
 from .. import _deadline
-from .._context import IO_IN, IO_OUT, IOCondition, MainContext, Source
+from .._context import IO_IN, IO_OUT, IOCondition, MainContext, Source, _CallOnce
 from .._errors import TaskStateError
 from .._task import DestroyNotify, Task, TaskFunc
-from ._channel import READ_SIZE, LoopCall, SocketChannel, check_timeout, on_loop_thread
+from ._channel import READ_SIZE, SocketChannel, check_timeout
 
 __all__ = ["TLSChannel"]
 
@@ -328,13 +328,13 @@ class _Handshake:
         # The first step on the context's next iteration; if the context is
         # (or gets) closed first, complete instead (the task reports the
         # closed context), so that func and destroy are not lost.
-        self.context.post(LoopCall(self.step, (), self.finish, (None,)))
+        self.context.post(_CallOnce(self.step, (), self.finish, (None,)))
 
     def _cancelled(self, _task: Task[TLSChannel]) -> None:
         # In the cancelling thread (the deadline's for a timeout): finish on
         # the context thread, where the steps run -- or, if that loop is
         # gone or goes before, in the thread that finds it gone.
-        on_loop_thread(self.context, self.finish, None)
+        self.context._call_here_or_soon(self.finish, None)
 
     def step(self, *_ignored: Any) -> bool:
         self.watch = None
