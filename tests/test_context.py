@@ -448,6 +448,8 @@ def test_sources_reject_bad_arguments(ctx: MainContext, pair: SocketPair, assert
 
     with pytest.raises(ValueError, match="negative"):
         ctx.timeout_add(-1, fn)
+    with pytest.raises(ValueError, match=r"^timeout_add: ms must not be negative, got nan$"):
+        ctx.timeout_add(float("nan"), fn)  # would fire at once
     with pytest.raises(TypeError):
         ctx.timeout_add("x", fn)  # type: ignore[arg-type]
     with pytest.raises(TypeError):

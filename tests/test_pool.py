@@ -390,6 +390,7 @@ def test_repr_names_the_pool(make_pool: MakePool) -> None:
         ({"max_workers": 2.0}, TypeError, "max_workers"),
         ({"max_workers": True}, TypeError, "max_workers"),
         ({"idle_timeout": -1}, ValueError, "idle_timeout"),
+        ({"idle_timeout": float("nan")}, ValueError, "idle_timeout"),  # would kill the first thread
         ({"idle_timeout": "x"}, TypeError, "idle_timeout"),
         ({"idle_timeout": True}, TypeError, "idle_timeout"),
         ({"name": 3}, TypeError, "name"),

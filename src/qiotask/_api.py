@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Any, ParamSpec, TypeVar
 
 from . import _trace
+from ._checks import check_callable
 from ._context import all_contexts
 from ._pool import _all_pools
 from ._task import Task
@@ -35,8 +36,7 @@ async def to_thread(fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) ->
         TypeError: ``fn`` is not callable.
         Exception: whatever ``fn`` raised, with its traceback.
     """
-    if not callable(fn):
-        raise TypeError(f"to_thread: fn must be callable, not {type(fn).__name__}")
+    check_callable(fn, "to_thread")
     task: Task[R] = Task(None)
     task.run_in_thread(_call, functools.partial(fn, *args, **kwargs) if args or kwargs else fn)
     return await task

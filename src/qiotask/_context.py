@@ -31,6 +31,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from ._checks import check_callable, check_duration
 from ._errors import ContextClosedError, TaskStateError
 
 __all__ = [
@@ -403,11 +404,8 @@ class MainContext:
             TypeError: ``fn`` is not callable or ``ms`` is not a number.
             ValueError: ``ms`` is negative.
         """
-        _check_callable(fn, "timeout_add")
-        if not isinstance(ms, (int, float)) or isinstance(ms, bool):
-            raise TypeError(f"timeout_add: ms must be a number, not {type(ms).__name__}")
-        if ms < 0:
-            raise ValueError(f"timeout_add: ms must not be negative, got {ms}")
+        check_callable(fn, "timeout_add")
+        check_duration(ms, "timeout_add", "ms", unit="milliseconds")
         source = Source(self, "timeout", fn, args)
         source._interval = ms / 1000.0
         self._attach_source(source)
@@ -420,7 +418,7 @@ class MainContext:
         Raises:
             TypeError: ``fn`` is not callable.
         """
-        _check_callable(fn, "idle_add")
+        check_callable(fn, "idle_add")
         source = Source(self, "idle", fn, args)
         self._attach_source(source)
         return source
@@ -443,7 +441,7 @@ class MainContext:
             OSError: on the context thread, the loop refused the fd (asyncio:
                 a regular file, a closed fd); nothing is left registered.
         """
-        _check_callable(fn, "io_add_watch")
+        check_callable(fn, "io_add_watch")
         if not isinstance(fd, int) or isinstance(fd, bool):
             fileno = getattr(fd, "fileno", None)
             if fileno is None:
@@ -659,11 +657,6 @@ class Source:
     def __repr__(self) -> str:
         state = "removed" if self._removed else "active"
         return f"<Source {self.kind} {self._fn!r} {state}>"
-
-
-def _check_callable(fn: Any, where: str) -> None:
-    if not callable(fn):
-        raise TypeError(f"{where}: fn must be callable, not {type(fn).__name__}")
 
 
 class MainLoop:

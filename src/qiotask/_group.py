@@ -52,6 +52,7 @@ from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Any
 
+from ._checks import check_callable
 from ._context import MainContext, attach, await_hook, get_context
 from ._errors import TaskCancelled, TaskError, TaskStateError
 from ._task import Task, _resolve_soon
@@ -121,8 +122,7 @@ class TaskGroup:
         context: Any = None,
         name: str | None = None,
     ) -> None:
-        if on_done is not None and not callable(on_done):
-            raise TypeError(f"TaskGroup: on_done must be callable or None, not {type(on_done).__name__}")
+        check_callable(on_done, "TaskGroup", "on_done", optional=True)
         if name is not None and not isinstance(name, str):
             raise TypeError(f"TaskGroup: name must be a str or None, not {type(name).__name__}")
         if context is not None and not isinstance(context, MainContext):

@@ -68,6 +68,7 @@ from collections.abc import Callable
 from typing import Any, TypedDict
 
 from . import _deadline
+from ._checks import check_duration
 
 __all__ = ["DEFAULT_GROW_AFTER", "DEFAULT_MAX_WORKERS", "STANDBY_TICK", "PoolStatistics", "WorkerPool", "default_pool"]
 
@@ -195,22 +196,14 @@ class WorkerPool:
             raise TypeError(f"max_workers must be an int, not {type(max_workers).__name__}")
         if max_workers < 1:
             raise ValueError(f"max_workers must be at least 1, got {max_workers}")
-        if not isinstance(idle_timeout, (int, float)) or isinstance(idle_timeout, bool):
-            raise TypeError(f"idle_timeout must be a number, not {type(idle_timeout).__name__}")
-        if idle_timeout < 0:
-            raise ValueError(f"idle_timeout must not be negative, got {idle_timeout}")
+        idle = check_duration(idle_timeout, "", "idle_timeout")
         if not isinstance(name, str):
             raise TypeError(f"name must be a str, not {type(name).__name__}")
-        if grow_after is not None:
-            if not isinstance(grow_after, (int, float)) or isinstance(grow_after, bool):
-                raise TypeError(f"grow_after must be a number of seconds or None, not {type(grow_after).__name__}")
-            if not grow_after >= 0:  # NaN too
-                raise ValueError(f"grow_after must be a non-negative number of seconds, got {grow_after}")
-            grow_after = float(grow_after)
+        grow = check_duration(grow_after, "", "grow_after", optional=True)
         self.max_workers = max_workers
-        self.idle_timeout = float(idle_timeout)
+        self.idle_timeout = idle
         self.name = name
-        self.grow_after = grow_after
+        self.grow_after = grow
         self._reset()
         _all_pools.add(self)
 

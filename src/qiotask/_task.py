@@ -70,6 +70,7 @@ from typing import Any, Generic, TypeVar
 
 from . import _deadline, _trace
 from . import _pool as _pool_module
+from ._checks import check_callable, check_duration
 from ._context import MainContext, attach, await_hook, get_context
 from ._errors import ContextClosedError, TaskCancelled, TaskStateError, TaskTimeout
 from ._limiter import Limiter
@@ -262,10 +263,8 @@ class Task(Generic[T]):
         context: Any = None,
         name: str | None = None,
     ) -> None:
-        if func is not None and not callable(func):
-            raise TypeError(f"Task: func must be callable or None, not {type(func).__name__}")
-        if destroy is not None and not callable(destroy):
-            raise TypeError(f"Task: destroy must be callable or None, not {type(destroy).__name__}")
+        check_callable(func, "Task", "func", optional=True)
+        check_callable(destroy, "Task", "destroy", optional=True)
         if name is not None and not isinstance(name, str):
             raise TypeError(f"Task: name must be a str or None, not {type(name).__name__}")
         if context is None:
@@ -392,8 +391,7 @@ class Task(Generic[T]):
             TypeError: ``destroy`` is not callable.
             TaskStateError: the task's outcome is already fixed.
         """
-        if destroy is not None and not callable(destroy):
-            raise TypeError(f"set_result: destroy must be callable or None, not {type(destroy).__name__}")
+        check_callable(destroy, "set_result", "destroy", optional=True)
         with _lock:
             if self._s >= _S_COMPLETING:
                 raise TaskStateError(f"task {self.name!r} is already completed; set_result() must come before")
@@ -611,8 +609,7 @@ class Task(Generic[T]):
         Raises:
             TypeError: ``fn`` is not callable.
         """
-        if not callable(fn):
-            raise TypeError(f"connect_progress: fn must be callable, not {type(fn).__name__}")
+        check_callable(fn, "connect_progress")
         ctl = self._own_ctl()
         with _lock:
             ctl.progress_fns = [*(ctl.progress_fns or ()), fn]
@@ -644,8 +641,7 @@ class Task(Generic[T]):
             ContextClosedError: the context's loop is gone.
             Exception: whatever ``fn`` raised.
         """
-        if not callable(fn):
-            raise TypeError(f"call_in_main: fn must be callable, not {type(fn).__name__}")
+        check_callable(fn, "call_in_main")
         if self._context.is_owner():
             raise TaskStateError(
                 f"task {self.name!r}: call_in_main() from the context thread itself; call the function directly"
@@ -687,8 +683,7 @@ class Task(Generic[T]):
         """
         if not callable(getattr(executor, "submit", None)):
             raise TypeError(f"run_in_executor: executor must have submit(), not {type(executor).__name__}")
-        if not callable(fn):
-            raise TypeError(f"run_in_executor: fn must be callable, not {type(fn).__name__}")
+        check_callable(fn, "run_in_executor")
         with _lock:
             if self._s != _S_PENDING:
                 raise TaskStateError(
@@ -797,8 +792,7 @@ class Task(Generic[T]):
         Raises:
             TypeError: ``fn`` is not callable.
         """
-        if not callable(fn):
-            raise TypeError(f"on_cancel: fn must be callable, not {type(fn).__name__}")
+        check_callable(fn, "on_cancel")
         ctl = self._own_ctl()
         with _lock:
             if ctl.cancel is None:
@@ -820,8 +814,7 @@ class Task(Generic[T]):
         Raises:
             TypeError: ``fn`` is not callable.
         """
-        if not callable(fn):
-            raise TypeError(f"add_done_callback: fn must be callable, not {type(fn).__name__}")
+        check_callable(fn, "add_done_callback")
         with _lock:
             if self._s < _S_DELIVERING:
                 if self._callbacks is None:
@@ -904,10 +897,8 @@ class Task(Generic[T]):
             TaskStateError: the task already runs a worker or was completed.
             RuntimeError: the pool was shut down.
         """
-        if not callable(worker):
-            raise TypeError(f"run_in_thread: worker must be callable, not {type(worker).__name__}")
-        if destroy is not None and not callable(destroy):
-            raise TypeError(f"run_in_thread: destroy must be callable or None, not {type(destroy).__name__}")
+        check_callable(worker, "run_in_thread", "worker")
+        check_callable(destroy, "run_in_thread", "destroy", optional=True)
         if pool is None:
             pool = _pool_module._default_pool
             if pool is None or pool._shutdown:
@@ -918,11 +909,7 @@ class Task(Generic[T]):
             raise TypeError(f"run_in_thread: priority must be an int, not {type(priority).__name__}")
         if limiter is not None and not isinstance(limiter, Limiter):
             raise TypeError(f"run_in_thread: limiter must be a qiotask.Limiter, not {type(limiter).__name__}")
-        if timeout is not None:
-            if not isinstance(timeout, (int, float)) or isinstance(timeout, bool):
-                raise TypeError(f"run_in_thread: timeout must be a number of seconds, not {type(timeout).__name__}")
-            if not timeout >= 0:
-                raise ValueError(f"run_in_thread: timeout must not be negative, got {timeout}")
+        check_duration(timeout, "run_in_thread", optional=True)
         with _lock:
             if self._s != _S_PENDING:
                 raise TaskStateError(

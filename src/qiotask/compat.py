@@ -30,6 +30,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from ._checks import check_callable
 from ._errors import TaskStateError
 from ._task import Task
 
@@ -138,8 +139,7 @@ def qio_task_run_in_thread(
     aborts it with the error set in ``errp`` (or a generic :class:`Error` when
     the worker set none).  ``destroy(opaque)`` runs after ``func``.
     """
-    if not callable(worker):
-        raise TypeError(f"qio_task_run_in_thread: worker must be callable, not {type(worker).__name__}")
+    check_callable(worker, "qio_task_run_in_thread", "worker")
     worker_destroy = None
     if destroy is not None:
 

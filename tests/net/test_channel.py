@@ -863,8 +863,8 @@ def test_bad_backlog_raises(num: Any, error: type[Exception], form: str) -> None
     [
         (-1, ValueError, "timeout must not be negative, got -1"),
         (float("nan"), ValueError, "timeout must not be negative, got nan"),
-        ("1", TypeError, "timeout must be a number of seconds, not str"),
-        (True, TypeError, "timeout must be a number of seconds, not bool"),
+        ("1", TypeError, "timeout must be a number of seconds or None, not str"),
+        (True, TypeError, "timeout must be a number of seconds or None, not bool"),
     ],
 )
 @pytest.mark.parametrize("form", ["connect_async", "listen_async", "dgram_async"])

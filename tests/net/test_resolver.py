@@ -298,9 +298,9 @@ def test_timed_lookups_are_not_held_up_by_hung_ones() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "error", "message"),
     [
-        ({"getaddrinfo": 1}, TypeError, "getaddrinfo must be callable, not int"),
-        ({"timeout": "1"}, TypeError, "timeout must be a number of seconds, not str"),
-        ({"timeout": True}, TypeError, "timeout must be a number of seconds, not bool"),
+        ({"getaddrinfo": 1}, TypeError, "getaddrinfo must be callable or None, not int"),
+        ({"timeout": "1"}, TypeError, "timeout must be a number of seconds or None, not str"),
+        ({"timeout": True}, TypeError, "timeout must be a number of seconds or None, not bool"),
         ({"timeout": 0}, ValueError, "timeout must be positive, got 0"),
         ({"timeout": -1.5}, ValueError, "timeout must be positive, got -1.5"),
         ({"timeout": float("nan")}, ValueError, "timeout must be positive, got nan"),

@@ -17,6 +17,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from .._checks import check_callable, check_duration
 from .._context import IOCondition, MainContext, Source, attach, get_context
 from .._errors import TaskCancelled
 from .._task import DestroyNotify, Task, TaskFunc
@@ -28,7 +29,6 @@ __all__ = [
     "SocketChannel",
     "address_of",
     "as_context",
-    "check_timeout",
     "inet_sockaddr",
     "listen_socket",
     "unix_file_of",
@@ -140,16 +140,6 @@ def inet_sockaddr(addr: InetSocketAddress) -> tuple[Any, ...]:
         return (addr.host, addr.port)
     infos = socket.getaddrinfo(addr.host, addr.port, socket.AF_INET6, 0, 0, socket.AI_NUMERICHOST)
     return infos[0][4]
-
-
-def check_timeout(timeout: object, where: str) -> None:
-    """Raise TypeError/ValueError unless ``timeout`` is None or seconds >= 0."""
-    if timeout is None:
-        return
-    if not isinstance(timeout, (int, float)) or isinstance(timeout, bool):
-        raise TypeError(f"{where}: timeout must be a number of seconds, not {type(timeout).__name__}")
-    if not timeout >= 0:
-        raise ValueError(f"{where}: timeout must not be negative, got {timeout}")
 
 
 def listen_socket(target: SocketAddress, num: int, *, v6only: bool = False) -> socket.socket:
@@ -580,7 +570,7 @@ class SocketChannel:
         context: Any,
         timeout: float | None,
     ) -> Task[SocketChannel]:
-        check_timeout(timeout, f"{what}_async")
+        check_duration(timeout, f"{what}_async", optional=True)
         task: Task[SocketChannel] = Task(self, func, opaque, destroy, context=self._task_context(context), name=what)
         # A cancel (or a close() of the channel) completes the task at once:
         # the worker may sit in getaddrinfo or connect, which nothing
@@ -727,8 +717,7 @@ class SocketChannel:
             ValueError: the channel is not open, or closed; bad ``condition``.
             TypeError: ``fn`` is not callable.
         """
-        if not callable(fn):
-            raise TypeError(f"add_watch: fn must be callable, not {type(fn).__name__}")
+        check_callable(fn, "add_watch")
 
         def on_ready(_fd: int, ready: IOCondition, *rest: Any) -> Any:
             return fn(self, ready, *rest)

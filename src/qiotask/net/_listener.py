@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from .._checks import check_callable
 from .._context import IO_IN, IOCondition, MainContext, Source, get_context
 from .._task import DestroyNotify, Task, TaskFunc
 from ._address import InetSocketAddress, SocketAddress
@@ -265,10 +266,8 @@ class NetListener:
         Raises:
             TypeError: ``fn`` or ``destroy`` is not callable.
         """
-        if fn is not None and not callable(fn):
-            raise TypeError(f"set_client_func: fn must be callable or None, not {type(fn).__name__}")
-        if destroy is not None and not callable(destroy):
-            raise TypeError(f"set_client_func: destroy must be callable or None, not {type(destroy).__name__}")
+        check_callable(fn, "set_client_func", "fn", optional=True)
+        check_callable(destroy, "set_client_func", "destroy", optional=True)
         made = as_context(context)
         if made is None and fn is not None:
             made = self.context

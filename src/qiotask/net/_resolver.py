@@ -13,6 +13,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from .._checks import check_callable, check_duration
 from .._errors import TaskTimeout
 from .._pool import WorkerPool
 from .._task import DestroyNotify, Task, TaskFunc
@@ -114,13 +115,8 @@ class DNSResolver:
         timeout: float | None = None,
         pool: WorkerPool | None = None,
     ) -> None:
-        if getaddrinfo is not None and not callable(getaddrinfo):
-            raise TypeError(f"DNSResolver: getaddrinfo must be callable, not {type(getaddrinfo).__name__}")
-        if timeout is not None:
-            if not isinstance(timeout, (int, float)) or isinstance(timeout, bool):
-                raise TypeError(f"DNSResolver: timeout must be a number of seconds, not {type(timeout).__name__}")
-            if not timeout > 0:
-                raise ValueError(f"DNSResolver: timeout must be positive, got {timeout}")
+        check_callable(getaddrinfo, "DNSResolver", "getaddrinfo", optional=True)
+        check_duration(timeout, "DNSResolver", optional=True, positive=True)
         if pool is not None and not isinstance(pool, WorkerPool):
             raise TypeError(f"DNSResolver: pool must be a WorkerPool, not {type(pool).__name__}")
         self._getaddrinfo: GetAddrInfo = getaddrinfo if getaddrinfo is not None else socket.getaddrinfo

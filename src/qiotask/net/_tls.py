@@ -15,10 +15,11 @@ from collections.abc import Callable
 from typing import Any
 
 from .. import _deadline
+from .._checks import check_callable, check_duration
 from .._context import IO_IN, IO_OUT, IOCondition, MainContext, Source, _CallOnce
 from .._errors import TaskStateError
 from .._task import DestroyNotify, Task, TaskFunc
-from ._channel import READ_SIZE, SocketChannel, check_timeout
+from ._channel import READ_SIZE, SocketChannel
 
 __all__ = ["TLSChannel"]
 
@@ -139,7 +140,7 @@ class TLSChannel:
             TypeError, ValueError: bad ``timeout``.
             qiotask.TaskStateError: a handshake was already started.
         """
-        check_timeout(timeout, "handshake")
+        check_duration(timeout, "handshake", optional=True)
         if self._handshake is not None:
             raise TaskStateError("handshake: a TLS channel has one handshake; it was already started")
         where: MainContext = self.channel._task_context(context)
@@ -226,8 +227,7 @@ class TLSChannel:
             ValueError: the channel was closed.
             TypeError: ``fn`` is not callable.
         """
-        if not callable(fn):
-            raise TypeError(f"add_watch: fn must be callable, not {type(fn).__name__}")
+        check_callable(fn, "add_watch")
         if not isinstance(condition, int) or isinstance(condition, bool):
             raise TypeError(f"add_watch: condition must be an IOCondition, not {type(condition).__name__}")
         source: Source | None = None
