@@ -397,7 +397,7 @@ def test_sources_in_an_attached_run(pair: SocketPair) -> None:
             await done.wait()
         # Every source has ended: no timer or fd watcher task is left.
         await trio.testing.wait_all_tasks_blocked()
-        assert not ctx._timers and not ctx._fd_scopes and not ctx._fd_interest
+        assert not ctx._timers and not ctx._fd_scopes and not ctx._io_mask
 
     trio.run(main)
     assert {t for _, _, t in seen} == {threading.current_thread()}

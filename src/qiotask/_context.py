@@ -174,7 +174,9 @@ class MainContext:
         self._closed = False
         # fd -> watches; touched on the context thread only.
         self._io: dict[int, list[Source]] = {}
-        self._io_mask: dict[int, tuple[bool, bool]] = {}
+        # fd -> (read, write): what the loop was last told to watch for; None
+        # if telling it failed (the loop's state is unknown: tell both sides).
+        self._io_mask: dict[int, tuple[bool, bool] | None] = {}
         self.exception_handler: Callable[[str, BaseException], None] | None = None
         _all_contexts.add(self)
 
@@ -196,10 +198,12 @@ class MainContext:
         """On the context thread: call ``fn()`` after ``delay`` seconds."""
         raise NotImplementedError
 
-    def _set_fd_interest(self, fd: int, read: bool, write: bool) -> None:
+    def _set_fd_interest(self, fd: int, read: bool, write: bool, old: tuple[bool, bool] | None) -> None:
         """On the context thread: call ``self._fd_ready(fd)`` whenever ``fd``
         is readable (if ``read``) or writable (if ``write``); both False
-        stops watching it."""
+        stops watching it.  ``old`` is what the loop was told before
+        ((False, False) for a new fd), or None if that is unknown (the last
+        change failed) -- the base keeps this record for every adapter."""
         raise NotImplementedError
 
     def _run_loop(self) -> None:
@@ -502,11 +506,12 @@ class MainContext:
             mask |= watch._condition
         read = bool(mask & _READ_SIDE_BITS)
         write = bool(mask & _OUT_BITS)
-        if self._io_mask.get(fd, (False, False)) != (read, write):
+        old = self._io_mask.get(fd, (False, False))
+        if old != (read, write):
             try:
-                self._set_fd_interest(fd, read, write)
+                self._set_fd_interest(fd, read, write, old)
             except BaseException:
-                self._io_mask.pop(fd, None)  # what the loop holds is unknown now
+                self._io_mask[fd] = None  # what the loop holds is unknown now
                 raise
             if read or write:
                 self._io_mask[fd] = (read, write)
@@ -539,17 +544,12 @@ class MainContext:
                 watch._fire_io(_CONDITIONS[fired])
 
     def _pause_reader(self, fd: int) -> None:
-        read, write = self._io_mask.get(fd, (False, False))
-        if not read:
+        old = self._io_mask.get(fd)
+        if not old or not old[0]:
             return
-        self._io_mask[fd] = (False, write)
-        self._set_fd_interest(fd, False, write)
-
-        def resume() -> None:
-            self._io_mask.pop(fd, None)
-            self._io_refresh(fd)
-
-        self._call_later(HANGUP_POLL_INTERVAL, resume)
+        self._set_fd_interest(fd, False, old[1], old)
+        self._io_mask[fd] = (False, old[1])
+        self._call_later(HANGUP_POLL_INTERVAL, lambda: self._io_refresh(fd))
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"

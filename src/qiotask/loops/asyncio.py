@@ -48,9 +48,6 @@ class AsyncioContext(MainContext):
         self.loop = loop
         # Bound once: post() asks this on every queued item.
         self._loop_closed = loop.is_closed  # type: ignore[method-assign]
-        # fd -> (reading, writing): what the loop was last told.
-        self._fd_sides: dict[int, tuple[bool, bool]] = {}
-        self._fd_unsure: set[int] = set()  # fds whose last change failed
         if thread is not None:
             self._set_owner(thread)
 
@@ -65,35 +62,20 @@ class AsyncioContext(MainContext):
     def _call_later(self, delay: float, fn: Callable[[], None]) -> _TimerHandle:
         return self.loop.call_later(delay, fn)
 
-    def _set_fd_interest(self, fd: int, read: bool, write: bool) -> None:
-        # Only the side that changed: remove_writer() of an fd without a
-        # writer still costs a selector lookup and a KeyError.
-        if fd in self._fd_unsure:
-            # A call for this fd failed before: tell the loop both sides.
-            self._fd_unsure.discard(fd)
-            old_read, old_write = not read, not write
-        else:
-            old_read, old_write = self._fd_sides.pop(fd, (False, False))
+    def _set_fd_interest(self, fd: int, read: bool, write: bool, old: tuple[bool, bool] | None) -> None:
+        # Only the side that changed; old None (a change failed): both.
+        old_read, old_write = (not read, not write) if old is None else old
         loop = self.loop
-        try:
-            if read != old_read:
-                if read:
-                    loop.add_reader(fd, self._fd_ready, fd)
-                else:
-                    loop.remove_reader(fd)
-            if write != old_write:
-                if write:
-                    loop.add_writer(fd, self._fd_ready, fd)
-                else:
-                    loop.remove_writer(fd)
-        except BaseException:
-            # asyncio refused (a regular file, a closed fd): what it holds for
-            # this fd number is unknown, so the next call sets both sides.
-            self._fd_sides.pop(fd, None)
-            self._fd_unsure.add(fd)
-            raise
-        if read or write:
-            self._fd_sides[fd] = (read, write)
+        if read != old_read:
+            if read:
+                loop.add_reader(fd, self._fd_ready, fd)
+            else:
+                loop.remove_reader(fd)
+        if write != old_write:
+            if write:
+                loop.add_writer(fd, self._fd_ready, fd)
+            else:
+                loop.remove_writer(fd)
 
     def _run_loop(self) -> None:
         if self.loop.is_closed():

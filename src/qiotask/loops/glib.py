@@ -295,7 +295,7 @@ class GLibContext(MainContext):
             source.attach(self.glib_context)
         return timer
 
-    def _set_fd_interest(self, fd: int, read: bool, write: bool) -> None:
+    def _set_fd_interest(self, fd: int, read: bool, write: bool, old: tuple[bool, bool] | None) -> None:
         # A unix fd source watches a fixed condition: replace it when the
         # interest changes (rare: only when the union of watches changes).
         condition = _NO_CONDITION
@@ -307,12 +307,12 @@ class GLibContext(MainContext):
         if source is not None:
             source.set_callback(self._on_fd, fd)
         with self._sources_lock:
-            old = self._fd_sources.pop(fd, None)
+            replaced = self._fd_sources.pop(fd, None)
             if source is not None and not self._closed:
                 self._fd_sources[fd] = source
                 source.attach(self.glib_context)
-        if old is not None:
-            old.destroy()
+        if replaced is not None:
+            replaced.destroy()
 
     def _on_fd(self, fd: int) -> bool:
         # GLib does not tell this callback what is ready: _fd_ready polls.

@@ -251,7 +251,7 @@ class QtContext(MainContext):
         self._timers.add(timer)
         return timer
 
-    def _set_fd_interest(self, fd: int, read: bool, write: bool) -> None:
+    def _set_fd_interest(self, fd: int, read: bool, write: bool, old: tuple[bool, bool] | None) -> None:
         if (not read and not write) or self._gone:
             for notifier in self._notifiers.pop(fd, ()):
                 if notifier is not None:

@@ -350,18 +350,14 @@ class TkContext(MainContext):
     def _call_later(self, delay: float, fn: Callable[[], None]) -> _TimerHandle:
         return _Timer(self, delay, fn)
 
-    def _set_fd_interest(self, fd: int, read: bool, write: bool) -> None:
+    def _set_fd_interest(self, fd: int, read: bool, write: bool, old: tuple[bool, bool] | None) -> None:
         root = self._root
         if root is None or self._dead:
             return
         if self.polling:
-            if read or write:
-                self._polled_fds[fd] = (read, write)
-            else:
-                self._polled_fds.pop(fd, None)
-            return
+            return  # _poll_fds reads self._io_mask
         tk = root.tk
-        if fd in self._fd_handlers:
+        if old is None or any(old):
             # Replacing a handler in place would leave tkinter's record of the
             # old one behind until the fd is deleted.
             tk.deletefilehandler(fd)
@@ -429,7 +425,7 @@ class TkContext(MainContext):
     def _poll_tick(self) -> None:
         self._poll_id = None
         try:
-            if self._polled_fds:
+            if self._io_mask:
                 self._poll_fds()
             if self._wake_flag:
                 self._wake_flag = False
@@ -440,8 +436,9 @@ class TkContext(MainContext):
                 self._poll_id = root.tk.call("after", POLL_INTERVAL_MS, self._poll_cmd)
 
     def _poll_fds(self) -> None:
-        readers = [fd for fd, (read, _) in self._polled_fds.items() if read]
-        writers = [fd for fd, (_, write) in self._polled_fds.items() if write]
+        polled = {fd: m for fd, m in self._io_mask.items() if m}
+        readers = [fd for fd, (read, _) in polled.items() if read]
+        writers = [fd for fd, (_, write) in polled.items() if write]
         ready: list[int]
         try:
             readable, writable, _ = select.select(readers, writers, [], 0)
@@ -449,9 +446,9 @@ class TkContext(MainContext):
         except (OSError, ValueError):
             # A closed fd among them: let every watch look at its own fd
             # (the base polls it and reports IO_ERR for the bad one).
-            ready = list(self._polled_fds)
+            ready = list(polled)
         for fd in dict.fromkeys(ready):
-            if fd in self._polled_fds and not self._dead:
+            if fd in self._io_mask and not self._dead:
                 try:
                     self._fd_ready(fd)
                 except Exception as exc:

@@ -147,7 +147,6 @@ class TrioContext(MainContext):
         # Sources survive the end of a standalone run: live timers, and the
         # fd interest (read, write) the base class asked for.
         self._timers: set[_Timer] = set()
-        self._fd_interest: dict[int, tuple[bool, bool]] = {}
         # The watcher system task of each (fd, writable), by its scope.
         self._fd_scopes: dict[tuple[int, bool], trio.CancelScope] = {}
         # The scope of an attached context's run watcher (see _watch_run).
@@ -202,11 +201,7 @@ class TrioContext(MainContext):
             self._start_timer(timer, delay)
         return timer
 
-    def _set_fd_interest(self, fd: int, read: bool, write: bool) -> None:
-        if read or write:
-            self._fd_interest[fd] = (read, write)
-        else:
-            self._fd_interest.pop(fd, None)
+    def _set_fd_interest(self, fd: int, read: bool, write: bool, old: tuple[bool, bool] | None) -> None:
         for writable, wanted in ((False, read), (True, write)):
             key = (fd, writable)
             scope = self._fd_scopes.get(key)
@@ -282,8 +277,8 @@ class TrioContext(MainContext):
         for timer in list(self._timers):
             if timer._scope is None:
                 self._start_timer(timer, max(0.0, timer._deadline - now))
-        for fd, (read, write) in list(self._fd_interest.items()):
-            self._set_fd_interest(fd, read, write)
+        for fd, (read, write) in [(f, m) for f, m in self._io_mask.items() if m]:
+            self._set_fd_interest(fd, read, write, None)
 
     def close(self) -> None:
         """Close the context for good; safe from any thread, more than once.
@@ -307,7 +302,7 @@ class TrioContext(MainContext):
             if token is None:
                 # A standalone context between runs: nothing runs in trio.
                 self._timers.clear()
-                self._fd_interest.clear()
+                self._io_mask.clear()
             elif _in_trio_run() and _current_trio_token() is token:
                 self._release()
             else:
@@ -324,7 +319,7 @@ class TrioContext(MainContext):
         scopes += self._fd_scopes.values()
         scopes.append(self._watch_scope)
         self._timers.clear()
-        self._fd_interest.clear()
+        self._io_mask.clear()
         self._fd_scopes.clear()
         for scope in scopes:
             if scope is not None:
