@@ -49,7 +49,6 @@ def info() -> int:
         if name == "tk" and not os.environ.get("DISPLAY"):
             note = " (no DISPLAY set: a Tk window needs an X server, e.g. Xvfb)"
         if name == "asyncio":
-            module = platform  # asyncio is versioned with Python itself
             print(f"  {name:<8} usable, version {platform.python_version()} (stdlib)")
             continue
         if name == "qt":

@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import os
 import socket
+import ssl
 import stat
 import threading
 from collections.abc import Callable
@@ -35,6 +36,9 @@ __all__ = [
 ]
 
 _default_resolver = DNSResolver()
+#: What a non-blocking recv/send raises for "nothing now"; the TLS ones when
+#: a TLSChannel carries the socket (OpenSSL wants to read or write first).
+_NOT_NOW = (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
 #: How much ``read()`` asks for when not told: one loopback segment's worth.
 READ_SIZE = 65536
 
@@ -676,7 +680,7 @@ class SocketChannel:
         sock = self._open_sock("read")
         try:
             return sock.recv(n)
-        except (BlockingIOError, InterruptedError):
+        except _NOT_NOW:
             return None
 
     def write(self, data: bytes | bytearray | memoryview) -> int | None:
@@ -691,7 +695,7 @@ class SocketChannel:
         sock = self._open_sock("write")
         try:
             return sock.send(data)
-        except (BlockingIOError, InterruptedError):
+        except _NOT_NOW:
             return None
 
     def shutdown(self, how: int = socket.SHUT_WR) -> None:

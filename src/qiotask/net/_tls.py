@@ -190,11 +190,8 @@ class TLSChannel:
             ValueError: the channel was closed.
             ssl.SSLError, OSError: the session or connection failed.
         """
-        sock = self.channel._open_sock("read")
         try:
-            return sock.recv(n)
-        except (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError, InterruptedError):
-            return None
+            return self.channel.read(n)  # the channel's socket is this TLS socket
         except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
             # close_notify, or a peer that closed without one (as most do):
             # either way the stream ended.
@@ -209,11 +206,7 @@ class TLSChannel:
             ValueError: the channel was closed.
             ssl.SSLError, OSError: the session or connection failed.
         """
-        sock = self.channel._open_sock("write")
-        try:
-            return sock.send(data)
-        except (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError, InterruptedError):
-            return None
+        return self.channel.write(data)  # the channel's socket is this TLS socket
 
     def add_watch(
         self, condition: IOCondition | int, fn: Callable[..., Any], *args: Any, context: Any = None
