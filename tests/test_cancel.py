@@ -6,6 +6,7 @@ from __future__ import annotations
 import random
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -449,3 +450,21 @@ def test_cleanups_queued_to_a_context_run_when_it_closes(pool: qiotask.WorkerPoo
     finally:
         release.set()
         own.close()
+
+
+def test_cancelled_deadlines_do_not_pile_up() -> None:
+    """Deadlines cancelled long before they are due (tasks that finished in
+    time) are swept from the timer heap, which stays within twice the live
+    ones (plus a small floor), whatever the number cancelled."""
+    from qiotask import _deadline
+
+    live = [_deadline.call_at(time.monotonic() + 3600, lambda: None) for _ in range(10)]
+    try:
+        for _ in range(5000):
+            _deadline.call_at(time.monotonic() + 3600, lambda: None).cancel()
+        with _deadline._cond:
+            size = len(_deadline._heap)
+        assert size <= max(2 * _deadline._MIN_COMPACT, 4 * len(live)), size
+    finally:
+        for deadline in live:
+            deadline.cancel()

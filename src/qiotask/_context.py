@@ -741,14 +741,12 @@ _fallback_detectors: list[Callable[[], MainContext | None]] = []
 
 # (predicate, attacher) pairs registered by adapters; see attach().
 _attachers: list[tuple[Callable[[Any], bool], Callable[[Any], MainContext]]] = []
-_attach_kinds: list[str] = []
 
 _default: MainContext | None = None
 _default_lock = threading.Lock()
 
 
 def register_adapter(
-    kind: str,
     predicate: Callable[[Any], bool],
     attacher: Callable[[Any], MainContext],
     detector: Callable[[], MainContext | None] | None = None,
@@ -756,20 +754,27 @@ def register_adapter(
     fallback: bool = False,
 ) -> None:
     """Used by ``qiotask.loops.*`` to plug a loop kind into attach()/get_context()."""
-    _attach_kinds.append(kind)
     _attachers.append((predicate, attacher))
     if detector is not None:
         (_fallback_detectors if fallback else _detectors).append(detector)
 
 
 # Adapters imported on first use, so that importing qiotask imports no
-# toolkit: (kind, test on the object's type's module, adapter module).  The
-# module registers itself with register_adapter() when imported.
-_LAZY_ADAPTERS: tuple[tuple[str, Callable[[str], bool], str], ...] = (
-    ("a GLib.MainContext", lambda module: module.startswith("gi."), "qiotask.loops.glib"),
-    ("a Qt application (QCoreApplication)", lambda module: module.startswith("PySide6"), "qiotask.loops.qt"),
-    ("a tkinter.Tk", lambda module: module == "tkinter", "qiotask.loops.tk"),
-    ("a trio token", lambda module: module.startswith("trio"), "qiotask.loops.trio"),
+# toolkit: (kind, test on the object's type's module, adapter module, the
+# toolkit module whose presence means get_context() should load the adapter,
+# None if only attach() does).  The adapter registers itself with
+# register_adapter() when imported.  get_context() tries them in this order:
+# GLib last, because Qt and PyGObject's asyncio loop run on top of it.
+_LAZY_ADAPTERS: tuple[tuple[str, Callable[[str], bool], str, str | None], ...] = (
+    ("a trio token", lambda module: module.startswith("trio"), "qiotask.loops.trio", "trio"),
+    (
+        "a Qt application (QCoreApplication)",
+        lambda module: module.startswith("PySide6"),
+        "qiotask.loops.qt",
+        "PySide6.QtCore",
+    ),
+    ("a tkinter.Tk", lambda module: module == "tkinter", "qiotask.loops.tk", None),
+    ("a GLib.MainContext", lambda module: module.startswith("gi."), "qiotask.loops.glib", "gi.repository.GLib"),
 )
 
 
@@ -791,11 +796,11 @@ def attach(obj: Any) -> MainContext:
     # Every class of the object counts, not only its own: applications
     # subclass the toolkit's classes (class App(tkinter.Tk) in __main__).
     modules = [getattr(cls, "__module__", None) or "" for cls in type(obj).__mro__]
-    for _kind, matches, adapter in _LAZY_ADAPTERS:
+    for _kind, matches, adapter, _trigger in _LAZY_ADAPTERS:
         if adapter not in sys.modules and any(matches(module) for module in modules):
             importlib.import_module(adapter)  # an ImportError here says what is missing
             return attach(obj)
-    kinds = ", ".join(["an asyncio event loop"] + [kind for kind, _, _ in _LAZY_ADAPTERS])
+    kinds = ", ".join(["an asyncio event loop"] + [kind for kind, _, _, _ in _LAZY_ADAPTERS])
     raise TypeError(f"qiotask.attach(): cannot attach to a {type(obj).__name__} object; supported: {kinds}")
 
 
@@ -829,16 +834,12 @@ def get_context() -> MainContext:
         ctx = detect()
         if ctx is not None:
             return ctx
-    if "trio" in sys.modules and _load_adapter("qiotask.loops.trio"):
-        # trio is in use and its adapter was not loaded: now it is, with its
-        # detector; look again.
-        return get_context()
-    if "PySide6.QtCore" in sys.modules and _load_adapter("qiotask.loops.qt"):
-        # Likewise for Qt: its detector knows a Qt event loop runs here.
-        return get_context()
-    if "gi.repository.GLib" in sys.modules and _load_adapter("qiotask.loops.glib"):
-        # Likewise for GLib, whose detector knows a GLib callback is running.
-        return get_context()
+    for _kind, _matches, adapter, trigger in _LAZY_ADAPTERS:
+        if trigger is not None and trigger in sys.modules and _load_adapter(adapter):
+            # The toolkit is in use and its adapter was not loaded: now it
+            # is, with its detector (a trio run, a Qt loop, a GLib callback
+            # running here); look again.
+            return get_context()
     for detect in _fallback_detectors:
         ctx = detect()
         if ctx is not None:

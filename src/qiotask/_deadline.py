@@ -32,10 +32,9 @@ THREAD_NAME = "qiotask-deadlines"
 class Deadline:
     """A pending call; ``cancel()`` it once it is not needed any more."""
 
-    __slots__ = ("fn", "when")
+    __slots__ = ("fn",)
 
-    def __init__(self, when: float, fn: Callable[[], object] | None) -> None:
-        self.when = when
+    def __init__(self, fn: Callable[[], object] | None) -> None:
         self.fn = fn
 
     def cancel(self) -> None:
@@ -43,18 +42,28 @@ class Deadline:
         self.fn = None  # one store: atomic, read once by the timer thread
 
 
-# _cond's lock guards _heap and _thread.
+# _cond's lock guards _heap, _compact_at and _thread.
 _cond = threading.Condition(threading.Lock())
 _heap: list[tuple[float, int, Deadline]] = []
+#: A cancel leaves its entry in the heap (it is one store, with no lock); most
+#: deadlines are cancelled long before they are due (a task that finishes in
+#: time), so the heap is swept of them whenever it doubles in size: O(1) per
+#: deadline, amortized, and memory bounded by twice the live ones.
+_MIN_COMPACT = 64
+_compact_at = _MIN_COMPACT
 _seq = itertools.count()
 _thread: threading.Thread | None = None
 
 
 def call_at(when: float, fn: Callable[[], object]) -> Deadline:
     """Call ``fn()`` on the timer thread at ``time.monotonic()`` == ``when``."""
-    global _thread
-    deadline = Deadline(when, fn)
+    global _thread, _compact_at
+    deadline = Deadline(fn)
     with _cond:
+        if len(_heap) >= _compact_at:
+            _heap[:] = [entry for entry in _heap if entry[2].fn is not None]
+            heapq.heapify(_heap)
+            _compact_at = max(_MIN_COMPACT, 2 * len(_heap))
         heapq.heappush(_heap, (when, next(_seq), deadline))
         if _thread is None:
             _thread = threading.Thread(target=_run, name=THREAD_NAME, daemon=True)
@@ -90,9 +99,10 @@ def _run() -> None:
 
 def _after_fork_in_child() -> None:
     # The timer thread does not exist in the child: start afresh.
-    global _cond, _thread
+    global _cond, _thread, _compact_at
     _cond = threading.Condition(threading.Lock())
     _heap.clear()
+    _compact_at = _MIN_COMPACT
     _thread = None
 
 

@@ -170,7 +170,6 @@ def _detect() -> MainContext | None:
 
 
 register_adapter(
-    "asyncio event loop",
     lambda obj: isinstance(obj, asyncio.AbstractEventLoop),
     _attach_loop,
     _detect,

@@ -452,7 +452,6 @@ def _detect() -> MainContext | None:
 
 
 register_adapter(
-    "a GLib.MainContext",
     lambda obj: isinstance(obj, (GLib.MainContext, GLib.MainLoop)),
     _attach,
     _detect,

@@ -614,4 +614,4 @@ def _detect() -> MainContext | None:
     return _attach_app(app)
 
 
-register_adapter("a Qt application (QCoreApplication)", _is_qt_object, _attach_app, _detect)
+register_adapter(_is_qt_object, _attach_app, _detect)

@@ -549,4 +549,4 @@ def _attach_root(obj: Any) -> MainContext:
     return ctx
 
 
-register_adapter("tkinter.Tk root", lambda obj: isinstance(obj, tkinter.Misc), _attach_root, _detect)
+register_adapter(lambda obj: isinstance(obj, tkinter.Misc), _attach_root, _detect)

@@ -449,7 +449,6 @@ def _detect() -> MainContext | None:
 
 
 register_adapter(
-    "a trio token",
     lambda obj: isinstance(obj, _lowlevel.TrioToken),
     _attach_token,
     _detect,
