@@ -340,8 +340,7 @@ class MainContext:
         the calling thread (their destroy notifiers run, a warning names each
         task).  Adapters also release what they hold of their loop.
         """
-        self._closed = True
-        self._close_queue()
+        self._close_queue()  # which marks the context closed
 
     def _adopt(self, refs: tuple[Any, ...]) -> None:
         """Take the last references of a task completed off this context's

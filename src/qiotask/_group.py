@@ -231,10 +231,7 @@ class TaskGroup:
                 ``Task.run_in_thread``; the task then never ran, and the
                 group does not count it.
         """
-        if context is None:
-            context = get_context()
-        elif not isinstance(context, MainContext):
-            context = attach(context)
+        context = get_context() if context is None else attach(context)  # attach() returns a context as is
         self._check_thread(context, "a task")
         if self._closed:
             raise self._closed_error()
@@ -335,7 +332,8 @@ class TaskGroup:
     def _task_done(self, task: Task[Any]) -> None:
         # The task's done-callback: on its context thread (or, if that
         # context is closed, in whatever thread completed it).
-        err = _error_of(task)
+        # exception(), not propagate_error(): func may have used up its "once".
+        err = task.exception()
         with self._lock:
             self._pending.pop(task, None)
             ours = task in self._cancelled_by_group
@@ -575,12 +573,6 @@ class TaskGroup:
                 stacklevel=1,
                 source=self,
             )
-
-
-def _error_of(task: Task[Any]) -> BaseException | None:
-    """The error a finished task delivered, without using up
-    ``propagate_error()``'s "once" (func may have used it)."""
-    return task.exception()
 
 
 def _async_backend() -> str:

@@ -422,11 +422,17 @@ class Task(Generic[T]):
         """
         self._claim("complete")
         if result is not None:
-            if self._result_destroy is not None:
-                self._notify(self._result_destroy, self._result, "result destroy notifier")
-                self._result_destroy = None
-            self._result = result
+            self._replace_result(result)
         self._hand_over()
+
+    def _replace_result(self, value: Any) -> None:
+        # A new result (by complete() or the worker) replaces one set before:
+        # the old one's destroy notifier runs now.  Only the completing
+        # thread calls this, once the outcome is claimed: no lock.
+        old, old_destroy = self._result, self._result_destroy
+        self._result, self._result_destroy = value, None
+        if old_destroy is not None:
+            self._notify(old_destroy, old, "result destroy notifier")
 
     def abort(self, err: BaseException) -> None:
         """Mark the operation as failed with ``err`` (unless an error was set
@@ -976,12 +982,7 @@ class Task(Generic[T]):
                 if self._error is None:
                     self._error = exc
         elif result is not None:
-            # The worker's value replaces one it set before (and its destroy).
-            old, old_destroy = self._result, self._result_destroy
-            self._result = result
-            if old_destroy is not None:
-                self._result_destroy = None
-                self._notify(old_destroy, old, "result destroy notifier")
+            self._replace_result(result)  # the worker's value replaces one it set before
         if thread is not None and thread[4]:
             # abandon_on_cancel: a cancel may take the completion over at any
             # moment; decide under the lock which of the two completes.

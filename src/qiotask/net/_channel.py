@@ -62,9 +62,7 @@ def address_of(family: int, sockaddr: Any) -> SocketAddress | None:
 
 def as_context(context: Any) -> MainContext | None:
     """``context`` as a MainContext (a loop object is attached); None stays None."""
-    if context is None or isinstance(context, MainContext):
-        return context
-    return attach(context)
+    return None if context is None else attach(context)  # attach() returns a context as is
 
 
 def _unix_name(addr: UnixSocketAddress) -> str:
