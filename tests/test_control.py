@@ -5,6 +5,7 @@ from __future__ import annotations
 import concurrent.futures
 import os
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -14,7 +15,7 @@ import qiotask
 from qiotask import ContextClosedError, Task, TaskCancelled, TaskStateError
 
 from .backends import open_backend, thread_default
-from .conftest import LoopRunner
+from .conftest import LoopRunner, wait_for
 
 
 def counting_dispatches(ctx: qiotask.MainContext, monkeypatch: pytest.MonkeyPatch) -> list[int]:
@@ -42,6 +43,14 @@ def ctx(request: pytest.FixtureRequest) -> Iterator[qiotask.MainContext]:
 
 def test_a_million_reports_do_not_flood_the_loop(runner: LoopRunner, monkeypatch: pytest.MonkeyPatch) -> None:
     dispatches = counting_dispatches(runner.context, monkeypatch)
+    posts = [0]
+    call_soon = runner.context.call_soon
+
+    def counting_call_soon(*args: Any) -> None:
+        posts[0] += 1
+        call_soon(*args)
+
+    monkeypatch.setattr(runner.context, "call_soon", counting_call_soon)
     seen: list[tuple[Any, ...]] = []
     order: list[str] = []
     reports = 1_000_000
@@ -62,6 +71,7 @@ def test_a_million_reports_do_not_flood_the_loop(runner: LoopRunner, monkeypatch
     print(f"{reports:,} reports -> {len(seen):,} deliveries in {dispatches[0]:,} loop dispatches")
     assert 1 <= len(seen) <= dispatches[0]  # at most one delivery per loop iteration
     assert len(seen) < reports / 10  # one per loop iteration, not one per report
+    assert posts[0] <= len(seen) + 1  # and nothing queued for the reports in between
     assert seen[-1][:3] == (reports, reports, "working")  # the last report is always delivered
     assert order[-1] == "func" and order[-2] == "progress"  # ... before the completion
     assert {s[3] for s in seen} == {threading.current_thread().name}
@@ -131,6 +141,46 @@ def test_call_in_main_on_the_context_thread_is_refused(ctx: qiotask.MainContext)
     with pytest.raises(TaskStateError, match="context thread itself"):
         task.call_in_main(print)
     task.complete()
+
+
+def test_final_progress_precedes_func_under_wait_thread(ctx: qiotask.MainContext) -> None:
+    """With the loop not running (wait_thread), the last report is still
+    delivered, and before func."""
+    order: list[Any] = []
+
+    def worker(task: Task[Any], opaque: Any) -> None:
+        task.report_progress(1)
+        task.report_progress(2)
+
+    task = Task(None, lambda s, e, o: order.append("func"))
+    task.connect_progress(lambda t, done, total, message: order.append(("progress", done)))
+    task.run_in_thread(worker)
+    task.wait_thread()
+    assert order[-2:] == [("progress", 2), "func"], order
+
+
+def test_wait_thread_serves_a_call_in_main_made_before_it(ctx: qiotask.MainContext) -> None:
+    """A worker already blocked in call_in_main when the loop thread enters
+    wait_thread() is served (else both would wait for ever)."""
+    task: Task[str] = Task(None)
+    task.run_in_thread(lambda t, o: t.call_in_main(lambda: "served"))
+    wait_for(lambda: bool(task._ctl.main_calls), what="the worker to be blocked in call_in_main")
+    done = threading.Event()
+
+    def unblock_if_deadlocked() -> None:
+        # Lets the test fail instead of hanging if wait_thread misses it.
+        if not done.wait(5):
+            for call in list(task._ctl.main_calls or ()):
+                call._dispatch()
+
+    watchdog = threading.Thread(target=unblock_if_deadlocked, name="watchdog")
+    watchdog.start()
+    start = time.monotonic()
+    task.wait_thread()
+    done.set()
+    watchdog.join(5)
+    assert time.monotonic() - start < 4, "wait_thread did not serve the pending call_in_main"
+    assert task.get_result() == "served"
 
 
 def test_call_in_main_while_the_loop_waits_in_wait_thread(ctx: qiotask.MainContext) -> None:

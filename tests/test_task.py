@@ -231,6 +231,17 @@ def test_set_result_replacing_a_value_destroys_the_old_one(ctx: qiotask.MainCont
     assert rec.names() == ["destroy-a", "destroy-b"]
 
 
+def test_complete_with_a_result_destroys_the_one_set_before(ctx: qiotask.MainContext) -> None:
+    """complete(result) replaces set_result's value: the old value's destroy
+    runs (with the old value), and the new value has none."""
+    rec = Recorder()
+    task = Task(None)
+    task.set_result("old", lambda v: rec.add("destroy", v))
+    task.complete("new")
+    assert task.get_result() == "new"
+    assert [(name, value) for name, value, _ in rec.events] == [("destroy", "old")]
+
+
 # -- the source ------------------------------------------------------------
 
 

@@ -917,3 +917,33 @@ def test_close_from_a_third_thread_waits_for_every_watching_context() -> None:
         b.close()
         first.close()
         second.close()
+
+
+def test_num_is_the_listen_backlog(monkeypatch: pytest.MonkeyPatch) -> None:
+    """listen_sync(addr, num) passes num to listen(), as QEMU does."""
+    backlogs: list[int] = []
+
+    class Recording(socket.socket):
+        def listen(self, *args: Any) -> None:
+            backlogs.extend(args)
+            super().listen(*args)
+
+    monkeypatch.setattr(socket, "socket", Recording)
+    with SocketChannel() as channel:
+        channel.listen_sync("127.0.0.1:0", 7)
+    assert backlogs == [7]
+
+
+def test_connect_tries_the_next_address_after_a_refusal() -> None:
+    """connect_sync tries a name's addresses in turn: 127.0.0.2 refuses,
+    127.0.0.1 accepts."""
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        port = server.getsockname()[1]
+
+        def two_addresses(host: str, p: int, *_rest: Any) -> list[tuple[Any, ...]]:
+            kind = socket.SOCK_STREAM
+            return [(socket.AF_INET, kind, 6, "", ("127.0.0.2", p)), (socket.AF_INET, kind, 6, "", ("127.0.0.1", p))]
+
+        with SocketChannel(resolver=DNSResolver(getaddrinfo=two_addresses)) as channel:
+            channel.connect_sync(f"somewhere.test:{port}")
+            assert channel.remote_address == InetSocketAddress("127.0.0.1", port)

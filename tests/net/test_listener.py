@@ -869,11 +869,11 @@ def test_bad_arguments(listeners: Callable[..., NetListener]) -> None:
     with pytest.raises(TypeError):
         NetListener(resolver=object())  # type: ignore[arg-type]
     listener = listeners()
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match="address must be a SocketAddress or address text, not int"):
         listener.open_sync(80)  # type: ignore[arg-type]
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match=r"num \(the listen backlog\) must be an int, not str"):
         listener.open_sync("127.0.0.1:0", "1")  # type: ignore[arg-type]
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="must not be negative"):
         listener.open_sync("127.0.0.1:0", -1)
     with pytest.raises(TypeError):
         listener.set_client_func(5)  # type: ignore[arg-type]

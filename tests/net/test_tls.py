@@ -671,7 +671,7 @@ def test_handshake_whose_context_closes_while_it_waits(certs: Certs, ending: str
                 assert not task.done()  # the end is queued to the loop, which does not run again
                 own.close()
             assert task.done()
-            assert isinstance(task.exception(), (qiotask.ContextClosedError, qiotask.TaskCancelled))
+            assert isinstance(task.exception(), qiotask.TaskCancelled)  # a cancel wins, as close() is one
             assert destroyed == ["opaque"] and called == []
         finally:
             tls.close()
