@@ -962,3 +962,24 @@ def test_fd_the_loop_refuses_leaves_nothing_behind(ctx: qiotask.MainContext, run
         (b if reader is a else a).send(b"x")
         runner.run_until(lambda: bool(fired))
         assert fired == [qiotask.IO_IN]
+
+
+def test_sources_added_to_a_closed_context_are_removed_at_once(pair: SocketPair) -> None:
+    """A closed context runs nothing: timeout_add, idle_add and io_add_watch
+    return a removed source (no error from the dead loop), whether called
+    on its thread or from another one."""
+    a, _ = pair
+    closed = qiotask.MainContext(name="closed")
+    closed.close()
+    made: list[qiotask.Source] = []
+
+    def add_all() -> None:
+        made.append(closed.timeout_add(10, lambda: True))
+        made.append(closed.idle_add(lambda: True))
+        made.append(closed.io_add_watch(a, qiotask.IO_IN, lambda *_: True))
+
+    add_all()
+    other = threading.Thread(target=add_all, name="adder")
+    other.start()
+    other.join(5)
+    assert len(made) == 6 and all(source.removed for source in made)

@@ -466,10 +466,14 @@ class MainContext:
         return source
 
     def _attach_source(self, source: Source) -> None:
-        if self.is_owner():
+        # On a closed context a source is over before it began: returned
+        # removed (as call_soon's call is dropped), never an error from the
+        # dead loop.  Posted from another thread, _attach runs even if the
+        # context closes first, and finds it closed.
+        if self.is_owner() or self.closed:
             source._attach()
         else:
-            self.post(_Call(source._attach))
+            self.post(_CallOnce(source._attach))
 
     # fd multiplexing: loops allow one reader and one writer per fd, so the
     # context keeps every watch of an fd and registers the union.
@@ -615,6 +619,9 @@ class Source:
 
     def _attach(self) -> None:
         if self._removed:
+            return
+        if self._context.closed:
+            self._removed = True
             return
         if self.kind == "timeout":
             self._handle = self._context._call_later(self._interval, self._fire)
