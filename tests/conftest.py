@@ -70,6 +70,38 @@ def count_wakeups(ctx: qiotask.MainContext, monkeypatch: pytest.MonkeyPatch) -> 
     return count_calls(ctx, "_wakeup", monkeypatch)
 
 
+class Log:
+    """What ran, in order, with the thread it ran on (thread-safe)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.events: list[tuple[str, Any, str]] = []
+
+    def add(self, what: str, value: Any = None) -> None:
+        with self.lock:
+            self.events.append((what, value, threading.current_thread().name))
+
+    def names(self) -> list[str]:
+        with self.lock:
+            return [what for what, _, _ in self.events]
+
+    def value(self, what: str) -> Any:
+        with self.lock:
+            return next(value for name, value, _ in self.events if name == what)
+
+    def thread(self, what: str) -> str:
+        with self.lock:
+            return next(thread for name, _, thread in self.events if name == what)
+
+    def func(self, source: Any, err: BaseException | None, opaque: Any) -> None:
+        """A task's func that records ``("func", err)``."""
+        self.add("func", err)
+
+    def destroyer(self, what: str) -> Callable[[Any], None]:
+        """A destroy notifier that records ``(what, opaque)``."""
+        return lambda value: self.add(what, value)
+
+
 class LoopRunner:
     """Runs a context's MainLoop on the calling thread until ``quit()``."""
 

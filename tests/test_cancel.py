@@ -16,7 +16,7 @@ import qiotask
 from qiotask import Task, TaskCancelled, TaskState, TaskTimeout
 
 from .backends import open_backend, thread_default
-from .conftest import LoopRunner, wait_for
+from .conftest import Log, LoopRunner, wait_for
 
 
 @pytest.fixture(params=["asyncio", "qt"])
@@ -25,25 +25,6 @@ def ctx(request: pytest.FixtureRequest) -> Iterator[qiotask.MainContext]:
     application's loop."""
     with thread_default(open_backend(request.param)) as backend:
         yield backend.context
-
-
-class Log:
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.events: list[tuple[str, Any, str]] = []
-
-    def add(self, what: str, value: Any = None) -> None:
-        with self.lock:
-            self.events.append((what, value, threading.current_thread().name))
-
-    def names(self) -> list[str]:
-        return [e[0] for e in self.events]
-
-    def value(self, what: str) -> Any:
-        return next(v for w, v, _ in self.events if w == what)
-
-    def func(self, source: Any, err: BaseException | None, opaque: Any) -> None:
-        self.add("func", err)
 
 
 @pytest.fixture

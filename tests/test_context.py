@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import select
 import socket
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -458,10 +460,32 @@ def test_sources_reject_bad_arguments(ctx: MainContext, pair: SocketPair, assert
         ctx.timeout_add(1, None)  # type: ignore[arg-type]
     with pytest.raises(TypeError):
         ctx.idle_add(3)  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="negative"):
+    with pytest.raises(ValueError, match=r"^io_add_watch: fd must be a file descriptor \(0 or more\), got -1$"):
         ctx.io_add_watch(-1, IO_IN, fn)
-    with pytest.raises(TypeError):
+    with pytest.raises(ValueError, match=r"^io_add_watch: fd 1099511627776 is not a file descriptor: they go up to "):
+        ctx.io_add_watch(2**40, IO_IN, fn)  # was OverflowError from poll()
+    with pytest.raises(TypeError, match=r"^io_add_watch: fd must be an int or have fileno\(\), not str$"):
         ctx.io_add_watch("x", IO_IN, fn)
+    with pytest.raises(TypeError, match=r"^io_add_watch: fd must be an int or have fileno\(\), not float$"):
+        ctx.io_add_watch(float("nan"), IO_IN, fn)
+
+    class Odd:
+        def __init__(self, value: Any) -> None:
+            self.value = value
+
+        def fileno(self) -> Any:
+            return self.value
+
+    with pytest.raises(
+        TypeError, match=r"^io_add_watch: fd's fileno\(\) must return an int, but Odd.fileno\(\) returned str '3'$"
+    ):
+        ctx.io_add_watch(Odd("3"), IO_IN, fn)
+    with pytest.raises(TypeError, match=r"fileno\(\) must return an int, but Odd.fileno\(\) returned float nan$"):
+        ctx.io_add_watch(Odd(float("nan")), IO_IN, fn)
+    closed = socket.socket()
+    closed.close()
+    with pytest.raises(ValueError, match=r"^io_add_watch: fd socket is closed \(its fileno\(\) returned -1\)$"):
+        ctx.io_add_watch(closed, IO_IN, fn)
     with pytest.raises(ValueError):
         ctx.io_add_watch(a, 0, fn)
     with pytest.raises(ValueError):
@@ -983,3 +1007,37 @@ def test_sources_added_to_a_closed_context_are_removed_at_once(pair: SocketPair)
     other.start()
     other.join(5)
     assert len(made) == 6 and all(source.removed for source in made)
+
+
+@pytest.mark.parametrize("ms", [10**400, math.inf, 1e300], ids=["10**400", "inf", "1e300"])
+def test_a_timeout_beyond_any_clock_is_accepted_and_never_fires(
+    ctx: MainContext, runner: LoopRunner, ms: float
+) -> None:
+    # It used to raise OverflowError (10**400) or overflow the loop's timer.
+    fired: list[float] = []
+    source = ctx.timeout_add(ms, fired.append, ms)
+    ctx.timeout_add(20, runner.quit)
+    runner.run()
+    assert fired == []
+    assert not source.removed
+    source.remove()
+
+
+def test_a_timeout_longer_than_a_loop_timer_waits_in_steps(
+    ctx: MainContext, runner: LoopRunner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(qiotask._context, "_TIMER_STEP", 0.01)
+    asked: list[float] = []
+    call_later = ctx._call_later  # type: ignore[attr-defined]
+
+    def counting(delay: float, fn: Any) -> Any:
+        asked.append(delay)
+        return call_later(delay, fn)
+
+    monkeypatch.setattr(ctx, "_call_later", counting)
+    start = time.monotonic()
+    fired: list[float] = []
+    ctx.timeout_add(50, lambda: fired.append(time.monotonic() - start) or runner.quit())
+    runner.run()
+    assert len(fired) == 1 and fired[0] >= 0.05
+    assert len(asked) >= 5 and max(asked) <= 0.01

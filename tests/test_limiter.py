@@ -9,7 +9,10 @@ once the task offers it.
 from __future__ import annotations
 
 import inspect
+import os
+import signal
 import threading
+import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -328,6 +331,75 @@ def test_priority_is_passed_to_the_pool(jobs: Jobs) -> None:
         assert order == ["high", "low"]
     finally:
         assert single.shutdown(wait=True, timeout=WAIT)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork()")
+def test_a_fork_waits_for_the_limiters_lock_and_the_child_starts_it_empty(pool: qiotask.WorkerPool, jobs: Jobs) -> None:
+    limiter = Limiter(1)
+    jobs.submit(limiter, pool, 0)  # holds the slot
+    jobs.submit(limiter, pool, 1)  # waits for it
+    assert jobs.started[0].wait(WAIT)
+    forking = threading.Event()
+    forked = threading.Event()
+    pids: list[int] = []
+
+    def child() -> int:
+        if limiter.statistics() != {"limit": 1, "running": 0, "waiting": 0, "total": 0}:
+            return 2  # the parent's slots and waiting jobs came along
+        delivered = threading.Event()
+        outcome: list[Any] = []
+
+        def deliver(result: Any, exc: BaseException | None) -> None:
+            outcome.append(result)
+            delivered.set()
+
+        limiter._submit(pool, lambda: "child", deliver)
+        if not delivered.wait(WAIT) or outcome != ["child"]:
+            return 3
+        return 0
+
+    def fork() -> None:
+        forking.set()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # 3.12+: fork with threads
+            pid = os.fork()
+        if pid == 0:  # pragma: no cover - runs in the child
+            code = 99
+            try:
+                code = child()
+            finally:
+                os._exit(code)
+        pids.append(pid)
+        forked.set()
+
+    forker = threading.Thread(target=fork, name="test-limiter-forker")
+    with limiter._lock:  # another thread in the middle of a locked step
+        forker.start()
+        assert forking.wait(WAIT)
+        # A bounded wait for what must not happen: the fork cannot complete
+        # while the limiter's lock is held.
+        assert not forked.wait(0.2)
+    forker.join(WAIT)
+    assert forked.is_set()
+    status = 0
+
+    def reaped() -> bool:
+        nonlocal status
+        got, status = os.waitpid(pids[0], os.WNOHANG)
+        return got == pids[0]
+
+    try:
+        wait_for(reaped, 2 * WAIT, "the forked child to exit")
+    except AssertionError:
+        os.kill(pids[0], signal.SIGKILL)
+        os.waitpid(pids[0], 0)
+        raise
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, f"child status {status:#x}"
+    # The parent got the lock back: its jobs carry on.
+    jobs.release[0].set()
+    jobs.release[1].set()
+    assert jobs.all_delivered.wait(WAIT)
+    assert limiter.statistics() == {"limit": 1, "running": 0, "waiting": 0, "total": 2}
 
 
 def test_bad_arguments() -> None:

@@ -1,22 +1,32 @@
-"""WorkerPool: threads, reuse, limits, standby fan-out, expiry, shutdown, statistics, fork."""
+"""WorkerPool: threads, reuse, limits, standby fan-out, what a thread keeps,
+the one locked step per job, expiry, shutdown, statistics, contexts, fork."""
 
 from __future__ import annotations
 
+import contextvars
+import gc
 import logging
+import math
 import os
 import signal
+import sys
 import threading
+import time
 import traceback
 import warnings
+import weakref
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 import qiotask
+from qiotask import _deadline
+from qiotask._limiter import Limiter
 from qiotask._pool import DEFAULT_MAX_WORKERS, WorkerPool, default_pool
 
 from .conftest import TIMEOUT, Deliveries, MakePool, wait_for  # the make_pool and gate fixtures live there too
+from .interleave import interleaving
 
 
 def blocking(gate: threading.Event, result: Any = None) -> Callable[[], Any]:
@@ -94,6 +104,171 @@ def test_exception_from_deliver_is_logged_and_the_thread_carries_on(
     assert records[0].exc_info is not None
     assert isinstance(records[0].exc_info[1], RuntimeError)
     assert "deliver broke" in caplog.text
+
+
+# -- nothing of a delivered job is kept ---------------------------------------
+
+
+class Result:
+    """A job's result that only a weakref of the test points to."""
+
+
+class Boom(Exception):
+    pass
+
+
+class TrackedJob:
+    """``fn`` as an object, so that a weakref can watch it, and its result
+    or exception (made here, so that only the pool could keep them)."""
+
+    def __init__(self, outcome: str, refs: dict[str, weakref.ref[Any]]) -> None:
+        self.outcome = outcome
+        self.refs = refs
+
+    def _track(self, name: str, obj: Any) -> Any:
+        self.refs[name] = weakref.ref(obj)
+        return obj
+
+    def __call__(self) -> Result:
+        if self.outcome == "exception":
+            raise self._track("exception", Boom("nobody keeps me"))
+        return self._track("result", Result())  # type: ignore[no-any-return]
+
+
+class DroppingDeliver:
+    """``deliver`` as an object that notes what came, and on which thread,
+    without keeping it."""
+
+    def __init__(self, seen: list[tuple[str, str, threading.Thread]], delivered: threading.Event) -> None:
+        self.seen = seen
+        self.delivered = delivered
+
+    def __call__(self, result: Any, exc: BaseException | None) -> None:
+        self.seen.append((type(result).__name__, type(exc).__name__, threading.current_thread()))
+        self.delivered.set()
+
+
+@pytest.mark.parametrize("outcome", ["result", "exception"])
+@pytest.mark.parametrize("thread", ["a new thread", "a reused thread"])
+def test_nothing_of_a_delivered_job_stays_referenced(make_pool: MakePool, thread: str, outcome: str) -> None:
+    # Issue 9, item 6: a thread kept its first job (fn and deliver) for its
+    # whole life, and its last result until the next job.
+    pool = make_pool(1, grow_after=None)
+    warm: list[threading.Thread] = []
+    if thread == "a reused thread":
+        first = Deliveries()
+        pool.submit(whoami, first)
+        first.wait()
+        warm = first.results
+        wait_for(lambda: pool.statistics()["busy"] == 0, TIMEOUT, "the thread to go idle")
+    refs: dict[str, weakref.ref[Any]] = {}
+    seen: list[tuple[str, str, threading.Thread]] = []
+    delivered = threading.Event()
+    fn = TrackedJob(outcome, refs)
+    deliver = DroppingDeliver(seen, delivered)
+    refs["fn"] = weakref.ref(fn)
+    refs["deliver"] = weakref.ref(deliver)
+    pool.submit(fn, deliver)
+    del fn, deliver
+    assert delivered.wait(TIMEOUT)
+    # The thread drops the job before its next-job step, in which it goes
+    # idle: once idle, it holds nothing.  Nothing more is submitted.
+    wait_for(lambda: pool.statistics()["busy"] == 0, TIMEOUT, "the thread to go idle")
+    gc.collect()  # only cycles of the job's own making; the pool's references are not cycles
+    assert sorted(refs) == sorted(["fn", "deliver", outcome])
+    assert [name for name, ref in sorted(refs.items()) if ref() is not None] == []
+    [(result_type, exc_type, ran_on)] = seen
+    assert (result_type, exc_type) == (("Result", "NoneType") if outcome == "result" else ("NoneType", "Boom"))
+    if warm:
+        assert ran_on is warm[0]
+
+
+# -- one locked step per job --------------------------------------------------
+
+
+def test_the_next_job_step_counts_the_job_and_sees_a_lane_made_meanwhile(
+    make_pool: MakePool, gate: threading.Event
+) -> None:
+    # After deliver returns, "count it done, take the next job (any lane) or
+    # go idle" is one locked step: a priority lane made while the thread was
+    # delivering is seen by it.
+    pool = make_pool(1, grow_after=None)
+    order: list[str] = []
+
+    def record(name: str) -> Callable[[], str]:
+        def job() -> str:
+            order.append(name)
+            return name
+
+        return job
+
+    entered = threading.Event()
+
+    def first() -> str:
+        entered.set()
+        assert gate.wait(TIMEOUT)
+        order.append("first")
+        return "first"
+
+    done = Deliveries(3)
+    pool.submit(first, done)
+    assert entered.wait(TIMEOUT)
+    pool.submit(record("low"), done)  # queued at priority 0
+    with interleaving() as il:
+        finished = il.pause("pool.job-done", pool)
+        gate.set()
+        finished.wait_reached()  # "first" delivered; the next-job step not taken yet
+        stats = pool.statistics()
+        assert (stats["completed"], stats["busy"], stats["queued"]) == (0, 1, 1)
+        pool.submit(record("high"), done, priority=5)
+        finished.release()
+        done.wait()
+    assert order == ["first", "high", "low"]
+    wait_for(lambda: pool.statistics()["busy"] == 0, TIMEOUT, "the thread to go idle")
+    stats = pool.statistics()
+    assert (stats["submitted"], stats["completed"], stats["queued"]) == (3, 3, 0)
+
+
+def test_statistics_add_up_in_every_snapshot(make_pool: MakePool) -> None:
+    # submitted == completed + queued + busy holds whenever the lock is free:
+    # a job's completion is counted in the same locked step as the next pop
+    # (it used to be counted, then popped, without the lock).
+    pool = make_pool(2, grow_after=None)
+    stop = threading.Event()
+    broken: list[dict[str, Any]] = []
+
+    def sample() -> None:
+        while not stop.is_set():
+            stats = pool.statistics()
+            if stats["submitted"] != stats["completed"] + stats["queued"] + stats["busy"]:
+                broken.append(dict(stats))
+                return
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    sampler = threading.Thread(target=sample, name="test-pool-sampler")
+    sampler.start()
+    total = 0
+    try:
+        # Rounds of jobs for about a second (at least three), or until a
+        # snapshot fails to add up.
+        until = time.monotonic() + 1.0
+        rounds = 0
+        while not broken and (rounds < 3 or time.monotonic() < until):
+            rounds += 1
+            done = Deliveries(2000)
+            for _ in range(2000):
+                pool.submit(int, done)
+            total += 2000
+            done.wait()
+        wait_for(lambda: pool.statistics()["busy"] == 0 or bool(broken), TIMEOUT, "the pool to settle")
+    finally:
+        stop.set()
+        sampler.join(TIMEOUT)
+        sys.setswitchinterval(interval)
+    assert not sampler.is_alive()
+    assert broken == []
+    assert pool.statistics()["completed"] == total
 
 
 # -- threads: reuse, names, limits, fan-out -----------------------------------
@@ -250,6 +425,30 @@ def test_idle_threads_expire_and_a_later_submit_starts_a_new_one(make_pool: Make
     assert new_thread.name.startswith("test-pool-worker-")
 
 
+@pytest.mark.parametrize(
+    "idle_timeout", [math.inf, 10**400, 2 * threading.TIMEOUT_MAX], ids=["inf", "10**400", "2*TIMEOUT_MAX"]
+)
+def test_an_idle_timeout_beyond_timeout_max_means_idle_threads_never_expire(
+    make_pool: MakePool, monkeypatch: pytest.MonkeyPatch, idle_timeout: float
+) -> None:
+    # Issue 9, item 7: the first idle thread died of OverflowError, and the
+    # next job handed to it stayed queued for ever.
+    crashes: list[BaseException | None] = []
+    monkeypatch.setattr(threading, "excepthook", lambda args: crashes.append(args.exc_value))
+    pool = make_pool(1, idle_timeout=idle_timeout)
+    assert pool.idle_timeout == math.inf
+    first = Deliveries()
+    pool.submit(whoami, first)
+    first.wait()
+    wait_for(lambda: pool.statistics()["idle"] == 1, TIMEOUT, "the thread to go idle")
+    second = Deliveries()
+    pool.submit(whoami, second)  # handed to the idle thread
+    second.wait()
+    assert second.results == first.results
+    assert crashes == []
+    assert pool.statistics()["threads"] == 1
+
+
 # -- shutdown -----------------------------------------------------------------
 
 
@@ -308,6 +507,32 @@ def test_shutdown_times_out_on_a_stuck_job(make_pool: MakePool, gate: threading.
     assert pool.shutdown(wait=True, timeout=TIMEOUT) is True
     assert done.all_done.is_set()
     assert done.errors == []
+
+
+def test_shutdown_with_an_infinite_timeout_waits_without_limit(make_pool: MakePool) -> None:
+    pool = make_pool(1)
+
+    def job() -> str:
+        # Returns once shutdown() has begun, so that it has a thread to wait for.
+        wait_for(lambda: pool.statistics()["idle"] == 0 and pool._shutdown, TIMEOUT, "shutdown() to begin")
+        return "done"
+
+    done = Deliveries()
+    pool.submit(job, done)
+    assert pool.shutdown(wait=True, timeout=math.inf) is True  # was OverflowError
+    assert done.results == ["done"]
+    assert pool.statistics()["threads"] == 0
+
+
+@pytest.mark.parametrize(
+    ("timeout", "error"),
+    [(-1, ValueError), (math.nan, ValueError), ("1", TypeError), (True, TypeError)],
+)
+def test_shutdown_refuses_a_bad_timeout(make_pool: MakePool, timeout: Any, error: type[Exception]) -> None:
+    pool = make_pool(1)
+    with pytest.raises(error, match=r"^shutdown: timeout must"):
+        pool.shutdown(timeout=timeout)
+    assert pool.shutdown(wait=True, timeout=TIMEOUT) is True
 
 
 # -- statistics and repr ------------------------------------------------------
@@ -433,22 +658,107 @@ def test_default_pool_is_shared_and_recreated_after_shutdown() -> None:
     assert done.results[0].name.startswith("qiotask-worker-")
 
 
+def test_the_default_pool_is_made_once_when_many_threads_ask_at_once() -> None:
+    assert default_pool().shutdown(wait=True, timeout=TIMEOUT) is True
+    askers = 8
+    ready = threading.Barrier(askers, timeout=TIMEOUT)
+    got: list[WorkerPool] = []
+
+    def ask() -> None:
+        ready.wait()
+        got.append(default_pool())
+
+    threads = [threading.Thread(target=ask, name=f"test-pool-asker-{i}") for i in range(askers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(TIMEOUT)
+    assert len(got) == askers
+    assert len({id(pool) for pool in got}) == 1
+    assert got[0] is default_pool()
+
+
+# -- contexts -----------------------------------------------------------------
+
+
+class InheritingThread(threading.Thread):
+    """A Thread that runs in a copy of the context of the thread that starts
+    it, as every new thread does on a free-threaded build (3.14t:
+    ``sys.flags.thread_inherit_context``)."""
+
+    inherited: contextvars.Context
+
+    def start(self) -> None:
+        self.inherited = contextvars.copy_context()
+        super().start()
+
+    def run(self) -> None:
+        self.inherited.run(super().run)
+
+
+_var: contextvars.ContextVar[str] = contextvars.ContextVar("test_pool_var", default="empty")
+
+
+@pytest.mark.parametrize("inherit", [False, True], ids=["threads-as-built", "threads-inherit-context"])
+def test_pool_threads_start_with_an_empty_context(
+    make_pool: MakePool, gate: threading.Event, monkeypatch: pytest.MonkeyPatch, inherit: bool
+) -> None:
+    if inherit:
+        monkeypatch.setattr(threading, "Thread", InheritingThread)
+    pool = make_pool(2, grow_after=None)
+    entered = threading.Event()
+
+    def first() -> str:
+        entered.set()
+        assert gate.wait(TIMEOUT)
+        return _var.get()
+
+    done = Deliveries()
+    second = Deliveries()
+
+    def submit_with_the_var_set() -> None:
+        _var.set("the submitter's")
+        pool.submit(first, done)  # starts the pool's first thread
+        assert entered.wait(TIMEOUT)
+        pool.submit(_var.get, second)  # queued: starts a standby thread, which takes it
+        second.wait()
+
+    contextvars.copy_context().run(submit_with_the_var_set)
+    gate.set()
+    done.wait()
+    assert done.errors == second.errors == []
+    assert done.results == second.results == ["empty"]
+    threads = {done.calls[0][2], second.calls[0][2]}
+    assert len(threads) == 2
+    assert all(isinstance(thread, InheritingThread) == inherit for thread in threads)
+
+
 # -- fork ---------------------------------------------------------------------
+
+
+def _fork() -> int:
+    with warnings.catch_warnings():
+        # Python 3.12+ warns about forking a process that has threads.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return os.fork()
 
 
 def _run_in_child(check: Callable[[], int]) -> int:
     """Fork; the child exits with ``check()``, 99 if it raised.  Returns the
     child's exit status; a child that hangs is killed and fails the test."""
-    with warnings.catch_warnings():
-        # Python 3.12+ warns about forking a process that has threads.
-        warnings.simplefilter("ignore", DeprecationWarning)
-        pid = os.fork()
+    pid = _fork()
     if pid == 0:  # pragma: no cover - runs in the child
         code = 99
         try:
             code = check()
         finally:
             os._exit(code)
+    return _reap(pid)
+
+
+def _reap(pid: int) -> int:
+    """The exit status of child ``pid``, waited for (bounded: a child that
+    hangs is killed and fails the test)."""
     status = 0
 
     def reaped() -> bool:
@@ -516,6 +826,197 @@ def test_a_pool_with_live_threads_works_in_a_forked_child(make_pool: MakePool, g
     gate.set()
     blocked.wait()
     assert blocked.errors == []
+
+
+def _outcome_of(submit: Callable[[Callable[[], Any], Any], None], fn: Callable[[], Any]) -> Any:
+    """Submit ``fn`` through ``submit(fn, deliver)``; its result (or exception), waited for."""
+    delivered = threading.Event()
+    outcome: list[Any] = []
+
+    def deliver(result: Any, exc: BaseException | None) -> None:
+        outcome.append(result if exc is None else exc)
+        delivered.set()
+
+    submit(fn, deliver)
+    if not delivered.wait(TIMEOUT):
+        return TimeoutError("not delivered")
+    return outcome[0]
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork()")
+def test_a_fork_while_pools_limiters_and_deadlines_are_in_use(make_pool: MakePool, gate: threading.Event) -> None:
+    # The fork handlers take every lock before the fork; the parent gets
+    # them back, and the child starts with new ones and empty state.
+    pool = make_pool(2)
+    limiter = Limiter(1)
+    entered = threading.Event()
+
+    def hold_the_slot() -> str:
+        entered.set()
+        assert gate.wait(TIMEOUT)
+        return "slot"
+
+    limited = Deliveries(2)
+    limiter._submit(pool, hold_the_slot, limited)
+    limiter._submit(pool, lambda: "waited", limited)  # waits in the limiter
+    assert entered.wait(TIMEOUT)
+    pending = _deadline.call_at(time.monotonic() + 3600, lambda: None)
+    default_pool()  # exists in the parent
+
+    def child() -> int:
+        if default_pool().statistics()["threads"] or pool.statistics()["threads"]:
+            return 2  # the parent's threads were carried over
+        if limiter.statistics() != {"limit": 1, "running": 0, "waiting": 0, "total": 0}:
+            return 3
+        if _outcome_of(default_pool().submit, lambda: "default") != "default":
+            return 4
+        if _outcome_of(pool.submit, lambda: "inherited pool") != "inherited pool":
+            return 5
+        fresh = WorkerPool(1, name="test-pool-child")
+        if _outcome_of(fresh.submit, lambda: "new pool") != "new pool":
+            return 6
+        if _outcome_of(lambda fn, deliver: limiter._submit(pool, fn, deliver), lambda: "limited") != "limited":
+            return 7
+        fired = threading.Event()
+        _deadline.call_at(time.monotonic(), fired.set)
+        if not fired.wait(TIMEOUT):
+            return 8
+        if not (fresh.shutdown(wait=True, timeout=TIMEOUT) and pool.shutdown(wait=True, timeout=TIMEOUT)):
+            return 9
+        return 0
+
+    assert _run_in_child(child) == 0
+    # The parent's locks were released after the fork: all of it still works.
+    gate.set()
+    limited.wait()
+    assert sorted(limited.results) == ["slot", "waited"]
+    assert _outcome_of(default_pool().submit, lambda: "parent") == "parent"
+    fired = threading.Event()
+    _deadline.call_at(time.monotonic(), fired.set)
+    assert fired.wait(TIMEOUT)
+    assert pending.cancel() is True
+
+
+def _held(lock: Any) -> bool:
+    """Whether someone holds ``lock`` (a Lock or a Condition), by trying it."""
+    if lock.acquire(blocking=False):
+        lock.release()
+        return False
+    return True
+
+
+@pytest.mark.skipif(not hasattr(os, "register_at_fork"), reason="needs os.register_at_fork()")
+def test_the_fork_handlers_take_every_lock_and_the_parent_gets_them_back(make_pool: MakePool) -> None:
+    from qiotask import _limiter, _pool, _trace
+
+    pools = [make_pool(1), make_pool(2), default_pool()]
+    limiters = [Limiter(1), Limiter(3)]
+
+    def locks() -> list[Any]:
+        return [
+            _pool._default_lock,
+            _pool._registry_lock,
+            *(pool._lock for pool in pools),
+            _limiter._registry_lock,
+            *(limiter._lock for limiter in limiters),
+            _deadline._cond,
+            _trace._listeners_lock,
+        ]
+
+    assert not any(_held(lock) for lock in locks())
+    # In the order os.fork() runs them: before handlers last-registered first.
+    _trace._before_fork()
+    _limiter._before_fork()
+    _pool._before_fork()
+    _deadline._before_fork()
+    try:
+        assert [_held(lock) for lock in locks()] == [True] * len(locks())
+    finally:
+        _deadline._after_fork_in_parent()
+        _pool._after_fork_in_parent()
+        _limiter._after_fork_in_parent()
+        _trace._after_fork_in_parent()
+    assert not any(_held(lock) for lock in locks())
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork()")
+def test_a_fork_waits_for_a_pool_lock_held_by_another_thread(make_pool: MakePool) -> None:
+    pool = make_pool(1)
+    forking = threading.Event()
+    forked = threading.Event()
+    pids: list[int] = []
+
+    def fork() -> None:
+        forking.set()
+        pid = _fork()
+        if pid == 0:  # pragma: no cover - runs in the child
+            os._exit(0 if pool.statistics()["threads"] == 0 else 2)
+        pids.append(pid)
+        forked.set()
+
+    forker = threading.Thread(target=fork, name="test-pool-forker")
+    with pool._lock:  # a thread in the middle of a locked step
+        forker.start()
+        assert forking.wait(TIMEOUT)
+        # A bounded wait for what must not happen: the fork cannot complete
+        # while this thread holds the lock.
+        assert not forked.wait(0.2)
+    forker.join(TIMEOUT)
+    assert forked.is_set()
+    assert _reap(pids[0]) == 0
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork()")
+def test_a_job_that_forks_leaves_the_childs_pool_consistent(make_pool: MakePool) -> None:
+    # In the child, the thread that forked is still inside a job of a pool
+    # the fork emptied: once its job is delivered it must end, not run the
+    # parent's queued jobs nor go idle in a pool that does not know it.
+    pool = make_pool(1, grow_after=None)
+    queued = threading.Event()
+    ran_in_child: list[str] = []
+
+    def check_in_child(forker: threading.Thread) -> int:
+        forker.join(TIMEOUT)  # the job returns, is delivered, and the thread ends
+        if forker.is_alive():
+            return 2
+        if ran_in_child:
+            return 3  # the parent's queued jobs ran in the child
+        stats = pool.statistics()
+        if (stats["threads"], stats["busy"], stats["idle"], stats["queued"], stats["completed"]) != (0, 0, 0, 0, 0):
+            return 4
+        if _outcome_of(pool.submit, lambda: "child job") != "child job":
+            return 5
+        return 0
+
+    def job() -> int:
+        assert queued.wait(TIMEOUT)
+        pid = _fork()
+        if pid:
+            return pid
+        forker = threading.current_thread()  # pragma: no cover - the rest runs in the child
+
+        def check() -> None:  # pragma: no cover
+            code = 99
+            try:
+                code = check_in_child(forker)
+            finally:
+                os._exit(code)
+
+        threading.Thread(target=check, name="test-pool-child-check").start()  # pragma: no cover
+        return 0  # pragma: no cover
+
+    done = Deliveries()
+    behind = Deliveries(2)
+    pool.submit(job, done)
+    for name in ("behind-1", "behind-2"):
+        pool.submit(lambda name=name: ran_in_child.append(name) or name, behind)  # type: ignore[misc]
+    queued.set()
+    done.wait()
+    [pid] = done.results
+    assert pid > 0
+    assert _reap(pid) == 0
+    behind.wait()  # in the parent they run as usual
+    assert sorted(behind.results) == ["behind-1", "behind-2"]
 
 
 # -- bugs found by fault injection --------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -11,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from qiotask import _deadline
 from qiotask._pool import DEFAULT_GROW_AFTER, WorkerPool, default_pool
 
 from .conftest import TIMEOUT, Deliveries, MakePool, wait_for  # the make_pool and gate fixtures live there too
@@ -214,6 +216,47 @@ def test_without_growth_the_same_jobs_stall_at_max_workers(make_pool: MakePool) 
     chain.done.wait()
     assert chain.done.errors == []
     assert pool.statistics()["extra"] == 0
+
+
+def _growth_timers_of(pool: WorkerPool) -> int:
+    """How many growth checks of ``pool`` the deadline thread has pending."""
+    with _deadline._cond:
+        return sum(
+            getattr(entry[2].fn, "__self__", None) is pool and getattr(entry[2].fn, "__name__", "") == "_grow_check"
+            for entry in _deadline._heap
+        )
+
+
+@pytest.mark.parametrize("grow_after", [math.inf, 10**400], ids=["inf", "10**400"])
+def test_a_grow_after_beyond_timeout_max_turns_growth_off(
+    make_pool: MakePool, gate: threading.Event, grow_after: float
+) -> None:
+    # Never means never: no growth timer is set, not even a far one (which
+    # would keep the pool referenced from the deadline heap).
+    pool = make_pool(1, grow_after=grow_after)
+    assert pool.grow_after == math.inf
+    first = hold_the_thread(pool, gate)
+    queued = Deliveries()
+    pool.submit(lambda: "queued", queued)  # every thread busy: a finite grow_after arms the timer here
+    assert _growth_timers_of(pool) == 0
+    stats = pool.statistics()
+    assert (stats["threads"], stats["busy"], stats["queued"], stats["extra"]) == (1, 1, 1, 0)
+    gate.set()
+    first.wait()
+    queued.wait()
+    assert queued.results == ["queued"]
+
+
+def test_a_finite_grow_after_arms_one_growth_timer(make_pool: MakePool, gate: threading.Event) -> None:
+    pool = make_pool(1, grow_after=3600)
+    first = hold_the_thread(pool, gate)
+    queued = Deliveries(3)
+    for _ in range(3):
+        pool.submit(lambda: None, queued)
+    assert _growth_timers_of(pool) == 1  # armed once, not once per queued job
+    gate.set()
+    first.wait()
+    queued.wait()
 
 
 def test_a_slow_pool_whose_jobs_finish_does_not_grow(make_pool: MakePool) -> None:

@@ -6,6 +6,7 @@ import asyncio
 import contextvars
 import gc
 import logging
+import math
 import threading
 import traceback
 import weakref
@@ -16,7 +17,7 @@ import pytest
 import qiotask
 from qiotask import Task, TaskState, TaskStateError
 
-from .conftest import LoopRunner
+from .conftest import LoopRunner, join, start_thread
 
 
 class Source:
@@ -115,8 +116,12 @@ def test_bad_constructor_arguments(ctx: qiotask.MainContext) -> None:
         Task(None, None, None, "x")  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="name must be a str"):
         Task(None, name=3)  # type: ignore[arg-type]
-    with pytest.raises(TypeError, match="cannot attach"):
+    with pytest.raises(
+        TypeError, match=r"^Task: context must be a qiotask.MainContext or a loop object .*, not object$"
+    ):
         Task(None, context=object())
+    with pytest.raises(TypeError, match=r"^Task: context must be .*an asyncio event loop.*, not int$"):
+        Task(None, context=42)
 
 
 def test_complete_from_other_thread_is_handed_to_the_context(runner: LoopRunner) -> None:
@@ -701,3 +706,20 @@ def test_tasks_waiting_on_later_tasks_all_finish_by_pool_growth(runner: LoopRunn
         assert not any(t.had_error() for t in tasks)
     finally:
         assert pool.shutdown(wait=True, timeout=10)
+
+
+def test_wait_and_run_in_thread_take_an_unlimited_timeout(ctx: qiotask.MainContext, runner: LoopRunner) -> None:
+    # math.inf or anything beyond threading.TIMEOUT_MAX means "no limit"
+    # (it used to raise OverflowError).
+    task: Task[Any] = Task(None)
+    task.run_in_thread(lambda t, o: "value", timeout=10**400)
+    waited: list[bool] = []
+    waiter = start_thread(lambda: waited.append(task.wait(timeout=math.inf)), "waiter")
+    runner.run_until(task.done)
+    join(waiter)
+    assert waited == [True]
+    assert task.get_result() == "value"
+    with pytest.raises(ValueError, match=r"^wait: timeout must not be negative, got nan$"):
+        task.wait(float("nan"))
+    with pytest.raises(TypeError, match=r"^wait: timeout must be a number of seconds or None, not str$"):
+        task.wait("1")  # type: ignore[arg-type]

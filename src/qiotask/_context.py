@@ -4,17 +4,22 @@ A :class:`MainContext` is what a task belongs to.  It has one *thread* (the
 thread running its loop; before the loop runs, the thread that made or
 attached it) and offers, from any thread:
 
-- ``post(item)``: run ``item._dispatch()`` on the context thread soon.  This is
-  the batching dispatcher of DESIGN §5: items go into one queue, the loop is
-  woken only when the queue goes from empty to non-empty, and one dispatch
-  drains the batch.
+- ``post(item)``: run ``item._dispatch()`` on the context thread soon, through
+  the context's queue (``_dispatch.Dispatcher``: one wake-up per batch, and
+  the one record of whether the context is closed).
 - ``timeout_add``, ``idle_add`` and ``io_add_watch``: GLib's three kinds of
   source, with GLib's rule that a source repeats while its function returns
   True.
 
 Each loop adapter (``qiotask.loops.*``) subclasses :class:`MainContext` and
 implements the small protocol marked "adapter protocol" below; everything else
-is shared.
+is shared.  An adapter that learns its loop is gone says so with one call,
+:meth:`MainContext._loop_gone`, and asks :attr:`MainContext.closed`
+afterwards; it keeps no flag of its own.
+
+The context's thread is one record, ``_owner`` = ``(ident, thread)``,
+replaced whole (by an attach, or by ``MainLoop.run()`` on another thread),
+so a reader never pairs the ident of one thread with another thread.
 """
 
 from __future__ import annotations
@@ -22,17 +27,19 @@ from __future__ import annotations
 import enum
 import importlib
 import logging
+import math
 import os
 import select
 import sys
 import threading
+import time
 import weakref
-from collections import deque
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from ._checks import check_callable, check_duration
-from ._errors import ContextClosedError, TaskStateError
+from ._checks import check_callable, check_duration, check_fd
+from ._dispatch import Dispatchable, Dispatcher
+from ._errors import TaskStateError
 
 __all__ = [
     "IO_ERR",
@@ -68,6 +75,11 @@ IO_HUP = IOCondition.HUP
 _IO_ALWAYS = IOCondition.ERR | IOCondition.HUP
 _POLLNVAL = 32  # poll(2)'s "fd not open", reported as IO_ERR
 
+#: The longest single timer a source asks its loop for, in seconds (a day):
+#: longer timeouts wait in steps of this, as a C int of milliseconds (Qt,
+#: GLib, Tk) holds at most about 24 days.
+_TIMER_STEP = 86400.0
+
 #: How often a watch for only IO_ERR/IO_HUP looks at an fd that has unread
 #: data: event loops wake on "readable" but not on "hung up" alone, so while
 #: data sits unread such a watch polls, 100 times a second at most.
@@ -84,14 +96,6 @@ _ALWAYS_BITS = int(_IO_ALWAYS)
 _READ_SIDE_BITS = int(_IO_READ_SIDE)
 #: The IOCondition of every mix of the four bits, made once.
 _CONDITIONS = tuple(IOCondition(bits) for bits in range(_ALL_BITS + 1))
-
-
-class Dispatchable(Protocol):
-    """What the dispatcher queue holds: a task, or a :class:`_Call`."""
-
-    def _dispatch(self) -> None: ...
-
-    def _context_closed(self, context: MainContext) -> None: ...
 
 
 class _Call:
@@ -162,16 +166,13 @@ class MainContext:
         # context (see loops/asyncio.py); other kinds have no use for it.
         self.name = name or type(self).__name__
         thread = threading.current_thread()
-        # The thread that runs callbacks; adapters move it to the thread that
-        # runs the loop.
-        self._owner = thread.ident
-        self._owner_thread = thread
-        # _post_lock guards _scheduled, so that only the post that finds the
-        # queue idle wakes the loop: one wake-up per batch.
-        self._post_lock = threading.Lock()
-        self._queue: deque[Dispatchable] = deque()
-        self._scheduled = False
-        self._closed = False
+        # The thread that runs callbacks, as (ident, thread); adapters move it
+        # to the thread that runs the loop.
+        self._owner: tuple[int | None, threading.Thread] = (thread.ident, thread)
+        self._dispatcher = Dispatcher(self)
+        # post() is the dispatcher's, bound once: every completion goes
+        # through it (the method below is what it does, documented).
+        self.post = self._dispatcher.post  # type: ignore[method-assign]
         # fd -> watches; touched on the context thread only.
         self._io: dict[int, list[Source]] = {}
         # fd -> (read, write): what the loop was last told to watch for; None
@@ -198,6 +199,12 @@ class MainContext:
         """On the context thread: call ``fn()`` after ``delay`` seconds."""
         raise NotImplementedError
 
+    def _loop_nests(self) -> bool:
+        """Whether a callback may run a nested loop of this context (a modal
+        dialog): then items posted during a batch must wake the loop at once
+        (see ``_dispatch.Dispatcher.dispatch``).  Asked once per batch."""
+        return True
+
     def _set_fd_interest(self, fd: int, read: bool, write: bool, old: tuple[bool, bool] | None) -> None:
         """On the context thread: call ``self._fd_ready(fd)`` whenever ``fd``
         is readable (if ``read``) or writable (if ``write``); both False
@@ -219,55 +226,42 @@ class MainContext:
     @property
     def thread(self) -> threading.Thread:
         """The thread that runs this context's callbacks."""
-        return self._owner_thread
+        return self._owner[1]
 
     def is_owner(self) -> bool:
         """Whether the calling thread is this context's thread."""
-        return threading.get_ident() == self._owner
+        return threading.get_ident() == self._owner[0]
 
     def _set_owner(self, thread: threading.Thread) -> None:
-        self._owner = thread.ident
-        self._owner_thread = thread
+        self._owner = (thread.ident, thread)
 
     @property
     def closed(self) -> bool:
         """Whether the loop is gone: nothing posted here will run."""
-        if not self._closed and self._loop_closed():
-            self._closed = True
-        return self._closed
+        dispatcher = self._dispatcher
+        if dispatcher.closed:
+            return True
+        if self._loop_closed():
+            # The loop went away without telling us (asyncio has no hook).
+            self._loop_gone()
+            return True
+        return False
+
+    def _loop_gone(self) -> bool:
+        """Adapters: the loop is gone for good.  Marks the context closed and
+        fails what is queued, in this thread; True for the call that did."""
+        return self._dispatcher.close()
 
     # -- the batching dispatcher ----------------------------------------------
 
     def post(self, item: Dispatchable) -> None:
         """From any thread: run ``item._dispatch()`` on the context thread.
 
-        If the loop is gone, ``item._context_closed(self)`` runs instead, in
-        the calling thread, and so does that of every item still queued.
+        If the context is closed, ``item._context_closed(self)`` runs instead,
+        in the calling thread; so does that of every item still queued when
+        it closes.
         """
-        self._queue.append(item)
-        if self._scheduled:
-            # A wake-up is already on its way, unless the loop closed after
-            # it was sent (asyncio drops pending callbacks on close).
-            if self._loop_closed():
-                self._close_queue()
-            return
-        self._rearm()
-
-    def _rearm(self) -> None:
-        """Send the one wake-up of a batch, unless one is on its way."""
-        with self._post_lock:
-            if self._scheduled:
-                return
-            self._scheduled = True
-        try:
-            self._wakeup()
-        except ContextClosedError:
-            self._close_queue()
-        except BaseException:
-            # Not sent: let the next post try again rather than wait forever.
-            with self._post_lock:
-                self._scheduled = False
-            raise
+        self._dispatcher.post(item)
 
     def call_soon(self, fn: Callable[..., Any], *args: Any) -> None:
         """From any thread: call ``fn(*args)`` once on the context thread.
@@ -275,16 +269,13 @@ class MainContext:
         Dropped if the loop is gone.  An exception from ``fn`` goes to the
         context's exception handler.
         """
-        self.post(_Call(fn, args))
+        self._dispatcher.post(_Call(fn, args))
 
     def _call_soon_once(self, fn: Callable[..., Any], *args: Any) -> None:
         """From any thread: ``fn(*args)`` once, for a cleanup that must run
-        -- on the context thread, or here if the loop is gone (and in the
-        thread that finds it gone, if it goes before the call ran)."""
-        if self.closed:
-            fn(*args)
-        else:
-            self.post(_CallOnce(fn, args))
+        -- on the context thread, or, if the loop is gone (or goes before the
+        call ran), in the thread that finds it gone."""
+        self._dispatcher.post(_CallOnce(fn, args))
 
     def _call_here_or_soon(self, fn: Callable[..., Any], *args: Any) -> None:
         """:meth:`_call_soon_once`, but at once when called on the context
@@ -296,51 +287,19 @@ class MainContext:
 
     def _dispatch(self) -> None:
         """On the context thread: run the batch that is queued now."""
-        if threading.get_ident() != self._owner:
+        if threading.get_ident() != self._owner[0]:
             self._set_owner(threading.current_thread())
-        with self._post_lock:
-            self._scheduled = False
-        popleft = self._queue.popleft
-        # Only what is queued now: items posted while this batch runs wake
-        # the loop again, so a busy producer cannot starve the loop's other
-        # sources.
-        for _ in range(len(self._queue)):
-            try:
-                item = popleft()
-            except IndexError:
-                break
-            try:
-                item._dispatch()
-            except Exception as exc:
-                self.report_exception(f"exception in a callback dispatched on {self.name}", exc)
-            except BaseException:
-                # KeyboardInterrupt, SystemExit: let it through, but leave
-                # the rest of the batch scheduled, not stranded.
-                if self._queue:
-                    self._rearm()
-                raise
-
-    def _close_queue(self) -> None:
-        """The loop is gone: fail whatever is queued, in this thread."""
-        self._closed = True
-        while True:
-            try:
-                item = self._queue.popleft()
-            except IndexError:
-                return
-            try:
-                item._context_closed(self)
-            except Exception as exc:
-                logger.error("error while failing %r after its context closed", item, exc_info=exc)
+        self._dispatcher.dispatch()
 
     def close(self) -> None:
         """Close the context for good: nothing posted to it runs any more.
 
         Completions still queued fail with ``ContextClosedError`` here, in
         the calling thread (their destroy notifiers run, a warning names each
-        task).  Adapters also release what they hold of their loop.
+        task); so do completions posted later, in their posting thread.
+        Adapters also release what they hold of their loop.
         """
-        self._close_queue()  # which marks the context closed
+        self._loop_gone()
 
     def _adopt(self, refs: tuple[Any, ...]) -> None:
         """Take the last references of a task completed off this context's
@@ -349,15 +308,15 @@ class MainContext:
 
     def settle(self) -> None:
         """Fail what is queued if the loop is gone; used by ``qiotask.shutdown``."""
-        if self.closed:
-            self._close_queue()
+        self.closed  # noqa: B018  (asks the loop, and closes if it is gone)
 
     def __del__(self) -> None:
         # A context collected with completions still queued (its loop died
         # without a word): fail them, so that their destroy notifiers run.
-        if getattr(self, "_queue", None):
+        dispatcher = getattr(self, "_dispatcher", None)
+        if dispatcher is not None and len(dispatcher):
             try:
-                self._close_queue()
+                dispatcher.close()
             except Exception:
                 pass
 
@@ -405,10 +364,13 @@ class MainContext:
 
         Raises:
             TypeError: ``fn`` is not callable or ``ms`` is not a number.
-            ValueError: ``ms`` is negative.
+            ValueError: ``ms`` is negative or NaN.
+
+        An ``ms`` of ``math.inf`` (or beyond ``threading.TIMEOUT_MAX``
+        seconds) never fires.
         """
         check_callable(fn, "timeout_add")
-        check_duration(ms, "timeout_add", "ms", unit="milliseconds")
+        ms = check_duration(ms, "timeout_add", "ms", unit="milliseconds")
         source = Source(self, "timeout", fn, args)
         source._interval = ms / 1000.0
         self._attach_source(source)
@@ -445,13 +407,7 @@ class MainContext:
                 a regular file, a closed fd); nothing is left registered.
         """
         check_callable(fn, "io_add_watch")
-        if not isinstance(fd, int) or isinstance(fd, bool):
-            fileno = getattr(fd, "fileno", None)
-            if fileno is None:
-                raise TypeError(f"io_add_watch: fd must be an int or have fileno(), not {type(fd).__name__}")
-            fd = fileno()
-        if fd < 0:
-            raise ValueError(f"io_add_watch: fd must not be negative, got {fd}")
+        fd = check_fd(fd, "io_add_watch")
         if not isinstance(condition, int) or isinstance(condition, bool):
             raise TypeError(f"io_add_watch: condition must be an IOCondition, not {type(condition).__name__}")
         bits = int(condition)
@@ -555,8 +511,8 @@ class MainContext:
         self._call_later(HANGUP_POLL_INTERVAL, lambda: self._io_refresh(fd))
 
     def __repr__(self) -> str:
-        state = "closed" if self._closed else "open"
-        return f"<{type(self).__name__} {self.name!r} thread={self._owner_thread.name!r} {state}>"
+        state = "closed" if self._dispatcher.closed else "open"
+        return f"<{type(self).__name__} {self.name!r} thread={self._owner[1].name!r} {state}>"
 
 
 def _poll_now(fd: int, mask: int) -> int:
@@ -587,7 +543,7 @@ class Source:
     context thread finishes).
     """
 
-    __slots__ = ("_args", "_condition", "_context", "_fd", "_fn", "_handle", "_interval", "_removed", "kind")
+    __slots__ = ("_args", "_condition", "_context", "_due", "_fd", "_fn", "_handle", "_interval", "_removed", "kind")
 
     def __init__(self, context: MainContext, kind: str, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
         self._context = context
@@ -597,6 +553,7 @@ class Source:
         self._removed = False
         self._handle: _TimerHandle | None = None
         self._interval = 0.0
+        self._due = 0.0  # a long timeout's monotonic due time (see _arm_timer)
         self._fd = -1
         self._condition = 0  # the IOCondition bits of an io source, as an int
 
@@ -624,7 +581,7 @@ class Source:
             self._removed = True
             return
         if self.kind == "timeout":
-            self._handle = self._context._call_later(self._interval, self._fire)
+            self._arm_timer()
         elif self.kind == "idle":
             self._context.post(_Call(self._fire))
         else:
@@ -644,10 +601,26 @@ class Source:
             self._context.report_exception(f"exception in {self.kind} source {self._fn!r}; source removed", exc)
             return False
 
+    def _arm_timer(self) -> None:
+        interval = self._interval
+        if interval == math.inf:
+            return  # "no limit": never fires (see _checks)
+        if interval > _TIMER_STEP:
+            # Longer than some loops' timers take (Qt, GLib and Tk count
+            # milliseconds in a C int): wait in steps, toward a due time.
+            self._due = time.monotonic() + interval
+            interval = _TIMER_STEP
+        self._handle = self._context._call_later(interval, self._fire)
+
     def _fire(self) -> None:
         self._handle = None
         if self._removed:
             return
+        if self._interval > _TIMER_STEP:
+            left = self._due - time.monotonic()
+            if left > 0:
+                self._handle = self._context._call_later(min(left, _TIMER_STEP), self._fire)
+                return
         if self._call(*self._args) and not self._removed:
             self._attach()
         else:
@@ -695,7 +668,7 @@ class MainLoop:
                 raise TaskStateError("MainLoop.run(): this loop is already running")
             self._running = True
             self._generation += 1
-        previous = self.context._owner_thread
+        previous = self.context.thread
         try:
             self.context._set_owner(threading.current_thread())
             self.context._run_loop()
@@ -806,8 +779,12 @@ def attach(obj: Any) -> MainContext:
         if adapter not in sys.modules and any(matches(module) for module in modules):
             importlib.import_module(adapter)  # an ImportError here says what is missing
             return attach(obj)
-    kinds = ", ".join(["an asyncio event loop"] + [kind for kind, _, _, _ in _LAZY_ADAPTERS])
-    raise TypeError(f"qiotask.attach(): cannot attach to a {type(obj).__name__} object; supported: {kinds}")
+    raise TypeError(f"qiotask.attach(): cannot attach to a {type(obj).__name__} object; supported: {supported_loops()}")
+
+
+def supported_loops() -> str:
+    """The loop objects :func:`attach` accepts, for error messages."""
+    return ", ".join(["an asyncio event loop"] + [kind for kind, _, _, _ in _LAZY_ADAPTERS])
 
 
 def default_context() -> MainContext:
@@ -868,39 +845,59 @@ def _load_adapter(name: str) -> bool:
     return True
 
 
-# Adapters of loops that are not asyncio register how to await a task in
-# them: (is such a loop running in this thread?, async function waiting for
-# the task's completion).  Task.__await__ asks them when no asyncio loop runs.
+# Adapters of loops that can await register how to await a task in them:
+# (is such a loop running in this thread?, awaiter).  ``awaiter(task)``
+# returns the iterator that ``Task.__await__`` returns: it waits for the
+# completion in the loop's own way and ends with ``task._outcome()``.
 AwaitHook = tuple[Callable[[], bool], Callable[[Any], Any]]
 _await_hooks: list[AwaitHook] = []
 
 
-def register_await_hook(running: Callable[[], bool], wait: Callable[[Any], Any]) -> None:
+def register_await_hook(running: Callable[[], bool], awaiter: Callable[[Any], Any]) -> None:
     """Used by ``qiotask.loops.*``: how ``await task`` works in their loop."""
-    _await_hooks.append((running, wait))
+    _await_hooks.append((running, awaiter))
 
 
 def await_hook() -> Callable[[Any], Any] | None:
-    """The wait function of the non-asyncio loop running in this thread."""
-    if "trio" in sys.modules:
-        _load_adapter("qiotask.loops.trio")
-    for running, wait in _await_hooks:
+    """The awaiter of the loop running in this thread, or None."""
+    for running, awaiter in _await_hooks:
         if running():
-            return wait
+            return awaiter
+    if "trio" in sys.modules and _load_adapter("qiotask.loops.trio"):
+        return await_hook()
     return None
 
 
+# Fork: no context's queue lock may be held by a thread the child does not
+# have.  Take them all (and the default-context lock) before the fork, in
+# one order; the parent releases them, the child gets new ones.
+_forking: list[MainContext] = []
+
+
+def _before_fork() -> None:
+    _default_lock.acquire()
+    _forking[:] = list(_all_contexts)
+    for ctx in _forking:
+        ctx._dispatcher._lock.acquire()
+
+
+def _after_fork_in_parent() -> None:
+    for ctx in reversed(_forking):
+        ctx._dispatcher._lock.release()
+    _forking.clear()
+    _default_lock.release()
+
+
 def _after_fork_in_child() -> None:
-    # Locks held by threads that do not exist in the child would never be
-    # released there.
     global _default_lock
     _default_lock = threading.Lock()
-    for ctx in list(_all_contexts):
-        ctx._post_lock = threading.Lock()
+    for ctx in _forking:
+        ctx._dispatcher._lock = threading.Lock()
+    _forking.clear()
 
 
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+    os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent, after_in_child=_after_fork_in_child)
 
 
 def all_contexts() -> list[MainContext]:

@@ -55,7 +55,8 @@ from typing import Any
 from ._checks import check_callable
 from ._context import MainContext, attach, await_hook, get_context
 from ._errors import TaskCancelled, TaskError, TaskStateError
-from ._task import Task, _resolve_soon
+from ._task import Task
+from .loops.asyncio import resolve_soon as _resolve_soon
 
 __all__ = ["TaskGroup", "TaskGroupError"]
 

@@ -25,6 +25,10 @@ Guarantees:
 - A waiting job whose pool was shut down meanwhile is delivered
   ``deliver(None, RuntimeError)`` by the thread that tried to start it,
   as the pool would have told its owner had it refused the job at once.
+- After ``os.fork()`` the child starts every limiter empty (the jobs that
+  held its slots belong to the parent's threads, which the child does not
+  have).  The fork happens while every limiter's lock is held, so the child
+  never copies a half-made move (see the fork handlers at the end).
 """
 
 from __future__ import annotations
@@ -48,7 +52,10 @@ Deliver = Callable[[Any, "BaseException | None"], None]
 # (the pool it was meant for, fn, deliver, the pool priority)
 _Waiting = tuple[WorkerPool, Callable[[], Any], Deliver, int]
 
+#: Every limiter, for the fork handlers; added to under _registry_lock (a
+#: WeakSet is not safe to add to while another thread iterates it).
 _all_limiters: weakref.WeakSet[Limiter] = weakref.WeakSet()
+_registry_lock = threading.Lock()
 
 
 class Limiter:
@@ -71,7 +78,8 @@ class Limiter:
     def __init__(self, limit: int) -> None:
         self._limit = _check_limit(limit, "Limiter")
         self._reset()
-        _all_limiters.add(self)
+        with _registry_lock:
+            _all_limiters.add(self)
 
     def _reset(self) -> None:
         # _lock guards _limit (once constructed), _running, _total and
@@ -201,13 +209,46 @@ def _check_limit(value: Any, where: str) -> int:
     return value
 
 
+# -- fork -----------------------------------------------------------------------
+#
+# Before a fork, _registry_lock (so that no limiter is added meanwhile), then
+# every limiter's lock; the parent releases them after it, the child starts
+# every limiter empty with new locks.  No code holds two limiters' locks at
+# once, nor takes another lock while it holds one (pools and deliver
+# callbacks are called without it), so the order cannot deadlock with the
+# threads that use them.  These handlers run before _pool's and _deadline's
+# (os.register_at_fork runs ``before`` handlers last-registered first, and
+# this module imports _pool): a thread holding a limiter's lock never waits
+# for theirs, so that order is safe too.
+
+#: The locks _before_fork took, in order, for the parent to release.
+_held_for_fork: list[threading.Lock] = []
+
+
+def _before_fork() -> None:
+    _registry_lock.acquire()
+    _held_for_fork.append(_registry_lock)
+    for limiter in list(_all_limiters):
+        lock = limiter._lock
+        lock.acquire()
+        _held_for_fork.append(lock)
+
+
+def _after_fork_in_parent() -> None:
+    while _held_for_fork:
+        _held_for_fork.pop().release()
+
+
 def _after_fork_in_child() -> None:
     # The parent's pool threads do not exist in the child, so the jobs that
     # held slots will never be delivered, and the pools dropped their queues
     # (see _pool): start every limiter empty, with a lock nobody holds.
+    global _registry_lock
+    _held_for_fork.clear()
+    _registry_lock = threading.Lock()
     for limiter in list(_all_limiters):
         limiter._reset()
 
 
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+    os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent, after_in_child=_after_fork_in_child)

@@ -52,13 +52,23 @@ _listeners: tuple[Listener, ...] = ()
 _listeners_lock = threading.Lock()
 
 
+def _before_fork() -> None:
+    # Held across the fork, so that the child never copies a half-made
+    # add/remove; it is a leaf lock (nothing else is taken under it).
+    _listeners_lock.acquire()
+
+
+def _after_fork_in_parent() -> None:
+    _listeners_lock.release()
+
+
 def _after_fork_in_child() -> None:
     global _listeners_lock
     _listeners_lock = threading.Lock()
 
 
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+    os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent, after_in_child=_after_fork_in_child)
 
 
 def add_listener(fn: Listener) -> Callable[[], None]:

@@ -15,13 +15,13 @@ import asyncio
 import atexit
 import threading
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from typing import Any
 
-from .._context import MainContext, _TimerHandle, register_adapter
+from .._context import MainContext, _TimerHandle, register_adapter, register_await_hook
 from .._errors import ContextClosedError, TaskStateError
 
-__all__ = ["AsyncioContext", "EmbeddedContext"]
+__all__ = ["AsyncioContext", "EmbeddedContext", "resolve_soon"]
 
 # The attribute under which a loop keeps its context, so that attach() and
 # get_context() find it with one getattr instead of a weak mapping lookup.
@@ -53,7 +53,12 @@ class AsyncioContext(MainContext):
 
     def _wakeup(self) -> None:
         try:
-            self.loop.call_soon_threadsafe(self._dispatch)
+            if _get_running_loop() is self.loop:
+                # On the thread running the loop (a batch's end): no
+                # self-pipe write needed.
+                self.loop.call_soon(self._dispatch)
+            else:
+                self.loop.call_soon_threadsafe(self._dispatch)
         except RuntimeError as exc:
             if self.loop.is_closed():
                 raise ContextClosedError(f"{self.name}: the event loop is closed") from exc
@@ -61,6 +66,11 @@ class AsyncioContext(MainContext):
 
     def _call_later(self, delay: float, fn: Callable[[], None]) -> _TimerHandle:
         return self.loop.call_later(delay, fn)
+
+    def _loop_nests(self) -> bool:
+        # An asyncio loop refuses to run inside its own callback, unless
+        # nest_asyncio patched it (it marks the loop so).
+        return getattr(self.loop, "_nest_patched", False)
 
     def _set_fd_interest(self, fd: int, read: bool, write: bool, old: tuple[bool, bool] | None) -> None:
         # Only the side that changed; old None (a change failed): both.
@@ -120,7 +130,7 @@ class EmbeddedContext(AsyncioContext):
         """
         if not self.loop.is_closed():
             self.loop.close()
-        self._close_queue()
+        self._loop_gone()
 
 
 _embedded: weakref.WeakSet[EmbeddedContext] = weakref.WeakSet()
@@ -174,3 +184,43 @@ register_adapter(
     _attach_loop,
     _detect,
 )
+
+
+# -- awaiting a task -------------------------------------------------------------
+
+
+def _await_task(task: Any) -> Generator[Any, None, Any]:
+    """What ``await task`` runs under asyncio: a future of the running loop,
+    resolved by the task's delivery after ``func`` and the done-callbacks
+    before it.  The future itself rides on the task's callback list (as
+    ``(resolve_soon, future)``), with no wrapper function per await."""
+    if not task.done():
+        future = _get_running_loop().create_future()  # type: ignore[union-attr]
+        if task._move_add_callback((resolve_soon, future)):
+            yield from future
+    return task._outcome()
+
+
+def resolve_soon(future: asyncio.Future[Any]) -> None:
+    """Wake an awaiting coroutine: at once on its own loop's thread, else
+    through ``call_soon_threadsafe``."""
+    loop = future.get_loop()
+    if _get_running_loop() is loop:
+        _resolve(future)
+    else:
+        try:
+            loop.call_soon_threadsafe(_resolve, future)
+        except RuntimeError:
+            pass  # the awaiting loop is closed: nobody is left to wake
+
+
+def _resolve(future: asyncio.Future[Any]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+def _asyncio_running() -> bool:
+    return _get_running_loop() is not None
+
+
+register_await_hook(_asyncio_running, _await_task)

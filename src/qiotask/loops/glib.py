@@ -203,8 +203,10 @@ class GLibContext(MainContext):
             # a loop runs it elsewhere.
             self._set_owner(threading.main_thread())
         # _sources_lock guards _wake_source, _timers, _fd_sources and _loops
-        # (and the _closed flag's first setting) against close() from another
-        # thread; everything else here is touched on the context thread only.
+        # against close() from another thread, and close() marks the context
+        # closed while holding it, so a source is never attached after
+        # close() collected the sources to destroy; everything else here is
+        # touched on the context thread only.
         self._sources_lock = threading.Lock()
         self._wake_source: Any = None
         self._timers: set[_Timer] = set()
@@ -231,7 +233,7 @@ class GLibContext(MainContext):
         thread runs the GLib context now: GLib is asked, so that a loop run
         by a thread that has not yet dispatched a completion is not mistaken.
         """
-        if threading.get_ident() != self._owner:
+        if threading.get_ident() != self._owner[0]:
             return False
         if self._g_is_owner():
             return True  # running it here: the common case in callbacks
@@ -248,15 +250,15 @@ class GLibContext(MainContext):
         source.set_priority(_PRIORITY)
         source.set_callback(self._on_wakeup)
         with self._sources_lock:
-            if self._closed:
+            if self.closed:
                 raise ContextClosedError(f"{self.name} is closed")
             self._wake_source = source
             # Thread-safe in GLib, and wakes the context's poll.
             source.attach(self.glib_context)
 
     def _on_wakeup(self, _data: Any) -> bool:
-        # No lock: the next wake-up is sent only after _dispatch() reset
-        # _scheduled, after this; close() destroying a spent source is harmless.
+        # No lock: the next wake-up is sent only once _dispatch() began, after
+        # this; close() destroying a spent source is harmless.
         self._wake_source = None
         try:
             self._dispatch()
@@ -280,7 +282,7 @@ class GLibContext(MainContext):
 
     def _loop_closed(self) -> bool:
         # GLib contexts do not go away under us; only close() ends ours.
-        return self._closed
+        return False
 
     def _call_later(self, delay: float, fn: Callable[[], None]) -> _TimerHandle:
         # Rounded up: a timer never fires early.
@@ -289,7 +291,7 @@ class GLibContext(MainContext):
         timer = _Timer(self, fn, source)
         source.set_callback(timer._fire)
         with self._sources_lock:
-            if self._closed:
+            if self.closed:
                 return _NoTimer()
             self._timers.add(timer)
             source.attach(self.glib_context)
@@ -308,7 +310,7 @@ class GLibContext(MainContext):
             source.set_callback(self._on_fd, fd)
         with self._sources_lock:
             replaced = self._fd_sources.pop(fd, None)
-            if source is not None and not self._closed:
+            if source is not None and not self.closed:
                 self._fd_sources[fd] = source
                 source.attach(self.glib_context)
         if replaced is not None:
@@ -334,7 +336,7 @@ class GLibContext(MainContext):
             guard.set_priority(GLib.PRIORITY_HIGH)
             guard.set_callback(self._quit_if_closed, loop)
             with self._sources_lock:
-                if self._closed:
+                if self.closed:
                     raise ContextClosedError(f"{self.name} is closed")
                 self._loops.append(loop)
             guard.attach(self.glib_context)
@@ -353,7 +355,7 @@ class GLibContext(MainContext):
             self._g_release()
 
     def _quit_if_closed(self, loop: Any) -> bool:
-        if self._closed:
+        if self.closed:
             loop.quit()
         return False
 
@@ -379,7 +381,7 @@ class GLibContext(MainContext):
         """
         global _default_attachment
         with self._sources_lock:
-            self._closed = True
+            queued = self._dispatcher.shut()  # closed from here on
             sources = [*self._fd_sources.values(), *(timer._source for timer in self._timers)]
             if self._wake_source is not None:
                 sources.append(self._wake_source)
@@ -396,12 +398,13 @@ class GLibContext(MainContext):
                 _default_attachment = None
             elif _attached.get(self._key) is self:
                 del _attached[self._key]
-        self._close_queue()
+        if queued is not None:
+            self._dispatcher.fail(queued)
 
 
 def _attached_to(key: int) -> GLibContext | None:
     ctx = _default_attachment if key == _DEFAULT_KEY else _attached.get(key)
-    return None if ctx is None or ctx._closed else ctx
+    return None if ctx is None or ctx.closed else ctx
 
 
 def _attach(obj: Any) -> MainContext:
@@ -443,7 +446,7 @@ def _detect() -> MainContext | None:
     if glib_context is None:
         # The global default: its attachment answers without a new wrapper.
         ctx = _default_attachment
-        if ctx is not None and not ctx._closed:
+        if ctx is not None and not ctx.closed:
             return ctx if ctx._g_is_owner() else None
         glib_context = _default_glib_context()
     if not glib_context.is_owner():

@@ -83,6 +83,7 @@ import sys
 import threading
 import warnings
 import weakref
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -101,6 +102,7 @@ from PySide6.QtCore import (
 )
 
 from .._context import MainContext, _TimerHandle, register_adapter
+from .._dispatch import Dispatchable
 from .._errors import ContextClosedError, TaskStateError
 
 __all__ = ["QtContext"]
@@ -160,7 +162,7 @@ class _Receiver(QObject):
         # Made in another thread: become the application's child here, in
         # its thread (a QObject's list of children is not thread-safe).
         context = self._context()
-        if context is not None and not context._gone:
+        if context is not None and not context.closed:
             self.setParent(context.app)
 
 
@@ -189,13 +191,13 @@ class QtContext(MainContext):
             raise ContextClosedError("QtContext: the Qt application was already destroyed")
         super().__init__(name=name or f"Qt {type(app).__name__} {id(app):#x}")
         self.app = app
-        # _wake_lock guards _gone against the receiver's deletion: _wakeup
-        # posts to the receiver only while holding it and seeing _gone False,
+        # _wake_lock orders the wake-up against the receiver's deletion:
+        # _wakeup posts to the receiver only while holding it and seeing the
+        # context open,
         # and whatever deletes the receiver (close(), the application's
-        # destructor) first sets _gone under it.  Posting to a QObject that
+        # destructor) first closes the context under it.  Posting to a QObject that
         # another thread is deleting is undefined behaviour in Qt.
         self._wake_lock = threading.Lock()
-        self._gone = False
         # How many of this context's Qt callbacks are running on the
         # context thread: while one is, the QObject whose signal or slot it
         # is must not be deleted at once, so deletions are deferred
@@ -237,22 +239,22 @@ class QtContext(MainContext):
 
     def _wakeup(self) -> None:
         with self._wake_lock:
-            if self._gone:
+            if self.closed:
                 raise ContextClosedError(f"{self.name}: the Qt application or this context's receiver is gone")
             _invoke(self._receiver, "_on_wake", _QUEUED)
 
     def _loop_closed(self) -> bool:
-        return self._gone
+        return False  # the receiver's destruction tells us (see _lost)
 
     def _call_later(self, delay: float, fn: Callable[[], None]) -> _TimerHandle:
-        if self._gone:
+        if self.closed:
             return _NO_TIMER  # like a source of a destroyed GLib context: never runs
         timer = _QtTimer(self, delay, fn)
         self._timers.add(timer)
         return timer
 
     def _set_fd_interest(self, fd: int, read: bool, write: bool, old: tuple[bool, bool] | None) -> None:
-        if (not read and not write) or self._gone:
+        if (not read and not write) or self.closed:
             for notifier in self._notifiers.pop(fd, ()):
                 if notifier is not None:
                     self._discard(notifier)
@@ -319,16 +321,18 @@ class QtContext(MainContext):
         run in the calling thread, or in the completing thread).
         ``attach(app)`` afterwards returns a new context.
         """
-        if self._lose_loop():
+        queued = self._lose_loop()
+        if queued is not None:
             self._release_qt_objects()
-        super().close()  # fails what is queued
+            self._dispatcher.fail(queued)
 
-    def _lose_loop(self) -> bool:
-        """Mark the loop gone; True for the call that did it."""
+    def _lose_loop(self) -> deque[Dispatchable] | None:
+        """Close the context (under _wake_lock, see __init__) and forget it;
+        what was queued, to fail, for the call that did it, else None."""
         with self._wake_lock:
-            if self._gone:
-                return False
-            self._gone = True
+            queued = self._dispatcher.shut()
+        if queued is None:
+            return None
         key = id(self.app)
         with _registry_lock:
             if _shared.get(key) is self:
@@ -336,7 +340,7 @@ class QtContext(MainContext):
             record = _records.get(key)
             if record is not None:
                 record.contexts.discard(self)
-        return True
+        return queued
 
     def _adopt(self, refs: tuple[Any, ...]) -> None:
         # A task completed in another thread after this context closed: what
@@ -359,7 +363,8 @@ class QtContext(MainContext):
         # Collected while open (only the application held the receiver, and
         # the receiver holds us weakly): let the receiver go too.  deleteLater
         # is safe from whatever thread the garbage collector runs in.
-        if getattr(self, "_gone", True) or not hasattr(self, "_receiver"):
+        dispatcher = getattr(self, "_dispatcher", None)
+        if dispatcher is None or dispatcher.closed or not hasattr(self, "_receiver"):
             return
         try:
             if shiboken6.isValid(self._receiver):
@@ -370,7 +375,7 @@ class QtContext(MainContext):
     # -- Qt callbacks, on the context thread ----------------------------------
 
     def _on_wake(self) -> None:
-        if self._gone:
+        if self.closed:
             return  # a wake-up queued before close(): the queue was failed then
         self._busy += 1
         try:
@@ -382,7 +387,7 @@ class QtContext(MainContext):
 
     def _fd_callback(self, fd: int) -> Callable[..., None]:
         def activated(*_: Any) -> None:
-            if self._gone:
+            if self.closed:
                 return
             self._busy += 1
             try:
@@ -427,10 +432,11 @@ class QtContext(MainContext):
 
 def _lost(context: QtContext) -> None:
     """The application or the receiver is being destroyed: close the context."""
-    if context._lose_loop():
+    queued = context._lose_loop()
+    if queued is not None:
         context._timers.clear()
         context._notifiers.clear()
-        context._close_queue()
+        context._dispatcher.fail(queued)
 
 
 def _lost_ref(ref: weakref.ref[QtContext]) -> None:
@@ -459,7 +465,7 @@ class _QtTimer:
     def _fire(self) -> None:
         timer, self._timer = self._timer, None
         context = self._context
-        if timer is None or context._gone:
+        if timer is None or context.closed:
             return
         context._timers.discard(self)
         context._busy += 1
@@ -476,7 +482,7 @@ class _QtTimer:
     def cancel(self) -> None:
         timer, self._timer = self._timer, None
         context = self._context
-        if timer is None or context._gone:
+        if timer is None or context.closed:
             return
         context._timers.discard(self)
         context._discard(timer)
@@ -579,10 +585,10 @@ def _attach_app(obj: Any) -> MainContext:
             "attach the QCoreApplication/QApplication (QCoreApplication.instance())"
         )
     ctx = _shared.get(id(obj))
-    if ctx is None or ctx._gone:
+    if ctx is None or ctx.closed:
         with _registry_lock:
             ctx = _shared.get(id(obj))
-            if ctx is None or ctx._gone:
+            if ctx is None or ctx.closed:
                 ctx = QtContext(obj)
                 _shared[id(obj)] = ctx
     return ctx
@@ -604,8 +610,8 @@ def _detect() -> MainContext | None:
     if app is None:
         return None
     ctx = _shared.get(id(app))
-    if ctx is not None and not ctx._gone:
-        if threading.get_ident() != ctx._owner or _loop_level(ctx._qthread) == 0:
+    if ctx is not None and not ctx.closed:
+        if threading.get_ident() != ctx._owner[0] or _loop_level(ctx._qthread) == 0:
             return None
         return ctx
     qthread = _app_thread(app)

@@ -172,7 +172,7 @@ class _Timer:
         self._fn = fn
         self._id: str | None = None
         root = context._root
-        if root is not None and not context._dead:
+        if root is not None and not context.closed:
             # Rounded up: a timer never fires before its delay.
             ms = max(0, math.ceil(round(delay * 1000.0, 6)))
             self._id = root.after(ms, self._fire)
@@ -189,7 +189,7 @@ class _Timer:
             return
         self._context._timers.discard(self)
         root = self._context._root
-        if root is not None and not self._context._dead:
+        if root is not None and not self._context.closed:
             root.after_cancel(after_id)
 
 
@@ -252,10 +252,8 @@ class TkContext(MainContext):
         super().__init__(name=name or f"tk root {id(root):#x}")
         self._tk_ident = threading.get_ident()
         self.polling = polling or not _has_filehandler(root.tk)
-        # Set on the Tk thread when the root goes (before the queue is
-        # failed: post() reads it after queueing); read from any thread.
-        self._dead = False
-        # Everything below is touched on the Tk thread only.
+        # When the root goes, _teardown closes the context (MainContext.closed,
+        # which any thread may read).  Everything below is touched on the Tk thread only.
         #
         # The root while it lives, None once destroyed.  The root keeps its
         # context (attach() finds it there) but the context lets go of the
@@ -278,8 +276,7 @@ class TkContext(MainContext):
         root.__dict__[_ATTR] = self
         if not _tk_alive(root):
             # Attached after destroy(): closed from birth, like its root.
-            self._dead = True
-            self._closed = True
+            self._loop_gone()
             return
         self._root = root
         tk = root.tk
@@ -330,7 +327,7 @@ class TkContext(MainContext):
     # -- adapter protocol ---------------------------------------------------
 
     def _wakeup(self) -> None:
-        if self._dead:
+        if self.closed:
             raise ContextClosedError(f"{self.name}: the Tk root is destroyed")
         if threading.get_ident() == self._tk_ident:
             # On the Tk thread Tcl is ours to call: no round trip through
@@ -345,14 +342,14 @@ class TkContext(MainContext):
             self._wake_flag = True
 
     def _loop_closed(self) -> bool:
-        return self._dead
+        return False  # the root's <Destroy> tells us (see _teardown)
 
     def _call_later(self, delay: float, fn: Callable[[], None]) -> _TimerHandle:
         return _Timer(self, delay, fn)
 
     def _set_fd_interest(self, fd: int, read: bool, write: bool, old: tuple[bool, bool] | None) -> None:
         root = self._root
-        if root is None or self._dead:
+        if root is None or self.closed:
             return
         if self.polling:
             return  # _poll_fds reads self._io_mask
@@ -371,15 +368,15 @@ class TkContext(MainContext):
         if threading.get_ident() != self._tk_ident:
             raise TaskStateError(f"{self.name}: a Tk root's mainloop runs on the thread that created it")
         root = self._root
-        if root is not None and not self._dead and not _tk_alive(root):
+        if root is not None and not self.closed and not _tk_alive(root):
             self._teardown()  # destroyed without our binding hearing of it
-        if root is None or self._dead:
+        if root is None or self.closed:
             raise ContextClosedError(f"{self.name}: the Tk root is destroyed")
         root.mainloop()
 
     def _stop_loop(self) -> None:
         root = self._root
-        if root is not None and not self._dead:
+        if root is not None and not self.closed:
             root.quit()
 
     # -- the Tk thread --------------------------------------------------------
@@ -390,7 +387,7 @@ class TkContext(MainContext):
         # redraw), and a chain of idle handlers keeps update_idletasks()
         # from returning (see the module docstring).
         root = self._root
-        if self._batch_id is not None or root is None or self._dead:
+        if self._batch_id is not None or root is None or self.closed:
             return
         if self._batch_at_idle:
             self._batch_id = root.tk.call("after", "idle", self._idle_cmd)
@@ -406,7 +403,7 @@ class TkContext(MainContext):
     def _run_batch(self, next_at_idle: bool) -> None:
         self._batch_id = None
         self._batch_at_idle = next_at_idle
-        if not self._dead:
+        if not self.closed:
             self._dispatch()
 
     def _on_wake(self, fd: int, mask: int) -> None:
@@ -432,7 +429,7 @@ class TkContext(MainContext):
                 self._schedule_batch()
         finally:
             root = self._root
-            if root is not None and not self._dead:
+            if root is not None and not self.closed:
                 self._poll_id = root.tk.call("after", POLL_INTERVAL_MS, self._poll_cmd)
 
     def _poll_fds(self) -> None:
@@ -448,7 +445,7 @@ class TkContext(MainContext):
             # (the base polls it and reports IO_ERR for the bad one).
             ready = list(polled)
         for fd in dict.fromkeys(ready):
-            if fd in self._io_mask and not self._dead:
+            if fd in self._io_mask and not self.closed:
                 try:
                     self._fd_ready(fd)
                 except Exception as exc:
@@ -462,11 +459,11 @@ class TkContext(MainContext):
         """The root is going: release what is ours in Tcl, let go of the
         root, and fail what is queued."""
         root = self._root
-        if self._dead or root is None:
+        if root is None:
             return
-        # First: post() queues, then asks _loop_closed(); whichever of it
-        # and _close_queue() below comes second fails the item.
-        self._dead = True
+        # First: from here on posts fail their items at once, and _wakeup
+        # refuses; what was queued before is failed at the end.
+        queued = self._dispatcher.shut()
         tk = root.tk
         # The interpreter outlives the root, and its timers and the thread's
         # file handlers would fire in the next mainloop() of any root here.
@@ -504,7 +501,8 @@ class TkContext(MainContext):
             for watch in list(watches):
                 watch.remove()
         self._root = None
-        self._close_queue()
+        if queued is not None:
+            self._dispatcher.fail(queued)
 
 
 # References adopted from tasks that finished off their Tk thread, by thread
@@ -532,7 +530,7 @@ _thread_state = _ThreadState()
 
 def _detect() -> MainContext | None:
     ctx = _thread_state.current
-    if ctx is None or ctx._dead:
+    if ctx is None or ctx.closed:
         return None
     return ctx
 

@@ -70,7 +70,7 @@ import atexit
 import threading
 import time
 import weakref
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Generator
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -137,10 +137,9 @@ class TrioContext(MainContext):
         self._attached = attached
         # The token of the run delivering completions now; None while a
         # standalone context is not running.  Set and cleared on the trio
-        # thread, read by _wakeup from any thread.
+        # thread, read by _wakeup from any thread.  The context is closed
+        # (MainContext.closed) when the attached run ends, or by close().
         self._token = _token
-        # The loop is gone for good: the attached run ended, or close().
-        self._finished = False
         # Whether system tasks may be spawned: a run is active and not yet
         # shutting down.  Context thread only, like the two tables below.
         self._active = False
@@ -151,8 +150,10 @@ class TrioContext(MainContext):
         self._fd_scopes: dict[tuple[int, bool], trio.CancelScope] = {}
         # The scope of an attached context's run watcher (see _watch_run).
         self._watch_scope: trio.CancelScope | None = None
-        # _run_lock guards _running and _finished: two MainLoops may not run
-        # a standalone context at once, nor a run start after close().
+        # _run_lock guards _running, and orders a run's start (which
+        # publishes _token) against close() (which closes and reads _token):
+        # two MainLoops may not run a standalone context at once, a run
+        # does not start after close(), and close() stops a run that started.
         self._run_lock = threading.Lock()
         self._running = False
         self._stop_event: trio.Event | None = None
@@ -165,18 +166,18 @@ class TrioContext(MainContext):
                 # until the run answers; meanwhile no thread counts as the
                 # context's, so everything is handed over through the queue,
                 # behind this binding call (run_sync_soon is FIFO).
-                self._owner = None
+                self._owner = (None, self._owner[1])
                 try:
                     _token.run_sync_soon(self._bind_attached)
                 except trio.RunFinishedError:
-                    self._finished = True
+                    self._loop_gone()
         else:
             _standalone.add(self)
 
     # -- adapter protocol ---------------------------------------------------
 
     def _wakeup(self) -> None:
-        if self._finished:
+        if self.closed:
             raise ContextClosedError(f"{self.name} is closed")
         token = self._token
         if token is None:
@@ -184,15 +185,17 @@ class TrioContext(MainContext):
         try:
             token.run_sync_soon(self._dispatch)
         except trio.RunFinishedError as exc:
-            if not self._attached and not self._finished:
+            if not self._attached and not self.closed:
                 # The run this token belonged to just ended; the batch stays
                 # queued for the next run (_main dispatches it first thing).
                 return
-            self._finished = True
             raise ContextClosedError(f"{self.name}: the trio run has finished") from exc
 
     def _loop_closed(self) -> bool:
-        return self._finished
+        return False  # the run's end tells us (see _watch_run)
+
+    def _loop_nests(self) -> bool:
+        return False  # trio.run() cannot run inside a run
 
     def _call_later(self, delay: float, fn: Callable[[], None]) -> _Timer:
         timer = _Timer(self, delay, fn)
@@ -221,7 +224,7 @@ class TrioContext(MainContext):
         if _in_trio_run():
             raise TaskStateError(f"{self.name}: MainLoop.run() cannot start a trio run inside a trio run")
         with self._run_lock:
-            if self._finished:
+            if self.closed:
                 raise ContextClosedError(f"{self.name} is closed")
             if self._running:
                 raise TaskStateError(f"{self.name} is already running")
@@ -247,18 +250,16 @@ class TrioContext(MainContext):
         self._stop_event = stop = trio.Event()
         with _attach_lock:
             _contexts[token] = self  # get_context() inside the run finds us
-        self._token = token
         self._active = True
         try:
-            # close() sets _finished, then reads _token; this stored _token,
-            # now reads _finished: one of the two sees the other (GIL order).
-            if self._finished:
-                return
+            with self._run_lock:  # see close()
+                self._token = token
+                if self.closed:
+                    return
             self._resume_sources()
-            if self._queue or self._scheduled:
-                # Completions posted before the run (their wake-up found no
-                # run to wake) are delivered first.
-                self._dispatch()
+            # Completions posted before the run (their wake-up found no run
+            # to wake) are delivered first.
+            self._dispatch()
             await stop.wait()
         finally:
             # From here on, posts wait for the next run; wake-ups already
@@ -291,11 +292,10 @@ class TrioContext(MainContext):
         without qiotask: a later ``attach(token)`` or ``get_context()`` in
         it makes a new context.
         """
-        with self._run_lock:
-            already = self._finished
-            self._finished = True
-        token = self._token
-        if not already:
+        with self._run_lock:  # see _main
+            queued = self._dispatcher.shut()
+            token = self._token
+        if queued is not None:
             with _attach_lock:
                 if token is not None and _contexts.get(token) is self:
                     del _contexts[token]
@@ -310,7 +310,7 @@ class TrioContext(MainContext):
                     token.run_sync_soon(self._release)
                 except trio.RunFinishedError:
                     pass  # the run is over, and its system tasks with it
-        self._close_queue()
+            self._dispatcher.fail(queued)
 
     def _release(self) -> None:
         """On the trio thread: stop the system tasks qiotask runs there."""
@@ -331,13 +331,13 @@ class TrioContext(MainContext):
 
     def _bind_attached(self) -> None:
         """On the trio thread, in the run: adopt the thread, watch the run."""
-        if self._finished:
+        if self.closed:
             return  # closed before the run got to this
         self._set_owner(threading.current_thread())
         self._active = True
         scope = self._watch_scope = trio.CancelScope()
         if not self._spawn(self._watch_run, scope):
-            self._finished = True
+            self._loop_gone()
 
     async def _watch_run(self, scope: trio.CancelScope) -> None:
         # A system task: cancelled when the main task has returned, or by
@@ -346,11 +346,11 @@ class TrioContext(MainContext):
             with scope:
                 await trio.sleep_forever()
         finally:
-            # The run is ending: trio still runs the wake-ups already sent,
-            # but no new system task may start, and whatever completes from
-            # now on fails with ContextClosedError.
+            # The run is ending: no new system task may start, and whatever
+            # is queued or completes from now on fails with
+            # ContextClosedError (the wake-ups already sent find nothing).
             self._active = False
-            self._finished = True
+            self._loop_gone()
 
     # -- system tasks ----------------------------------------------------------
 
@@ -425,7 +425,7 @@ _standalone: weakref.WeakSet[TrioContext] = weakref.WeakSet()
 @atexit.register
 def _close_standalone() -> None:
     for ctx in list(_standalone):
-        if not ctx._running and not ctx._finished:
+        if not ctx._running and not ctx.closed:
             ctx.close()
 
 
@@ -520,4 +520,10 @@ async def _wait_task(task: Task[Any]) -> None:
     await _lowlevel.wait_task_rescheduled(waiter._abort)
 
 
-register_await_hook(_in_trio_run, _wait_task)
+def _await_task(task: Task[Any]) -> Generator[Any, None, Any]:
+    """What ``await task`` runs under trio."""
+    yield from _wait_task(task).__await__()
+    return task._outcome()
+
+
+register_await_hook(_in_trio_run, _await_task)

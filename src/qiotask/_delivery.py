@@ -1,0 +1,190 @@
+"""Delivery: the order in which a completion runs, and where.
+
+Once a task's outcome is fixed (``_state``'s claim, worker_returned or an
+abandoning cancel), the completion is handed to the context: run here and
+now on the context thread, else posted to it.  It runs, on the context
+thread, as::
+
+    begin_delivery -> last progress report -> func -> done-callbacks (and
+    awaiters) -> worker's destroy -> task's destroy -> result's destroy ->
+    finish (the source and callbacks released, wait() woken)
+
+If the loop went away first, the same runs in the thread that finds it gone,
+without ``func`` (its thread is gone) and with ``ContextClosedError``.
+
+Exceptions from user code: an ``Exception`` goes to the context's exception
+handler and the rest still runs; a ``KeyboardInterrupt``, ``SystemExit`` or
+other ``BaseException`` -- from the code or from the exception handler -- is
+re-raised once the rest has run, so nothing is skipped and nothing is lost.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from . import _points, _trace
+from ._errors import ContextClosedError, TaskCancelled, TaskTimeout
+from ._progress import deliver_latest
+
+if TYPE_CHECKING:
+    from ._context import MainContext
+    from ._state import TaskCore
+
+__all__ = ["ask_cancel", "context_closed", "deliver", "hand_over", "notify", "time_out"]
+
+logger = logging.getLogger("qiotask")
+
+_count_completed = _trace.count_completed
+_count_failed = _trace.count_failed
+
+
+def notify(task: TaskCore, fn: Callable[..., Any], what: str, *args: Any) -> BaseException | None:
+    """Call a user callback; an Exception goes to the exception handler.
+    Never raises: a BaseException (from ``fn`` or from the handler) is
+    returned, for the caller to re-raise once the rest has run."""
+    try:
+        fn(*args)
+    except Exception as exc:
+        return _report(task, f"exception in {what} {fn!r} of task {task.name!r}", exc)
+    except BaseException as exc:
+        return exc
+    return None
+
+
+def _report(task: TaskCore, message: str, exc: Exception) -> BaseException | None:
+    """Hand ``exc`` to the context's exception handler; return what the
+    handler itself raised, if it is not an Exception (it logs those)."""
+    try:
+        task._context.report_exception(message, exc)
+    except BaseException as handler_exc:
+        return handler_exc
+    return None
+
+
+def hand_over(task: TaskCore) -> None:
+    """The outcome is fixed: run the completion now if this is the context
+    thread, else post it there."""
+    context = task._context
+    if context.is_owner():
+        if context.closed:
+            context_closed(task, context)
+        else:
+            deliver(task)
+    else:
+        if task._traced:
+            _trace.emit("qio_task_thread_source_attach", task, context=context)
+        context.post(task)  # type: ignore[arg-type]
+
+
+def context_closed(task: TaskCore, context: MainContext) -> None:
+    """The loop is gone before the completion ran: complete here, without
+    ``func``, with ``ContextClosedError``."""
+    error = ContextClosedError(
+        f"task {task.name!r}: context {context.name!r} closed before its completion ran; func was not called"
+    )
+    deliver(task, error)
+
+
+def deliver(task: TaskCore, closed: ContextClosedError | None = None) -> None:
+    """Run the completion (once: a second call finds it made)."""
+    if _points.hook is not None:
+        _points.hook("task.deliver", task)
+    plan = task._move_begin_delivery(closed)
+    if plan is None:
+        return
+    callbacks, err, job = plan
+    context = task._context
+    if closed is not None:
+        logger.warning("task %r finished with ContextClosedError: its context %r is gone", task.name, context.name)
+    pending: BaseException | None = None
+    if task._ctl.progress is not None:
+        pending = deliver_latest(task)  # the last report comes before the completion
+    if task._traced:
+        if task._job is not None:
+            _trace.emit("qio_task_thread_result", task, err=err)
+        if err is None:
+            _trace.emit("qio_task_complete", task, result=task._result)
+        else:
+            _trace.emit("qio_task_abort", task, err=err)
+    func = task._func
+    call_func = func is not None and closed is None
+    if err is not None and (call_func or callbacks):
+        task._retrieved = True  # someone was told
+    if call_func:
+        assert func is not None
+        try:  # notify(), inlined: every task with a func comes here
+            func(task._source, err, task._opaque)
+        except Exception as exc:
+            pending = _report(task, f"exception in completion callback {func!r} of task {task.name!r}", exc) or pending
+        except BaseException as exc:
+            pending = pending or exc
+    if callbacks:
+        for entry in callbacks:
+            if type(entry) is tuple:  # an awaiter: (wake, its future), see the loop adapters
+                entry[0](entry[1])
+            else:
+                pending = notify(task, entry, "done-callback", task) or pending
+    if job is not None:
+        assert job.destroy is not None
+        pending = notify(task, job.destroy, "worker destroy notifier", job.opaque) or pending
+    if task._destroy is not None:
+        pending = notify(task, task._destroy, "destroy notifier", task._opaque) or pending
+    if task._result_destroy is not None:
+        pending = notify(task, task._result_destroy, "result destroy notifier", task._result) or pending
+    if _points.hook is not None:
+        _points.hook("task.finish", task)
+    refs = task._move_finish()
+    if err is None:
+        _count_completed()
+    else:
+        _count_failed()
+    if closed is not None and not context.is_owner():
+        # Completed off its thread because the loop is gone: let the
+        # context decide where the last references die (Tk: on its thread).
+        context._adopt((*refs, callbacks))
+    del refs, callbacks
+    if pending is not None:
+        raise pending
+
+
+def ask_cancel(task: TaskCore, make_reason: Callable[[bool], TaskCancelled | TaskTimeout]) -> bool:
+    """The cancel move, then its consequences in this thread: the hooks, and
+    the completion if the move completed the task.  A BaseException from a
+    hook is re-raised once the rest is done."""
+    if _points.hook is not None:
+        _points.hook("task.cancel", task)
+    asked, hooks, completes = task._move_cancel(make_reason)
+    if not asked:
+        return False
+    pending: BaseException | None = None
+    if hooks:
+        for fn in hooks:
+            pending = notify(task, fn, "cancel hook", task) or pending
+    if completes:
+        job = task._job
+        deadline = getattr(job, "deadline", None)
+        if deadline is not None:
+            deadline.cancel()
+        try:
+            hand_over(task)  # on the context thread: the completion runs here
+        except BaseException as exc:
+            if pending is None:
+                raise
+            logger.error("task %r: %r from its completion, after %r from a cancel hook", task.name, exc, pending)
+    if pending is not None:
+        raise pending
+    return True
+
+
+def time_out(task: TaskCore) -> None:
+    """A deadline passed (on the deadline thread): a cancel whose
+    ``TaskTimeout`` says whether the worker was still queued, as the cancel
+    move finds it."""
+    if _points.hook is not None:
+        _points.hook("task.timeout", task)
+    name = task.name
+    ask_cancel(
+        task, lambda queued: TaskTimeout(f"task {name!r} timed out {'while queued' if queued else 'while running'}")
+    )

@@ -1,0 +1,53 @@
+"""The executor bridge: a task completed by any ``concurrent.futures.Executor``.
+
+``run_in_executor`` submits ``fn(*args)`` to the executor (a process pool,
+loky, a Dask ``distributed`` client's executor) and completes the task with
+its outcome on the context thread.  The executor's call is a thread job
+whose start the task cannot see, so the task goes straight to RUNNING; its
+cancel maps to the future's ``cancel()`` (an ``on_cancel`` hook): a call not
+started never runs, one running completes the task with ``TaskCancelled``
+when it ends (cancel wins).  The future's done-callback, on whatever thread
+the executor completes futures on, reports through the same worker_returned
+move as a pool thread.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from ._checks import check_callable
+from ._errors import TaskCancelled
+from ._threadjob import ThreadJob
+
+if TYPE_CHECKING:
+    from ._state import TaskCore
+
+__all__ = ["run_in_executor"]
+
+
+def run_in_executor(
+    task: TaskCore, executor: concurrent.futures.Executor, fn: Callable[..., Any], args: tuple[Any, ...]
+) -> concurrent.futures.Future[Any]:
+    """``Task.run_in_executor`` (see its docstring); returns the future."""
+    if not callable(getattr(executor, "submit", None)):
+        raise TypeError(f"run_in_executor: executor must have submit(), not {type(executor).__name__}")
+    check_callable(fn, "run_in_executor")
+    job = ThreadJob(task, fn, None, None, None, False)
+    task._move_submit(job, "run_in_executor", running=True)
+    try:
+        future = executor.submit(fn, *args)
+    except BaseException:
+        task._move_unsubmit()
+        raise
+
+    def done(future: concurrent.futures.Future[Any]) -> None:
+        if future.cancelled():
+            job.done(None, TaskCancelled(f"task {task.name!r} was cancelled in its executor"))
+            return
+        exc = future.exception()
+        job.done(None if exc is not None else future.result(), exc)
+
+    future.add_done_callback(done)
+    return future

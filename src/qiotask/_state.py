@@ -1,0 +1,521 @@
+"""The task state machine: every move of a task's state in one locked step.
+
+A task's state only moves forward::
+
+    PENDING ──submit──▶ QUEUED ──start──▶ RUNNING ──worker_returned──▶ COMPLETING
+       │                  │                  │                             │
+       └──claim──────────┐└──cancel─────────┐└──cancel (abandon)──────────┐│
+                         ▼                  ▼                             ▼▼
+                    COMPLETING ──begin_delivery──▶ DELIVERING ──finish──▶ FINISHED
+
+=================  ==============================  ===================================
+move               from -> to                      made by
+=================  ==============================  ===================================
+claim              PENDING -> COMPLETING           ``complete()``/``abort()``, any thread
+submit             PENDING -> QUEUED (RUNNING for  ``run_in_thread``/``run_in_executor``
+                   an executor)
+unsubmit           QUEUED/RUNNING -> PENDING       the submitter, when the pool refused
+start              QUEUED -> RUNNING, or refused   the pool thread, before the worker
+cancel             PENDING: flag only              any thread (``cancel()``, a timeout)
+                   QUEUED -> COMPLETING
+                   RUNNING -> COMPLETING with
+                   abandon_on_cancel, else flag
+worker_returned    RUNNING -> COMPLETING, or       the thread the worker ran on
+                   "late" if a cancel abandoned it
+begin_delivery     COMPLETING -> DELIVERING        the context thread (or, the loop
+                                                   gone, the thread that finds it gone)
+finish             DELIVERING -> FINISHED          the same thread
+=================  ==============================  ===================================
+
+Who decides: each move is one hold of the task's lock, in which it reads the
+state, decides, moves, and wakes whoever waits for that move (``wait()``'s
+event at finish; ``wait_thread()``'s queue when the outcome is fixed).  So
+exactly one of start and cancel takes a task out of QUEUED, exactly one of
+worker_returned and an abandoning cancel takes it out of RUNNING, and the
+loser of each race learns it from the move's return value, never from a
+field it reads later.  An abandon is decided once, by the cancel, and marked
+on the thread job; the worker's late report finds the mark under the same
+lock and only runs the job's destroy notifier (trio's ``_threads.py`` empties
+its register for the same reason).
+
+The lock: one of ``STRIPES`` locks, picked by the task's number when it is
+made.  The moves every task makes take it with ``acquire()``/``try``/
+``finally: release()`` rather than ``with``: the same guarantee for about
+three quarters of the cost on CPython 3.11 (``__exit__`` takes three
+arguments; measured with callgrind, 2.5k against 3.3k instructions).  A
+lock per task would cost an allocation per task; one lock for all would make
+every task in the process wait for every other.  Each hold is a
+few field stores; no user code, no other lock but the waiters' own (an
+``Event.set``, a ``SimpleQueue.put``) and no allocation beyond a cancel's
+exception runs under it.  A thread never holds two task locks.
+
+Guarantees / assumes (lock-free reads): ``done()``, ``state``,
+``cancelled()``, ``raise_if_cancelled()``, ``get_result()`` and
+``exception()`` read one field without the lock.  They rely on a load of one
+attribute returning a value some store wrote -- true under the GIL and on
+the free-threaded build, where attribute loads and stores are atomic per
+object -- and on the state only moving forward, so a stale answer is an
+earlier true one.  Nothing is decided from such a read: every decision is a
+move.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import queue
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from ._errors import TaskStateError
+from ._outcome import Held, delivered_error, first_error, replace_result
+
+if TYPE_CHECKING:
+    from ._context import MainContext
+    from ._errors import TaskCancelled, TaskTimeout
+
+__all__ = ["STRIPES", "Control", "TaskCore", "TaskState"]
+
+
+class TaskState(enum.Enum):
+    """Where a task is in its life (see DESIGN §4)."""
+
+    #: Created; nothing has completed it and no worker was started.
+    PENDING = "pending"
+    #: ``run_in_thread`` was called; the worker waits for a pool thread.
+    QUEUED = "queued"
+    #: The worker is running on a pool thread.
+    RUNNING = "running"
+    #: The outcome is fixed; the completion is on its way to the context.
+    COMPLETING = "completing"
+    #: The completion ran (``func``, done-callbacks, destroy notifiers).
+    FINISHED = "finished"
+
+
+# The states as small ints, so that "claimed" and "delivered" are one
+# comparison.  DELIVERING: func and the notifiers are running (public:
+# FINISHED, as a Future is done inside its callbacks).
+PENDING, QUEUED, RUNNING, COMPLETING, DELIVERING, FINISHED = range(6)
+PUBLIC_STATE = (
+    TaskState.PENDING,
+    TaskState.QUEUED,
+    TaskState.RUNNING,
+    TaskState.COMPLETING,
+    TaskState.FINISHED,
+    TaskState.FINISHED,
+)
+
+#: How many locks the tasks share (a power of two).  Tasks are numbered in
+#: order, so the tasks in flight at once fall on different locks up to this
+#: many; more only makes unrelated tasks meet on a lock less often.
+STRIPES = 64
+_locks = tuple(threading.Lock() for _ in range(STRIPES))
+
+
+def lock_for(number: int) -> threading.Lock:
+    """The lock of the task numbered ``number``."""
+    return _locks[number & (STRIPES - 1)]
+
+
+def _before_fork() -> None:
+    # No move is half made in the child: wait for every hold to end.
+    for lock in _locks:
+        lock.acquire()
+
+
+def _after_fork_in_parent() -> None:
+    for lock in reversed(_locks):
+        lock.release()
+
+
+def _after_fork_in_child() -> None:
+    for lock in _locks:
+        lock.release()  # held by this thread, which the child has
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent, after_in_child=_after_fork_in_child)
+
+#: What wakes ``wait_thread()``: the outcome is fixed.
+WORKER_DONE = object()
+#: What a start refused returns instead of a result: the worker never ran.
+NEVER_RAN = object()
+#: worker_returned's verdict for a worker whose task was abandoned.
+LATE = object()
+
+
+class Control:
+    """What cancellation, progress and call_in_main need of a task.  A task
+    shares ``NO_CONTROL`` (never written) until one of them is first used;
+    its fields are guarded by the task's lock."""
+
+    __slots__ = ("cancel", "cancel_hooks", "main_calls", "progress", "progress_fns")
+
+    def __init__(self) -> None:
+        # The exception a cancel asked for: once set, it is what the
+        # completion delivers ("cancel wins").
+        self.cancel: TaskCancelled | TaskTimeout | None = None
+        self.cancel_hooks: list[Callable[[Any], Any]] | None = None
+        # call_in_main() requests not served yet (see wait_thread).
+        self.main_calls: list[Any] | None = None
+        # The latest progress report not yet delivered, and the listeners.
+        self.progress: tuple[float, float | None, str | None] | None = None
+        self.progress_fns: list[Callable[..., Any]] | None = None
+
+
+NO_CONTROL = Control()
+
+
+class JobCore:
+    """What the state machine needs of a task's worker (``_threadjob``)."""
+
+    __slots__ = ("abandon", "abandoned", "destroy", "opaque")
+
+    def __init__(self, opaque: Any, destroy: Callable[[Any], Any] | None, abandon: bool) -> None:
+        self.opaque = opaque
+        self.destroy = destroy
+        self.abandon = abandon  # abandon_on_cancel
+        #: Set by the cancel that completed the task while the worker ran:
+        #: its outcome is dropped and its destroy waits for its return.
+        self.abandoned = False
+
+
+class TaskCore:
+    """A task's fields and the moves between its states.  ``Task`` is the
+    public face; every other module changes these fields only through the
+    moves below (or, for fields no other thread touches, as noted)."""
+
+    __slots__ = (
+        "_callbacks",
+        "_context",
+        "_ctl",
+        "_destroy",
+        "_error",
+        "_event",
+        "_func",
+        "_id",
+        "_job",
+        "_lock",
+        "_name",
+        "_opaque",
+        "_propagated",
+        "_result",
+        "_result_destroy",
+        "_retrieved",
+        "_s",
+        "_source",
+        "_traced",
+        "_waiter",
+    )
+
+    # Fields by who guards them.  The task's lock: _s, _ctl's fields, _job
+    # (set at submit; its abandoned flag), _callbacks, _event, _waiter,
+    # _error, _result, _result_destroy, _propagated, and _source, _func,
+    # _opaque, _destroy (dropped at finish).  Fixed at creation: _lock,
+    # _context, _id, _traced.  _retrieved is only ever set to True.
+    _s: int
+    _lock: threading.Lock
+    _ctl: Control
+    _job: JobCore | None
+    _callbacks: list[Any] | None
+    _event: threading.Event | None
+    _waiter: queue.SimpleQueue[object] | None
+    _result: Any
+    _result_destroy: Callable[[Any], Any] | None
+    _error: BaseException | None
+    _propagated: bool
+    _retrieved: bool
+    _source: Any
+    _func: Callable[..., Any] | None
+    _opaque: Any
+    _destroy: Callable[[Any], Any] | None
+    _context: MainContext
+    _name: str | None
+    _id: int
+    _traced: bool
+
+    @property
+    def name(self) -> str:
+        """The task's name (``Task-<n>`` unless one was given)."""
+        return self._name if self._name is not None else f"Task-{self._id}"
+
+    @name.setter
+    def name(self, value: str) -> None:
+        if not isinstance(value, str):
+            raise TypeError(f"Task.name must be a str, not {type(value).__name__}")
+        self._name = value
+
+    # -- completing by hand -------------------------------------------------
+
+    def _move_claim(self, what: str, err: BaseException | None, result: Any) -> Held | None:
+        """PENDING -> COMPLETING for complete()/abort(); returns the result
+        it replaced (for its destroy notifier)."""
+        lock = self._lock
+        lock.acquire()
+        try:
+            state = self._s
+            if state >= COMPLETING:
+                raise TaskStateError(
+                    f"task {self.name!r} is already completed; complete() and abort() may be called once"
+                )
+            if state != PENDING:
+                raise TaskStateError(
+                    f"task {self.name!r} runs a worker; it completes when the worker returns, not by {what}()"
+                )
+            self._s = COMPLETING
+            if err is not None:
+                self._error = first_error(self._error, err)
+            if result is None:
+                return None  # None keeps (see _outcome): nothing to decide
+            return self._store_result(result, None, none_keeps=True)
+        finally:
+            lock.release()
+
+    def _store_result(self, value: Any, destroy: Callable[[Any], Any] | None, *, none_keeps: bool) -> Held | None:
+        # Under the lock.  Returns the result let go, if it has a destroy.
+        new = replace_result((self._result, self._result_destroy), value, destroy, none_keeps=none_keeps)
+        if new is None:
+            return None
+        released = (self._result, self._result_destroy)
+        self._result, self._result_destroy = new
+        return released if released[1] is not None else None
+
+    def _move_set_error(self, err: BaseException) -> None:
+        with self._lock:
+            if self._s >= COMPLETING:
+                raise TaskStateError(f"task {self.name!r} is already completed; set_error() must come before")
+            self._error = first_error(self._error, err)
+
+    def _move_set_result(self, value: Any, destroy: Callable[[Any], Any] | None) -> Held | None:
+        with self._lock:
+            if self._s >= COMPLETING:
+                raise TaskStateError(f"task {self.name!r} is already completed; set_result() must come before")
+            return self._store_result(value, destroy, none_keeps=False)
+
+    def _move_propagate_error(self) -> BaseException | None:
+        with self._lock:
+            if self._error is None:
+                return None
+            self._retrieved = True
+            if self._propagated:
+                return None
+            self._propagated = True
+            return self._error
+
+    # -- workers --------------------------------------------------------------
+
+    def _move_submit(self, job: JobCore, what: str, running: bool = False) -> None:
+        """PENDING -> QUEUED (RUNNING: an executor's call, whose start we
+        cannot see)."""
+        lock = self._lock
+        lock.acquire()
+        try:
+            if self._s != PENDING:
+                raise TaskStateError(
+                    f"task {self.name!r} is {PUBLIC_STATE[self._s].value}; {what}() may be called once, "
+                    "before completion"
+                )
+            self._s = RUNNING if running else QUEUED
+            self._job = job
+        finally:
+            lock.release()
+
+    def _move_unsubmit(self) -> None:
+        """The pool refused the job: back to PENDING, unless a cancel
+        completed the task meanwhile (it then stays completed)."""
+        with self._lock:
+            if self._s in (QUEUED, RUNNING):
+                self._s = PENDING
+                self._job = None
+
+    def _move_start(self) -> bool:
+        """QUEUED -> RUNNING; False if a cancel took the task out of QUEUED
+        first (the worker must not run)."""
+        lock = self._lock
+        lock.acquire()
+        try:
+            if self._s != QUEUED:
+                return False
+            self._s = RUNNING
+            return True
+        finally:
+            lock.release()
+
+    def _move_worker_returned(self, job: JobCore, result: Any, exc: BaseException | None) -> object:
+        """RUNNING -> COMPLETING with the worker's outcome.  Returns LATE if
+        a cancel abandoned the worker (nothing is stored), else the result
+        it replaced (a ``Held``, for its destroy) or None."""
+        lock = self._lock
+        lock.acquire()
+        try:
+            if job.abandoned:
+                return LATE
+            released = None
+            if exc is not None:
+                self._error = first_error(self._error, exc)
+            elif result is not None:  # None keeps (see _outcome): nothing to decide
+                released = self._store_result(result, None, none_keeps=True)
+            self._s = COMPLETING
+            waiter = self._waiter
+            if waiter is not None:
+                waiter.put(WORKER_DONE)
+            return released
+        finally:
+            lock.release()
+
+    # -- cancelling -------------------------------------------------------------
+
+    def _move_cancel(
+        self, make_reason: Callable[[bool], TaskCancelled | TaskTimeout]
+    ) -> tuple[bool, list[Callable[[Any], Any]] | None, bool]:
+        """Ask for a cancel: ``(asked, hooks to run, completes)``.
+
+        ``make_reason(queued)`` makes the exception, told whether the worker
+        is still queued.  A queued worker's task completes now (the worker
+        will be refused its start); a running one's too if it abandons,
+        which marks the job; otherwise only the flag is set.
+        """
+        with self._lock:
+            ctl = self._ctl
+            if ctl is NO_CONTROL:
+                ctl = self._ctl = Control()
+            state = self._s
+            if ctl.cancel is not None or state >= COMPLETING:
+                return False, None, False
+            ctl.cancel = make_reason(state == QUEUED)
+            hooks, ctl.cancel_hooks = ctl.cancel_hooks, None
+            job = self._job
+            completes = state == QUEUED or (state == RUNNING and job is not None and job.abandon)
+            if completes:
+                if state == RUNNING:
+                    assert job is not None
+                    job.abandoned = True
+                self._s = COMPLETING
+                waiter = self._waiter
+                if waiter is not None:
+                    waiter.put(WORKER_DONE)
+            return True, hooks, completes
+
+    def _move_add_cancel_hook(self, fn: Callable[[Any], Any]) -> bool:
+        """Keep ``fn`` for a later cancel; False if the cancel was asked
+        already (the caller runs it now)."""
+        with self._lock:
+            ctl = self._ctl
+            if ctl is NO_CONTROL:
+                ctl = self._ctl = Control()
+            if ctl.cancel is not None:
+                return False
+            if ctl.cancel_hooks is None:
+                ctl.cancel_hooks = [fn]
+            else:
+                ctl.cancel_hooks.append(fn)
+            return True
+
+    def _own_ctl(self) -> Control:
+        """The task's own Control, made on first use."""
+        ctl = self._ctl
+        if ctl is NO_CONTROL:
+            with self._lock:
+                ctl = self._ctl
+                if ctl is NO_CONTROL:
+                    ctl = self._ctl = Control()
+        return ctl
+
+    # -- delivering ---------------------------------------------------------------
+
+    def _move_add_callback(self, entry: Any) -> bool:
+        """Keep a done-callback (or an awaiter's wake-up) for the delivery;
+        False if the delivery has begun (the caller handles it)."""
+        with self._lock:
+            if self._s >= DELIVERING:
+                return False
+            if self._callbacks is None:
+                self._callbacks = [entry]
+            else:
+                self._callbacks.append(entry)
+            return True
+
+    def _move_begin_delivery(
+        self, closed: BaseException | None
+    ) -> tuple[list[Any] | None, BaseException | None, JobCore | None] | None:
+        """COMPLETING -> DELIVERING: ``(callbacks, err for func, job whose
+        destroy to run)``, or None if the delivery was made already (by
+        ``wait_thread()``, or the loop took it before it went away)."""
+        lock = self._lock
+        lock.acquire()
+        try:
+            if self._s >= DELIVERING:
+                return None
+            self._s = DELIVERING
+            # From here on, add_done_callback() schedules instead of adding.
+            callbacks, self._callbacks = self._callbacks, None
+            cancel = self._ctl.cancel
+            if cancel is not None or closed is not None:
+                self._error = delivered_error(self._error, cancel, closed)
+            err = self._error
+            job = self._job
+            if job is not None and (job.abandoned or job.destroy is None):
+                job = None  # an abandoned worker's destroy waits for its return
+            return callbacks, err, job
+        finally:
+            lock.release()
+
+    def _move_finish(self) -> tuple[Any, ...]:
+        """DELIVERING -> FINISHED: drop everything but the outcome (returned,
+        for the caller to let go outside the lock) and wake ``wait()``."""
+        lock = self._lock
+        lock.acquire()
+        try:
+            refs = (self._source, self._func, self._opaque, self._destroy, self._job, self._result_destroy)
+            self._source = self._func = self._opaque = self._destroy = None
+            self._job = self._result_destroy = None
+            self._s = FINISHED
+            if self._event is not None:
+                self._event.set()
+            return refs
+        finally:
+            lock.release()
+
+    # -- waiting ------------------------------------------------------------------
+
+    def _move_register_wait(self) -> threading.Event | None:
+        """The event ``wait()`` blocks on, or None if the task finished."""
+        with self._lock:
+            if self._s == FINISHED:
+                return None
+            if self._event is None:
+                self._event = threading.Event()
+            return self._event
+
+    def _move_register_wait_thread(self) -> tuple[queue.SimpleQueue[object] | None, list[Any]] | None:
+        """For ``wait_thread()``: None if the completion ran already; else
+        ``(queue to block on, call_in_main requests already waiting)``, with
+        no queue if the outcome is fixed (deliver now)."""
+        with self._lock:
+            if self._s >= DELIVERING:
+                return None
+            if self._job is None:
+                raise TaskStateError(f"task {self.name!r} has no worker thread to wait for")
+            if self._s >= COMPLETING:
+                return None, []
+            waiter = self._waiter
+            if waiter is None:
+                waiter = self._waiter = queue.SimpleQueue()
+            return waiter, list(self._ctl.main_calls or ())
+
+    def _move_publish_main_call(self, call: Any) -> None:
+        """Make a call_in_main request visible to ``wait_thread()``."""
+        with self._lock:
+            ctl = self._ctl
+            if ctl is NO_CONTROL:
+                ctl = self._ctl = Control()
+            ctl.main_calls = [*(ctl.main_calls or ()), call]
+            if self._waiter is not None:
+                self._waiter.put(call)
+
+    def _move_withdraw_main_call(self, call: Any) -> None:
+        with self._lock:
+            calls = self._ctl.main_calls
+            if calls is not None and call in calls:
+                calls.remove(call)

@@ -1,0 +1,260 @@
+"""The thread job: a task's worker on a pool thread, and the calls between
+that worker and the context thread.
+
+Which thread does what:
+
+- the caller of ``run_in_thread`` makes the job, moves the task to QUEUED,
+  arms the deadline (``timeout=``) and hands the job to the pool;
+- a pool thread runs :meth:`ThreadJob.run` (the start move, then the worker)
+  and :meth:`ThreadJob.done` (the worker_returned move, then the hand-over);
+- the deadline thread runs :meth:`ThreadJob.time_out` (a cancel);
+- the context thread runs the completion, and serves ``call_in_main``
+  requests -- from its loop, or from inside ``wait_thread()`` when it waits
+  for this very worker, so the two cannot deadlock.
+
+No field is handed between threads by a plain store and a later load: the
+task's moves (``_state``) publish what the other side needs under the
+task's lock, and ``_MainCall.served`` is decided under the same lock.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import threading
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, cast
+
+from . import _deadline, _points, _trace
+from . import _pool as _pool_module
+from ._checks import check_callable, check_duration
+from ._delivery import deliver, notify, time_out
+from ._errors import ContextClosedError, TaskStateError
+from ._limiter import Limiter
+from ._pool import WorkerPool
+from ._state import LATE, NEVER_RAN, WORKER_DONE, JobCore
+
+if TYPE_CHECKING:
+    from ._context import MainContext
+    from ._outcome import Held
+    from ._state import TaskCore
+
+__all__ = ["ThreadJob", "call_in_main", "run_in_thread", "wait_thread"]
+
+_copy_context = contextvars.copy_context
+_monotonic = time.monotonic
+
+
+class ThreadJob(JobCore):
+    """One ``run_in_thread`` call: the worker, what it needs, and the two
+    functions the pool calls.  The pool's hold on ``run``/``done`` keeps the
+    job (and its task) alive until the worker has returned, even after an
+    abandoning cancel finished the task."""
+
+    __slots__ = ("ctx", "deadline", "task", "worker")
+
+    def __init__(
+        self,
+        task: TaskCore,
+        worker: Callable[..., Any],
+        opaque: Any,
+        destroy: Callable[[Any], Any] | None,
+        ctx: contextvars.Context | None,
+        abandon: bool,
+    ) -> None:
+        # JobCore's fields, set here: one call less on every job.
+        self.opaque = opaque
+        self.destroy = destroy
+        self.abandon = abandon
+        self.abandoned = False
+        self.task = task
+        self.worker = worker
+        self.ctx = ctx
+        self.deadline: _deadline.Deadline | None = None
+
+    def run(self) -> Any:
+        """On a pool thread: start the worker, unless a cancel came first."""
+        task = self.task
+        if _points.hook is not None:
+            _points.hook("task.start", task)
+        if not task._move_start():
+            return NEVER_RAN  # cancelled while queued: it completed already
+        if _points.hook is not None:
+            _points.hook("task.started", task)
+        if task._traced:
+            _trace.emit("qio_task_thread_run", task)
+        if self.ctx is not None:
+            return self.ctx.run(self.worker, task, self.opaque)
+        return self.worker(task, self.opaque)
+
+    def done(self, result: Any, exc: BaseException | None) -> None:
+        """On the pool thread, right after the worker returned or raised."""
+        if result is NEVER_RAN:
+            return
+        task = self.task
+        if task._traced:
+            _trace.emit("qio_task_thread_exit", task, result=result, err=exc)
+        deadline = self.deadline
+        if deadline is not None:
+            deadline.cancel()
+        if _points.hook is not None:
+            _points.hook("task.worker-returned", task)
+        verdict = task._move_worker_returned(self, result, exc)
+        if verdict is LATE:
+            # A cancel completed the task while this worker ran: its outcome
+            # is dropped (released when this frame ends); its destroy
+            # notifier, which the delivery skipped, runs now that it returned.
+            if self.destroy is not None:
+                task._context._call_soon_once(_late_destroy, task, self.destroy, self.opaque)
+            return
+        if verdict is not None:
+            # The worker's value replaced a result set before: its destroy
+            # runs now, here (set_result's documented "at once").
+            released = cast("Held", verdict)
+            assert released[1] is not None
+            _reraise(notify(task, released[1], "result destroy notifier", released[0]))
+        if task._traced:
+            _trace.emit("qio_task_thread_source_attach", task, context=task._context)
+        task._context.post(task)  # type: ignore[arg-type]
+
+    def time_out(self) -> None:
+        """On the deadline thread: the timeout, a cancel with a reason."""
+        time_out(self.task)
+
+
+def _late_destroy(task: TaskCore, destroy: Callable[[Any], Any], opaque: Any) -> None:
+    _reraise(notify(task, destroy, "worker destroy notifier", opaque))
+
+
+def _reraise(pending: BaseException | None) -> None:
+    if pending is not None:
+        raise pending
+
+
+def run_in_thread(
+    task: TaskCore,
+    worker: Callable[..., Any],
+    opaque: Any,
+    destroy: Callable[[Any], Any] | None,
+    pool: WorkerPool | None,
+    copy_context: bool,
+    timeout: float | None,
+    abandon_on_cancel: bool,
+    priority: int,
+    limiter: Limiter | None,
+) -> None:
+    """``Task.run_in_thread`` (see its docstring)."""
+    if not callable(worker) or (destroy is not None and not callable(destroy)):
+        check_callable(worker, "run_in_thread", "worker")
+        check_callable(destroy, "run_in_thread", "destroy", optional=True)
+    if pool is None:
+        pool = _pool_module._default_pool
+        if pool is None or pool._shutdown:
+            pool = _pool_module.default_pool()
+    elif not isinstance(pool, WorkerPool):
+        raise TypeError(f"run_in_thread: pool must be a WorkerPool, not {type(pool).__name__}")
+    if not isinstance(priority, int) or isinstance(priority, bool):
+        raise TypeError(f"run_in_thread: priority must be an int, not {type(priority).__name__}")
+    if limiter is not None and not isinstance(limiter, Limiter):
+        raise TypeError(f"run_in_thread: limiter must be a qiotask.Limiter, not {type(limiter).__name__}")
+    seconds = None if timeout is None else check_duration(timeout, "run_in_thread")
+    job = ThreadJob(task, worker, opaque, destroy, _copy_context() if copy_context else None, abandon_on_cancel)
+    task._move_submit(job, "run_in_thread")
+    if seconds is not None and seconds != float("inf"):
+        job.deadline = _deadline.call_at(_monotonic() + seconds, job.time_out)
+    if task._traced:
+        _trace.emit("qio_task_thread_start", task, worker=worker, opaque=opaque)
+    try:
+        if limiter is not None:
+            limiter._submit(pool, job.run, job.done, priority)
+        elif priority:
+            pool.submit(job.run, job.done, priority)
+        else:
+            pool.submit(job.run, job.done)
+    except BaseException:
+        if job.deadline is not None:
+            job.deadline.cancel()
+        task._move_unsubmit()
+        raise
+
+
+def wait_thread(task: TaskCore) -> None:
+    """``Task.wait_thread`` (see its docstring)."""
+    if not task._context.is_owner():
+        raise TaskStateError(f"task {task.name!r}: wait_thread() must be called on its context thread")
+    registered = task._move_register_wait_thread()
+    if registered is None:
+        return  # the completion ran already
+    waiter, calls = registered
+    if waiter is not None:
+        if _points.hook is not None:
+            _points.hook("task.wait-thread", task)
+        # This thread is the loop: serving the worker's calls to it is its
+        # job while it waits (each call is served once, by whoever comes first).
+        for call in calls:
+            call.dispatch()
+        while (item := waiter.get()) is not WORKER_DONE:
+            item.dispatch()  # type: ignore[attr-defined]
+    if task._traced:
+        _trace.emit("qio_task_thread_source_cancel", task)
+    deliver(task)
+
+
+class _MainCall:
+    """A call_in_main() request: served once, by the loop or by wait_thread,
+    whichever takes it first under the task's lock."""
+
+    __slots__ = ("args", "done", "error", "fn", "lock", "result", "served")
+
+    def __init__(self, fn: Callable[..., Any], args: tuple[Any, ...], lock: threading.Lock) -> None:
+        self.fn = fn
+        self.args = args
+        self.lock = lock
+        self.result: Any = None
+        self.error: BaseException | None = None
+        self.served = False  # guarded by lock
+        self.done = threading.Event()
+
+    def _take(self) -> bool:
+        with self.lock:
+            if self.served:
+                return False
+            self.served = True
+            return True
+
+    def dispatch(self) -> None:
+        if not self._take():
+            return
+        try:
+            self.result = self.fn(*self.args)
+        except BaseException as exc:
+            self.error = exc
+        self.done.set()
+
+    # The dispatcher protocol (see _dispatch.Dispatchable).
+    _dispatch = dispatch
+
+    def _context_closed(self, context: MainContext) -> None:
+        if self._take():
+            self.error = ContextClosedError(f"call_in_main(): context {context.name!r} is gone")
+            self.done.set()
+
+
+def call_in_main(task: TaskCore, fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
+    """``Task.call_in_main`` (see its docstring)."""
+    check_callable(fn, "call_in_main")
+    context = task._context
+    if context.is_owner():
+        raise TaskStateError(
+            f"task {task.name!r}: call_in_main() from the context thread itself; call the function directly"
+        )
+    call = _MainCall(fn, args, task._lock)
+    if _points.hook is not None:
+        _points.hook("task.call-in-main", task)
+    task._move_publish_main_call(call)  # wait_thread() can serve it from now on
+    context.post(call)
+    call.done.wait()
+    task._move_withdraw_main_call(call)
+    if call.error is not None:
+        raise call.error
+    return call.result

@@ -1,0 +1,411 @@
+"""The concurrency protocol (DESIGN §6), one forced interleaving per race.
+
+Each test pauses a thread at a named protocol point (``qiotask._points``)
+while another thread makes the move that races it, so the interleaving is
+the one named, every run.  What must hold whatever the order: ``func`` and
+every destroy notifier run exactly once, a cancelled task never keeps a late
+result, and a task's state never goes backwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import weakref
+from typing import Any
+
+import pytest
+
+import qiotask
+from qiotask import ContextClosedError, Task, TaskCancelled, TaskState, TaskStateError, TaskTimeout
+
+from .conftest import TIMEOUT, Log, LoopRunner, MakePool, join, start_thread, wait_for
+from .interleave import interleaving
+
+pytestmark = pytest.mark.timeout(30)
+
+
+def settle(runner: LoopRunner, pool: qiotask.WorkerPool) -> None:
+    """Wait until the pool's threads are done, then run what they posted."""
+    wait_for(lambda: pool.statistics()["busy"] == 0, what="the pool's workers to return")
+    runner.context.call_soon(runner.quit)
+    runner.run()
+
+
+class Result:
+    """A worker's result that a weakref can watch."""
+
+
+# -- a running worker against a cancel ----------------------------------------------
+
+
+def test_a_cancel_as_an_abandoned_worker_returns_drops_its_result_and_runs_its_destroy_once(
+    ctx: qiotask.MainContext, runner: LoopRunner, make_pool: MakePool
+) -> None:
+    # Item 1 of issue 9: the worker has returned and is about to report;
+    # the cancel completes the task first.  Its late result must be dropped
+    # (the result set before stays, destroyed once on the context thread)
+    # and its own destroy must still run, once.
+    pool = make_pool(1)
+    log = Log()
+    late = Result()
+    late_ref = weakref.ref(late)
+    task: Task[Any] = Task(None, log.func, "task-opaque", log.destroyer("task destroy"))
+    task.set_result("early", log.destroyer("result destroy"))
+
+    def worker(task: Task[Any], opaque: Any) -> Result:
+        nonlocal late
+        made, late = late, None  # the worker's frame is the only holder left
+        return made  # type: ignore[return-value]
+
+    with interleaving() as il:
+        returned = il.pause("task.worker-returned", task)
+        task.run_in_thread(worker, "worker-opaque", log.destroyer("worker destroy"), pool=pool, abandon_on_cancel=True)
+        returned.wait_reached()
+        assert task.cancel() is True  # on the context thread: delivered now
+        returned.release()
+        settle(runner, pool)
+
+    assert isinstance(log.value("func"), TaskCancelled)
+    assert log.names().count("worker destroy") == 1
+    assert log.names().count("task destroy") == 1
+    assert log.names().count("result destroy") == 1
+    assert log.value("result destroy") == "early"
+    assert log.thread("result destroy") == threading.current_thread().name
+    assert task.get_result() == "early"  # the late result was dropped
+    assert late_ref() is None  # ... and released
+    assert task.state is TaskState.FINISHED
+
+
+def test_a_worker_cancelled_as_it_starts_never_sets_the_task_back_to_running(
+    ctx: qiotask.MainContext, runner: LoopRunner, make_pool: MakePool
+) -> None:
+    # Item 2 of issue 9: the worker was let start; an abandoning cancel on
+    # the context thread completes and finishes the task before the worker
+    # thread goes on.  The task must stay FINISHED.
+    pool = make_pool(1)
+    log = Log()
+    task: Task[Any] = Task(object(), log.func)
+    with interleaving() as il:
+        started = il.pause("task.started", task)
+        task.run_in_thread(lambda t, o: log.add("worker"), None, log.destroyer("worker destroy"), pool=pool,
+                           abandon_on_cancel=True)  # fmt: skip
+        started.wait_reached()
+        assert task.cancel() is True
+        assert task.state is TaskState.FINISHED
+        started.release()
+        settle(runner, pool)
+
+    assert task.state is TaskState.FINISHED
+    assert task.done()
+    assert log.names().count("func") == 1
+    assert log.names().count("worker destroy") == 1
+    with pytest.raises(TaskStateError):
+        task.get_source()
+    waited: list[bool] = []
+    join(start_thread(lambda: waited.append(task.wait(TIMEOUT)), "waiter"))
+    assert waited == [True]
+
+
+def test_a_cancel_before_the_start_step_keeps_the_worker_from_running(
+    ctx: qiotask.MainContext, runner: LoopRunner, make_pool: MakePool
+) -> None:
+    pool = make_pool(1)
+    log = Log()
+    task: Task[Any] = Task(None, log.func)
+    with interleaving() as il:
+        start = il.pause("task.start", task)
+        task.run_in_thread(lambda t, o: log.add("worker"), None, log.destroyer("worker destroy"), pool=pool)
+        start.wait_reached()
+        assert task.cancel() is True  # the task was still queued: completed now
+        start.release()
+        settle(runner, pool)
+    assert "worker" not in log.names()
+    assert log.names() == ["func", "worker destroy"]
+    assert isinstance(log.value("func"), TaskCancelled)
+
+
+def test_a_cancel_of_a_running_worker_that_does_not_abandon_waits_for_it(
+    ctx: qiotask.MainContext, runner: LoopRunner, make_pool: MakePool
+) -> None:
+    pool = make_pool(1)
+    log = Log()
+    task: Task[Any] = Task(None, log.func)
+    with interleaving() as il:
+        returned = il.pause("task.worker-returned", task)
+        task.run_in_thread(lambda t, o: "late", None, log.destroyer("worker destroy"), pool=pool)
+        returned.wait_reached()
+        assert task.cancel() is True
+        assert task.state is TaskState.RUNNING  # cancel wins, but only when the worker reports
+        returned.release()
+        runner.run_until(task.done)
+        settle(runner, pool)
+    assert isinstance(log.value("func"), TaskCancelled)
+    assert log.names() == ["func", "worker destroy"]
+
+
+def test_a_timeout_says_running_when_the_worker_started_before_it_was_decided(
+    ctx: qiotask.MainContext, runner: LoopRunner, make_pool: MakePool
+) -> None:
+    # The deadline fires while the worker is queued, but the worker starts
+    # before the timeout's cancel is decided: it timed out while running.
+    pool = make_pool(1)
+    log = Log()
+    hold = threading.Event()
+    pool.submit(lambda: hold.wait(TIMEOUT), lambda result, exc: None)
+    running = threading.Event()
+    finish = threading.Event()
+    task: Task[Any] = Task(None, log.func)
+
+    def worker(task: Task[Any], opaque: Any) -> None:
+        running.set()
+        finish.wait(TIMEOUT)
+
+    with interleaving() as il:
+        timing_out = il.pause("task.timeout", task)
+        task.run_in_thread(worker, pool=pool, timeout=0.001)
+        timing_out.wait_reached()
+        hold.set()  # the pool's thread is free: the worker starts
+        assert running.wait(TIMEOUT)
+        timing_out.release()
+        wait_for(task.cancelled, what="the timeout's cancel")
+        finish.set()
+        runner.run_until(task.done)
+    err = log.value("func")
+    assert isinstance(err, TaskTimeout)
+    assert "while running" in str(err)
+
+
+# -- waiting against completing ------------------------------------------------------
+
+
+def test_wait_registered_before_the_finish_step_is_woken_by_it(ctx: qiotask.MainContext) -> None:
+    task: Task[Any] = Task(None)
+    waited: list[bool] = []
+    waiters: list[threading.Thread] = []
+
+    def start_waiter() -> None:
+        # On this (the context) thread, inside the completion, just before
+        # the finish step: a thread registers its wait and is let block.
+        registered = il.pause("task.wait", task)
+        waiters.append(start_thread(lambda: waited.append(task.wait(TIMEOUT)), "waiter"))
+        registered.wait_reached()
+        registered.release()
+
+    with interleaving() as il:
+        il.call("task.finish", start_waiter, task)
+        task.complete()
+        join(waiters[0])
+    assert waited == [True]
+    assert task.state is TaskState.FINISHED
+
+
+def test_wait_on_a_finished_task_returns_at_once(ctx: qiotask.MainContext) -> None:
+    task: Task[Any] = Task(None)
+    task.complete()
+    waited: list[bool] = []
+    join(start_thread(lambda: waited.append(task.wait(0)), "waiter"))
+    assert waited == [True]
+
+
+def test_wait_thread_after_the_worker_reported_delivers_inline_once(
+    ctx: qiotask.MainContext, runner: LoopRunner, make_pool: MakePool
+) -> None:
+    pool = make_pool(1)
+    log = Log()
+    task: Task[Any] = Task(None, log.func)
+    with interleaving() as il:
+        posting = il.pause("context.post", ctx)  # the worker, after its worker-returned step
+        task.run_in_thread(lambda t, o: "value", pool=pool)
+        posting.wait_reached()
+        task.wait_thread()
+        assert log.names() == ["func"]
+        posting.release()
+        settle(runner, pool)
+    assert log.names() == ["func"]
+    assert task.get_result() == "value"
+
+
+def test_wait_thread_registered_before_the_worker_reports_is_woken(
+    ctx: qiotask.MainContext, runner: LoopRunner, make_pool: MakePool
+) -> None:
+    pool = make_pool(1)
+    log = Log()
+    task: Task[Any] = Task(None, log.func)
+    with interleaving() as il:
+        returned = il.pause("task.worker-returned", task)
+        task.run_in_thread(lambda t, o: "value", pool=pool)
+        returned.wait_reached()
+        # Runs on this (the context) thread once wait_thread has registered,
+        # just before it blocks: only then may the worker report.
+        il.call("task.wait-thread", returned.release, task)
+        task.wait_thread()
+        assert log.names() == ["func"]
+        settle(runner, pool)
+    assert log.names() == ["func"]
+
+
+def test_call_in_main_published_before_wait_thread_is_served_by_it(
+    ctx: qiotask.MainContext, runner: LoopRunner, make_pool: MakePool
+) -> None:
+    pool = make_pool(1)
+    log = Log()
+    task: Task[Any] = Task(None, log.func)
+
+    def on_loop(x: int) -> int:
+        log.add("on loop", x)
+        return x * 2
+
+    with interleaving() as il:
+        posting = il.pause("context.post", ctx)  # the request is published, not posted yet
+        task.run_in_thread(lambda t, o: t.call_in_main(on_loop, 21), pool=pool)
+        posting.wait_reached()
+        il.call("task.wait-thread", posting.release, task)
+        task.wait_thread()
+        settle(runner, pool)
+    assert log.names() == ["on loop", "func"]
+    assert log.thread("on loop") == threading.current_thread().name
+    assert task.get_result() == 42
+
+
+def test_call_in_main_published_after_wait_thread_registered_is_served_by_it(
+    ctx: qiotask.MainContext, runner: LoopRunner, make_pool: MakePool
+) -> None:
+    pool = make_pool(1)
+    log = Log()
+    task: Task[Any] = Task(None, log.func)
+
+    def on_loop(x: int) -> int:
+        log.add("on loop", x)
+        return x + 1
+
+    with interleaving() as il:
+        calling = il.pause("task.call-in-main", task)
+        task.run_in_thread(lambda t, o: t.call_in_main(on_loop, 1), pool=pool)
+        calling.wait_reached()
+        il.call("task.wait-thread", calling.release, task)
+        task.wait_thread()
+        settle(runner, pool)
+    assert log.names() == ["on loop", "func"]
+    assert task.get_result() == 2
+
+
+# -- a context's queue ----------------------------------------------------------------
+
+
+def test_an_item_posted_while_the_dispatch_is_about_to_start_runs_in_that_batch(
+    ctx: qiotask.MainContext, runner: LoopRunner
+) -> None:
+    log = Log()
+    ctx.call_soon(log.add, "first")  # schedules the dispatch
+
+    def late_poster() -> None:
+        dispatching.wait_reached()
+        ctx.call_soon(log.add, "second")  # a wake-up is on its way: none sent
+        ctx.call_soon(runner.quit)
+        dispatching.release()
+
+    with interleaving() as il:
+        dispatching = il.pause("context.dispatch", ctx)
+        poster = start_thread(late_poster, "poster")
+        runner.run()
+        join(poster)
+    assert log.names() == ["first", "second"]
+
+
+def test_an_item_posted_as_its_wakeup_is_overtaken_runs_once(ctx: qiotask.MainContext, runner: LoopRunner) -> None:
+    log = Log()
+    with interleaving() as il:
+        waking = il.pause("context.wakeup", ctx)
+        poster = start_thread(lambda: ctx.call_soon(log.add, "item"), "poster")
+        waking.wait_reached()
+        ctx._dispatch()  # type: ignore[attr-defined]  # the loop takes the batch before the wake-up is sent
+        assert log.names() == ["item"]
+        waking.release()
+        join(poster)
+        ctx.call_soon(runner.quit)
+        runner.run()
+    assert log.names() == ["item"]
+
+
+@pytest.fixture
+def open_loop_context() -> Any:
+    """The context of an asyncio loop that stays open after the context is
+    closed (close() of an attached context does not close its loop)."""
+    loop = asyncio.new_event_loop()
+    context = qiotask.attach(loop)
+    try:
+        yield context
+    finally:
+        context.close()
+        loop.run_until_complete(asyncio.sleep(0))  # what was posted after close must not run
+        loop.close()
+
+
+def test_a_post_after_close_fails_the_item_even_while_the_loop_lives(open_loop_context: Any) -> None:
+    ctx = open_loop_context
+    log = Log()
+    task: Task[Any] = Task(None, log.func, None, log.destroyer("destroy"), context=ctx)
+    ctx.close()
+    join(start_thread(task.complete, "completer"))
+    ctx.loop.run_until_complete(asyncio.sleep(0))
+    assert log.names() == ["destroy"]  # func cannot run: the context is closed
+    assert isinstance(task.exception(), ContextClosedError)
+
+
+def test_close_between_a_post_and_its_enqueue_fails_the_item_once(open_loop_context: Any) -> None:
+    ctx = open_loop_context
+    log = Log()
+    task: Task[Any] = Task(None, log.func, None, log.destroyer("destroy"), context=ctx)
+    with interleaving() as il:
+        posting = il.pause("context.post", ctx)
+        completer = start_thread(task.complete, "completer")
+        posting.wait_reached()
+        ctx.close()
+        posting.release()
+        join(completer)
+    ctx.loop.run_until_complete(asyncio.sleep(0))
+    assert log.names() == ["destroy"]
+    assert log.thread("destroy") == "completer"
+    assert isinstance(task.exception(), ContextClosedError)
+
+
+def test_close_between_an_enqueue_and_its_wakeup_fails_the_item_once(open_loop_context: Any) -> None:
+    ctx = open_loop_context
+    log = Log()
+    task: Task[Any] = Task(None, log.func, None, log.destroyer("destroy"), context=ctx)
+    with interleaving() as il:
+        waking = il.pause("context.wakeup", ctx)
+        completer = start_thread(task.complete, "completer")
+        waking.wait_reached()
+        ctx.close()  # takes the queued completion and fails it, here
+        assert log.names() == ["destroy"]
+        waking.release()
+        join(completer)
+    ctx.loop.run_until_complete(asyncio.sleep(0))
+    assert log.names() == ["destroy"]
+    assert log.thread("destroy") == threading.current_thread().name
+
+
+# -- deadlines against completion --------------------------------------------------------
+
+
+def test_a_deadline_firing_as_the_worker_returns_does_not_cancel_the_task(
+    ctx: qiotask.MainContext, runner: LoopRunner, make_pool: MakePool
+) -> None:
+    pool = make_pool(1)
+    log = Log()
+    finish = threading.Event()
+    task: Task[Any] = Task(None, log.func)
+    with interleaving() as il:
+        firing = il.pause("deadline.fire")
+        task.run_in_thread(lambda t, o: finish.wait(TIMEOUT) and "value", pool=pool, timeout=0.001)
+        firing.wait_reached()  # the timer thread decided to call the task's timeout
+        finish.set()
+        runner.run_until(task.done)  # the worker returned first: it completes the task
+        firing.release()
+        settle(runner, pool)
+    assert log.names() == ["func"]
+    assert log.value("func") is None
+    assert task.get_result() == "value"
+    assert not task.cancelled()
