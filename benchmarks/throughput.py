@@ -60,6 +60,10 @@ import qiotask
 
 REFERENCE = "asyncio.to_thread"
 TARGET_RATIO = 5.0
+#: qiotask.to_thread's target against the reference.
+TO_THREAD_TARGET = 3.0
+#: Tasks queued for the memory measurement.
+MEMORY_TASKS = 10000
 WARMUP_JOBS = 1000
 
 perf_counter = time.perf_counter
@@ -348,6 +352,44 @@ def report(summaries: list[Summary], jobs: int, inflight: int, rounds: int, elap
     return ratio_ok, p99_ok
 
 
+def queued_task_bytes(count: int = MEMORY_TASKS) -> float:
+    """Memory per queued threaded task: ``Task(None, func)`` plus
+    ``run_in_thread(worker)`` while the pool's only thread is busy, so each
+    task sits in the queue with everything it holds there (task, thread job,
+    the pool's entry), as tracemalloc counts it."""
+    import threading
+    import tracemalloc
+
+    context = qiotask.MainContext(name="memory")
+    pool = qiotask.WorkerPool(1, name="memory")
+    busy, release = threading.Event(), threading.Event()
+    pool.submit(lambda: (busy.set(), release.wait()), lambda result, exc: None)
+    busy.wait()
+
+    def func(source: None, err: BaseException | None, opaque: None) -> None:
+        pass
+
+    def worker(task: qiotask.Task[None], opaque: None) -> None:
+        return None
+
+    # Made before the measurement, so that only the tasks are counted.
+    tasks: list[qiotask.Task[None] | None] = [None] * count
+    gc.collect()
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    for i in range(count):
+        task: qiotask.Task[None] = qiotask.Task(None, func, context=context)
+        task.run_in_thread(worker, pool=pool)
+        tasks[i] = task
+    after = tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    release.set()
+    pool.shutdown(wait=True)
+    context._dispatch()  # type: ignore[attr-defined]
+    context.close()  # type: ignore[attr-defined]
+    return (after - before) / count
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0] if __doc__ else None)
     parser.add_argument("--jobs", type=int, default=20000, help="jobs per measurement (default 20000)")
@@ -368,6 +410,13 @@ def main(argv: list[str] | None = None) -> int:
     elapsed = perf_counter() - t0
     summaries = summarize(samples)
     ratio_ok, p99_ok = report(summaries, args.jobs, args.inflight, args.rounds, elapsed)
+    to_thread = next(s for s in summaries if s.contender == "qiotask.to_thread")
+    print(
+        f"qiotask.to_thread / asyncio.to_thread = {to_thread.ratio:.1f}x (target >= {TO_THREAD_TARGET:g}x): "
+        f"{'PASS' if to_thread.ratio >= TO_THREAD_TARGET else 'FAIL'}"
+    )
+    memory = queued_task_bytes()
+    print(f"memory per queued task: {memory:,.0f} bytes (Task + run_in_thread, waiting for a busy pool; tracemalloc)")
 
     if args.json:
         result: dict[str, Any] = {
@@ -383,6 +432,7 @@ def main(argv: list[str] | None = None) -> int:
             "summary": [asdict(s) for s in summaries],
             "samples": [asdict(s) | {"jobs_per_s": s.jobs_per_s, "cpu_us_per_job": s.cpu_us_per_job} for s in samples],
             "target_ratio": TARGET_RATIO,
+            "queued_task_bytes": memory,
             "ratio_pass": ratio_ok,
             "p99_lower": p99_ok,
         }

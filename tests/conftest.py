@@ -46,15 +46,16 @@ def join(thread: threading.Thread, timeout: float = 10.0) -> None:
     assert not thread.is_alive(), f"thread {thread.name} did not end"
 
 
-def count_calls(obj: object, method: str, monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """Wrap ``obj.<method>`` (called without arguments); the returned one-item
-    list counts the calls."""
+def count_calls(obj: object, method: str, monkeypatch: pytest.MonkeyPatch, *, with_args: bool = False) -> list[int]:
+    """Wrap ``obj.<method>`` (called without arguments, unless ``with_args``);
+    the returned one-item list counts the calls."""
     count = [0]
     original = getattr(obj, method)
 
-    def counting() -> None:
+    def counting(*args: Any) -> Any:
+        assert with_args or not args
         count[0] += 1
-        original()
+        return original(*args)
 
     monkeypatch.setattr(obj, method, counting)
     return count

@@ -56,6 +56,32 @@ def test_bench_command_runs_the_throughput_benchmark(tmp_path: Path) -> None:
     samples = result["samples"]
     assert {s["contender"] for s in samples} >= {"qiotask", "asyncio.to_thread"}
     assert all(s["jobs"] == 200 and s["seconds"] > 0 for s in samples)
+    assert 100 < result["queued_task_bytes"] < 5000  # measured, and of a plausible size
+
+
+@pytest.mark.timeout(180)
+def test_compare_runs_this_tree_against_a_git_ref() -> None:
+    """benchmarks/compare.py checks the ref out beside the tree, runs the
+    throughput benchmark on both and removes the worktree again."""
+    root = BENCHMARKS.parent
+    if not (root / ".git").exists():
+        pytest.skip("not a git checkout")
+    before = subprocess.run(["git", "-C", str(root), "worktree", "list"], capture_output=True, text=True).stdout
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(BENCHMARKS / "compare.py"),
+            *("--against", "HEAD", "--runs", "1", "--rounds", "1", "--jobs", "200"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=170,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "this tree" in done.stdout and "HEAD" in done.stdout
+    assert "memory per queued task, HEAD:" in done.stdout
+    after = subprocess.run(["git", "-C", str(root), "worktree", "list"], capture_output=True, text=True).stdout
+    assert after == before  # the temporary worktree is gone
 
 
 @pytest.mark.timeout(120)

@@ -103,6 +103,12 @@ def test_progress_bad_input(ctx: qiotask.MainContext) -> None:
         task.report_progress(1, 2, 3)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="must not be negative"):
         task.report_progress(-1)
+    with pytest.raises(
+        ValueError, match=r"^report_progress: done and total must be numbers, not NaN \(got nan, None\)$"
+    ):
+        task.report_progress(float("nan"))
+    with pytest.raises(ValueError, match=r"not NaN \(got 1, nan\)$"):
+        task.report_progress(1, float("nan"))
     with pytest.raises(TypeError, match="connect_progress"):
         task.connect_progress(None)  # type: ignore[arg-type]
     task.complete()

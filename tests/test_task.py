@@ -719,7 +719,7 @@ def test_wait_and_run_in_thread_take_an_unlimited_timeout(ctx: qiotask.MainConte
     join(waiter)
     assert waited == [True]
     assert task.get_result() == "value"
-    with pytest.raises(ValueError, match=r"^wait: timeout must not be negative, got nan$"):
+    with pytest.raises(ValueError, match=r"^wait: timeout must be a number of seconds, not NaN$"):
         task.wait(float("nan"))
     with pytest.raises(TypeError, match=r"^wait: timeout must be a number of seconds or None, not str$"):
         task.wait("1")  # type: ignore[arg-type]

@@ -9,9 +9,9 @@ from collections.abc import Callable
 from typing import Any, ParamSpec, TypeVar
 
 from . import _trace
-from ._checks import check_callable
+from ._checks import check_callable, check_duration, wait_timeout
 from ._context import all_contexts
-from ._pool import _all_pools
+from ._pool import all_pools
 from ._task import Task
 
 __all__ = ["shutdown", "to_thread"]
@@ -61,11 +61,19 @@ def shutdown(timeout: float | None = None) -> bool:
     use), then fails, with ``ContextClosedError``, the completions queued on
     contexts whose loop is closed, so that their destroy notifiers run.
 
+    Args:
+        timeout: seconds, or None (or ``math.inf``) to wait as long as it
+            takes.
+
     Returns:
         True if no task is left pending.
+
+    Raises:
+        TypeError, ValueError: ``timeout`` is not a number of seconds.
     """
-    deadline = None if timeout is None else time.monotonic() + timeout
-    for pool in list(_all_pools):
+    seconds = wait_timeout(check_duration(timeout, "shutdown", optional=True))
+    deadline = None if seconds is None else time.monotonic() + seconds
+    for pool in all_pools():
         remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
         pool.shutdown(wait=True, timeout=remaining)
     for ctx in all_contexts():

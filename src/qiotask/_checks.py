@@ -61,17 +61,19 @@ def check_duration(
 
     Raises:
         TypeError: not an int or float (bool is refused).
-        ValueError: negative or NaN (with ``positive``, zero too).
+        ValueError: NaN, or negative (with ``positive``, zero too).
     """
     if optional and value is None:
         return None
     if not isinstance(value, (int, float)) or isinstance(value, bool):
         allowed = f"a number of {unit} or None" if optional else f"a number of {unit}"
         raise TypeError(f"{_prefix(where)}{what} must be {allowed}, not {type(value).__name__}")
+    if value != value:  # NaN compares unequal to itself
+        raise ValueError(f"{_prefix(where)}{what} must be a number of {unit}, not NaN")
     if positive:
-        if not value > 0:  # NaN too
+        if not value > 0:
             raise ValueError(f"{_prefix(where)}{what} must be positive, got {value}")
-    elif not value >= 0:  # NaN too
+    elif not value >= 0:
         raise ValueError(f"{_prefix(where)}{what} must not be negative, got {value}")
     if value > threading.TIMEOUT_MAX * _PER_SECOND[unit]:  # an int too big for a float included
         return math.inf

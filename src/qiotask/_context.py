@@ -20,6 +20,17 @@ afterwards; it keeps no flag of its own.
 The context's thread is one record, ``_owner`` = ``(ident, thread)``,
 replaced whole (by an attach, or by ``MainLoop.run()`` on another thread),
 so a reader never pairs the ident of one thread with another thread.
+
+Guarantees / assumes: sources (timeouts, idles, fd watches) live on the
+context thread; the one move another thread makes is ``Source.remove()``,
+which sets the source's "removed" flag under the context's lock, and the
+context thread decides each call under that lock (``Source._live``), so a
+removal that returned is never followed by a new call.  The context thread
+itself also sets the flag without the lock (its own ``remove()``, a function
+returning False): a flag that only goes from False to True, whose stale
+read costs at most one redundant detach.  ``is_owner()`` reads ``_owner``
+without a lock: one attribute load of a tuple that is replaced whole, which
+is atomic with the GIL and on the free-threaded build alike.
 """
 
 from __future__ import annotations
@@ -179,7 +190,8 @@ class MainContext:
         # if telling it failed (the loop's state is unknown: tell both sides).
         self._io_mask: dict[int, tuple[bool, bool] | None] = {}
         self.exception_handler: Callable[[str, BaseException], None] | None = None
-        _all_contexts.add(self)
+        with _contexts_lock:
+            _all_contexts.add(self)
 
     # -- adapter protocol ---------------------------------------------------
 
@@ -316,7 +328,7 @@ class MainContext:
         dispatcher = getattr(self, "_dispatcher", None)
         if dispatcher is not None and len(dispatcher):
             try:
-                dispatcher.close()
+                dispatcher.close(self)
             except Exception:
                 pass
 
@@ -482,6 +494,14 @@ class MainContext:
         watches = self._io.get(fd)
         if not watches:
             return
+        if self._dispatcher.closed:
+            # A closed context runs no source (its loop may live on: an
+            # attached asyncio loop); stop watching the fd, here on the
+            # loop's thread, so that the loop does not spin on it.
+            for watch in self._io.pop(fd):
+                watch._removed = True
+            self._io_refresh(fd)
+            return
         mask = 0
         for watch in watches:
             mask |= watch._condition
@@ -499,7 +519,7 @@ class MainContext:
             return
         for watch in list(watches):
             fired = revents & (watch._condition | _ALWAYS_BITS)
-            if fired and not watch._removed:
+            if fired and watch._live():
                 watch._fire_io(_CONDITIONS[fired])
 
     def _pause_reader(self, fd: int) -> None:
@@ -564,13 +584,30 @@ class Source:
 
     def remove(self) -> None:
         """Stop the source; safe from any thread and more than once."""
-        if self._removed:
+        context = self._context
+        if context.is_owner():
+            if not self._removed:
+                self._removed = True
+                self._detach()
             return
-        self._removed = True
-        if self._context.is_owner():
-            self._detach()
-        else:
-            self._context.post(_Call(self._detach))
+        # From another thread: the flag is set under the context's lock,
+        # which the context thread takes to decide each call (_live), so
+        # once this returns no call is decided any more.
+        with context._dispatcher._lock:
+            if self._removed:
+                return
+            self._removed = True
+        context.post(_Call(self._detach))
+
+    def _live(self) -> bool:
+        """On the context thread, before a call: whether the source may run
+        (decided under the lock that a remove() from another thread and a
+        close() take).  A closed context's sources are over."""
+        dispatcher = self._context._dispatcher
+        with dispatcher._lock:
+            if dispatcher.closed:
+                self._removed = True
+            return not self._removed
 
     # Everything below runs on the context thread.
 
@@ -600,6 +637,12 @@ class Source:
         except Exception as exc:
             self._context.report_exception(f"exception in {self.kind} source {self._fn!r}; source removed", exc)
             return False
+        except BaseException:
+            # KeyboardInterrupt, SystemExit: the loop stops, and the source
+            # is over as for any exception (GLib's rule), not left to fire again.
+            self._removed = True
+            self._detach()
+            raise
 
     def _arm_timer(self) -> None:
         interval = self._interval
@@ -614,7 +657,7 @@ class Source:
 
     def _fire(self) -> None:
         self._handle = None
-        if self._removed:
+        if not self._live():
             return
         if self._interval > _TIMER_STEP:
             left = self._due - time.monotonic()
@@ -708,6 +751,9 @@ class _Local(threading.local):
 
 
 _local = _Local()
+# _contexts_lock guards adding to _all_contexts and taking snapshots of it (a
+# WeakSet iterated while another thread adds raises "changed size").
+_contexts_lock = threading.Lock()
 _all_contexts: weakref.WeakSet[MainContext] = weakref.WeakSet()
 
 # Adapters register a function that returns the context of a loop running in
@@ -876,6 +922,7 @@ _forking: list[MainContext] = []
 
 def _before_fork() -> None:
     _default_lock.acquire()
+    _contexts_lock.acquire()
     _forking[:] = list(_all_contexts)
     for ctx in _forking:
         ctx._dispatcher._lock.acquire()
@@ -885,12 +932,14 @@ def _after_fork_in_parent() -> None:
     for ctx in reversed(_forking):
         ctx._dispatcher._lock.release()
     _forking.clear()
+    _contexts_lock.release()
     _default_lock.release()
 
 
 def _after_fork_in_child() -> None:
-    global _default_lock
+    global _default_lock, _contexts_lock
     _default_lock = threading.Lock()
+    _contexts_lock = threading.Lock()
     for ctx in _forking:
         ctx._dispatcher._lock = threading.Lock()
     _forking.clear()
@@ -902,4 +951,5 @@ if hasattr(os, "register_at_fork"):
 
 def all_contexts() -> list[MainContext]:
     """Every context still alive (for shutdown and diagnostics)."""
-    return list(_all_contexts)
+    with _contexts_lock:
+        return list(_all_contexts)

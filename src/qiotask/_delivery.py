@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from ._context import MainContext
     from ._state import TaskCore
 
-__all__ = ["ask_cancel", "context_closed", "deliver", "hand_over", "notify", "time_out"]
+__all__ = ["ask_cancel", "context_closed", "deliver", "first", "hand_over", "notify", "time_out"]
 
 logger = logging.getLogger("qiotask")
 
@@ -51,6 +51,16 @@ def notify(task: TaskCore, fn: Callable[..., Any], what: str, *args: Any) -> Bas
     except BaseException as exc:
         return exc
     return None
+
+
+def first(pending: BaseException | None, new: BaseException | None) -> BaseException | None:
+    """Of the BaseExceptions one step collects to re-raise, keep the first;
+    log any later one (it cannot be raised too)."""
+    if pending is None:
+        return new
+    if new is not None:
+        logger.error("%r raised after %r in the same step; the first is raised", new, pending, exc_info=new)
+    return pending
 
 
 def _report(task: TaskCore, message: str, exc: Exception) -> BaseException | None:
@@ -117,22 +127,30 @@ def deliver(task: TaskCore, closed: ContextClosedError | None = None) -> None:
         try:  # notify(), inlined: every task with a func comes here
             func(task._source, err, task._opaque)
         except Exception as exc:
-            pending = _report(task, f"exception in completion callback {func!r} of task {task.name!r}", exc) or pending
+            pending = first(
+                pending, _report(task, f"exception in completion callback {func!r} of task {task.name!r}", exc)
+            )
         except BaseException as exc:
-            pending = pending or exc
+            pending = first(pending, exc)
     if callbacks:
         for entry in callbacks:
             if type(entry) is tuple:  # an awaiter: (wake, its future), see the loop adapters
                 entry[0](entry[1])
             else:
-                pending = notify(task, entry, "done-callback", task) or pending
+                pending = first(pending, notify(task, entry, "done-callback", task))
     if job is not None:
         assert job.destroy is not None
-        pending = notify(task, job.destroy, "worker destroy notifier", job.opaque) or pending
+        pending = first(pending, notify(task, job.destroy, "worker destroy notifier", job.opaque))
     if task._destroy is not None:
-        pending = notify(task, task._destroy, "destroy notifier", task._opaque) or pending
+        pending = first(pending, notify(task, task._destroy, "destroy notifier", task._opaque))
     if task._result_destroy is not None:
-        pending = notify(task, task._result_destroy, "result destroy notifier", task._result) or pending
+        pending = first(pending, notify(task, task._result_destroy, "result destroy notifier", task._result))
+    if closed is not None and not context.is_owner():
+        # Completed off its thread because the loop is gone: let the context
+        # decide where the last references die (Qt, Tk: on their thread).
+        # Before finish, so that whoever wait() wakes finds them adopted.
+        # (Since begin_delivery, this thread alone touches these fields.)
+        context._adopt((task._source, task._func, task._opaque, task._destroy, task._job, callbacks))
     if _points.hook is not None:
         _points.hook("task.finish", task)
     refs = task._move_finish()
@@ -140,10 +158,6 @@ def deliver(task: TaskCore, closed: ContextClosedError | None = None) -> None:
         _count_completed()
     else:
         _count_failed()
-    if closed is not None and not context.is_owner():
-        # Completed off its thread because the loop is gone: let the
-        # context decide where the last references die (Tk: on its thread).
-        context._adopt((*refs, callbacks))
     del refs, callbacks
     if pending is not None:
         raise pending
@@ -161,10 +175,11 @@ def ask_cancel(task: TaskCore, make_reason: Callable[[bool], TaskCancelled | Tas
     pending: BaseException | None = None
     if hooks:
         for fn in hooks:
-            pending = notify(task, fn, "cancel hook", task) or pending
+            pending = first(pending, notify(task, fn, "cancel hook", task))
     if completes:
-        job = task._job
-        deadline = getattr(job, "deadline", None)
+        # The job as the move saw it: by now another thread may have run the
+        # completion and dropped it from the task.
+        deadline = getattr(completes, "deadline", None)
         if deadline is not None:
             deadline.cancel()
         try:

@@ -36,7 +36,9 @@ only sends the reader to the locked step, which sees the truth).
 
 from __future__ import annotations
 
+import logging
 import threading
+import weakref
 from collections import deque
 from typing import TYPE_CHECKING, Protocol
 
@@ -47,6 +49,8 @@ if TYPE_CHECKING:
     from ._context import MainContext
 
 __all__ = ["Dispatchable", "Dispatcher"]
+
+logger = logging.getLogger("qiotask")
 
 
 class Dispatchable(Protocol):
@@ -70,7 +74,10 @@ class Dispatcher:
     __slots__ = ("_context", "_lock", "_queue", "_scheduled", "closed")
 
     def __init__(self, context: MainContext) -> None:
-        self._context = context
+        # Weak: the context holds its dispatcher (and its bound post()), so a
+        # strong reference back would make every context a reference cycle,
+        # freed (with its loop's fds) only by the cyclic GC.
+        self._context = weakref.ref(context)
         # _lock guards closed, _scheduled and which deque _queue is.
         self._lock = threading.Lock()
         self._queue: deque[Dispatchable] = deque()
@@ -84,7 +91,8 @@ class Dispatcher:
     def post(self, item: Dispatchable) -> None:
         """From any thread: run ``item._dispatch()`` on the context thread,
         or, if the context is closed, ``item._context_closed(context)`` here."""
-        context = self._context
+        context = self._context()
+        assert context is not None  # its caller holds it
         if _points.hook is not None:
             _points.hook("context.post", context)
         # "with", not acquire(): a call returning with the lock held may
@@ -106,7 +114,8 @@ class Dispatcher:
             self.close()
 
     def _wake(self) -> None:
-        context = self._context
+        context = self._context()
+        assert context is not None  # its caller holds it
         if _points.hook is not None:
             _points.hook("context.wakeup", context)
         try:
@@ -137,7 +146,8 @@ class Dispatcher:
         a KeyboardInterrupt or SystemExit goes through, leaving the rest of
         the batch queued and a wake-up on its way.
         """
-        context = self._context
+        context = self._context()
+        assert context is not None  # its caller holds it
         if _points.hook is not None:
             _points.hook("context.dispatch", context)
         nests = context._loop_nests()
@@ -175,18 +185,21 @@ class Dispatcher:
         if wake:
             self._wake()
 
-    def close(self) -> bool:
+    def close(self, context: MainContext | None = None) -> bool:
         """Close for good: fail what is queued here, and every later post.
+
+        ``context`` is the context, for a caller whose weak reference to it
+        may be cleared already (its ``__del__``, run by the cyclic GC).
 
         Returns:
             True for the call that closed it; False if it was closed before.
         """
         if _points.hook is not None:
-            _points.hook("context.close", self._context)
+            _points.hook("context.close", context or self._context())
         items = self.shut()
         if items is None:
             return False
-        self.fail(items)
+        self.fail(items, context)
         return True
 
     def shut(self) -> deque[Dispatchable] | None:
@@ -200,11 +213,13 @@ class Dispatcher:
             items, self._queue = self._queue, deque()
             return items
 
-    def fail(self, items: deque[Dispatchable]) -> None:
+    def fail(self, items: deque[Dispatchable], context: MainContext | None = None) -> None:
         """Fail each item in this thread (items a dispatch already took are
         its own).  A KeyboardInterrupt or SystemExit from one is re-raised
         once the rest have failed."""
-        context = self._context
+        if context is None:
+            context = self._context()
+            assert context is not None  # its caller holds it
         pending: BaseException | None = None
         while True:
             try:
@@ -217,6 +232,9 @@ class Dispatcher:
                 except Exception as exc:
                     context.report_exception(f"error while failing {item!r} after its context closed", exc)
             except BaseException as exc:
-                pending = pending or exc
+                if pending is None:
+                    pending = exc
+                else:
+                    logger.error("%r raised after %r while failing queued items; the first is raised", exc, pending)
         if pending is not None:
             raise pending

@@ -36,7 +36,9 @@ def report(task: TaskCore, done: float, total: float | None, message: str | None
         raise TypeError(f"report_progress: total must be a number or None, not {type(total).__name__}")
     if message is not None and not isinstance(message, str):
         raise TypeError(f"report_progress: message must be a str or None, not {type(message).__name__}")
-    if not done >= 0 or (total is not None and not total >= 0):  # NaN too
+    if done != done or (total is not None and total != total):  # NaN compares unequal to itself
+        raise ValueError(f"report_progress: done and total must be numbers, not NaN (got {done}, {total})")
+    if done < 0 or (total is not None and total < 0):
         raise ValueError(f"report_progress: done and total must not be negative, got {done}, {total}")
     ctl = task._own_ctl()
     with task._lock:
@@ -68,7 +70,7 @@ def deliver_latest(task: TaskCore) -> BaseException | None:
         return None
     pending: BaseException | None = None
     for fn in fns:
-        pending = _delivery.notify(task, fn, "progress callback", task, *latest) or pending
+        pending = _delivery.first(pending, _delivery.notify(task, fn, "progress callback", task, *latest))
     return pending
 
 

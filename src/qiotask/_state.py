@@ -368,8 +368,10 @@ class TaskCore:
 
     def _move_cancel(
         self, make_reason: Callable[[bool], TaskCancelled | TaskTimeout]
-    ) -> tuple[bool, list[Callable[[Any], Any]] | None, bool]:
-        """Ask for a cancel: ``(asked, hooks to run, completes)``.
+    ) -> tuple[bool, list[Callable[[Any], Any]] | None, JobCore | bool]:
+        """Ask for a cancel: ``(asked, hooks to run, completes)``, where
+        ``completes`` is the task's job (to stop its deadline) or True if the
+        cancel completed the task, False if it only set the flag.
 
         ``make_reason(queued)`` makes the exception, told whether the worker
         is still queued.  A queued worker's task completes now (the worker
@@ -395,7 +397,8 @@ class TaskCore:
                 waiter = self._waiter
                 if waiter is not None:
                     waiter.put(WORKER_DONE)
-            return True, hooks, completes
+                return True, hooks, job or True
+            return True, hooks, False
 
     def _move_add_cancel_hook(self, fn: Callable[[Any], Any]) -> bool:
         """Keep ``fn`` for a later cancel; False if the cancel was asked

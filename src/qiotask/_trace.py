@@ -116,8 +116,14 @@ def emit(event: str, task: Any, **fields: Any) -> None:
 
 # -- statistics ---------------------------------------------------------------
 
-# Counters as itertools.count objects: next() on one is a single C call, atomic
-# under the GIL, so tasks finishing on many threads need no lock to count.
+# Counters as itertools.count objects.  Guarantees / assumes: next() on one
+# is atomic -- a single C call under the GIL, and an atomic compare-and-swap
+# on the free-threaded build since CPython 3.13 (gh-117657) -- so tasks
+# finishing on many threads need no lock to count, and every task gets its
+# own number.  stats() reads a count through repr(): a snapshot that may be
+# a few counts old while tasks finish (an atomic load on free-threaded
+# builds since gh-153908; a benign read of one machine word before it), never
+# a wrong number of a settled process.
 _created = itertools.count(1)
 _completed = itertools.count(1)
 _failed = itertools.count(1)
@@ -147,11 +153,11 @@ def stats() -> dict[str, int]:
         ever completing), ``pending`` (created but not yet
         finished) and ``threads`` (worker threads alive in all pools).
     """
-    from ._pool import _all_pools
+    from ._pool import all_pools
 
     completed, failed = _value(_completed), _value(_failed)
     created = _value(_created)
-    threads = sum(p.statistics()["threads"] for p in list(_all_pools))
+    threads = sum(p.statistics()["threads"] for p in all_pools())
     return {
         "created": created,
         "completed": completed,

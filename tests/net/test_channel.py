@@ -862,7 +862,7 @@ def test_bad_backlog_raises(num: Any, error: type[Exception], form: str) -> None
     ("timeout", "error", "message"),
     [
         (-1, ValueError, "timeout must not be negative, got -1"),
-        (float("nan"), ValueError, "timeout must not be negative, got nan"),
+        (float("nan"), ValueError, "timeout must be a number of seconds, not NaN"),
         ("1", TypeError, "timeout must be a number of seconds or None, not str"),
         (True, TypeError, "timeout must be a number of seconds or None, not bool"),
     ],

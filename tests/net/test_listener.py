@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import functools
 import logging
+import math
 import os
 import select
 import selectors
@@ -692,6 +693,26 @@ def test_wait_client_times_out(listeners: Callable[..., NetListener]) -> None:
         listener.wait_client(timeout=0.05)
     elapsed = time.monotonic() - start
     assert 0.04 <= elapsed < 2.0
+
+
+def test_wait_client_takes_an_unlimited_timeout_and_refuses_bad_ones(
+    listeners: Callable[..., NetListener], clients: list[socket.socket]
+) -> None:
+    """timeout=math.inf waits as long as it takes (it raised OverflowError
+    from the selector); NaN and non-numbers are refused by name."""
+    listener = listeners()
+    listener.open_sync("127.0.0.1:0")
+    with pytest.raises(ValueError, match=r"^wait_client: timeout must be a number of seconds, not NaN$"):
+        listener.wait_client(timeout=float("nan"))
+    with pytest.raises(TypeError, match=r"^wait_client: timeout must be a number of seconds or None, not str$"):
+        listener.wait_client(timeout="1")  # type: ignore[arg-type]
+    address = listener.addresses[0]
+    connector = start_thread(lambda: clients.append(connect(address)), "connector")
+    try:
+        channel = listener.wait_client(timeout=math.inf)
+        channel.close()
+    finally:
+        join(connector)
 
 
 @pytest.mark.parametrize("how", ["disconnect", "close"])

@@ -303,7 +303,7 @@ def test_timed_lookups_are_not_held_up_by_hung_ones() -> None:
         ({"timeout": True}, TypeError, "timeout must be a number of seconds or None, not bool"),
         ({"timeout": 0}, ValueError, "timeout must be positive, got 0"),
         ({"timeout": -1.5}, ValueError, "timeout must be positive, got -1.5"),
-        ({"timeout": float("nan")}, ValueError, "timeout must be positive, got nan"),
+        ({"timeout": float("nan")}, ValueError, "timeout must be a number of seconds, not NaN"),
         ({"pool": "pool"}, TypeError, "pool must be a WorkerPool, not str"),
     ],
 )

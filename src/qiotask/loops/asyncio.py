@@ -153,20 +153,34 @@ def _remember(loop: asyncio.AbstractEventLoop, ctx: AsyncioContext) -> None:
 
 
 def _attach_loop(loop: Any) -> MainContext:
+    # A context closed by close() is over: the loop gets a new one (as Qt,
+    # GLib and trio contexts do), unless the loop itself is closed.
+    ctx = _known(loop)
+    if ctx is None or _replaceable(ctx):
+        with _attach_lock:
+            ctx = _known(loop)
+            if ctx is None or _replaceable(ctx):
+                ctx = AsyncioContext(loop)
+                _remember(loop, ctx)
+    return ctx
+
+
+def _known(loop: Any) -> AsyncioContext | None:
+    """The context last attached to ``loop``, if any."""
     ctx = getattr(loop, _ATTR, None)
     if ctx is None:
         ctx = _fallback.get(id(loop))
-        if ctx is None or ctx.loop is not loop:
-            with _attach_lock:
-                ctx = getattr(loop, _ATTR, None) or _fallback.get(id(loop))
-                if ctx is None or ctx.loop is not loop:
-                    ctx = AsyncioContext(loop)
-                    _remember(loop, ctx)
-    assert isinstance(ctx, MainContext)
+        if ctx is not None and ctx.loop is not loop:
+            return None  # a loop that reused the id of a dead one
     return ctx
 
 
 _get_running_loop = asyncio._get_running_loop
+
+
+def _replaceable(ctx: AsyncioContext) -> bool:
+    """A closed context whose loop lives on (close() of an attached one)."""
+    return ctx._dispatcher.closed and not ctx.loop.is_closed()
 
 
 def _detect() -> MainContext | None:
@@ -174,7 +188,7 @@ def _detect() -> MainContext | None:
     if loop is None:
         return None
     ctx = getattr(loop, _ATTR, None)
-    if ctx is not None:
+    if ctx is not None and not ctx._dispatcher.closed:
         return ctx  # type: ignore[no-any-return]
     return _attach_loop(loop)
 

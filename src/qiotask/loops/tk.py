@@ -268,7 +268,6 @@ class TkContext(MainContext):
         self._batch_id: str | None = None  # the "after" of the batch scheduled, if any
         self._batch_at_idle = True  # how the next batch runs: see _schedule_batch
         self._poll_id: str | None = None  # the pending polling tick
-        self._wake_flag = False  # polling: set by other threads, read by the tick
         self._pipe: _WakePipe | None = None
         self._commands: list[str] = []  # Tcl commands to delete at teardown
         self._idle_cmd = self._timer_cmd = self._poll_cmd = ""
@@ -336,10 +335,8 @@ class TkContext(MainContext):
         elif self._pipe is not None:
             if not self._pipe.wake():
                 raise ContextClosedError(f"{self.name}: the Tk root is destroyed")
-        else:
-            # Polling.  A bool store is atomic; if the root goes after the
-            # check above, its teardown fails what this batch queued.
-            self._wake_flag = True
+        # Polling: nothing to send; the next tick finds the queue non-empty
+        # (the dispatcher's queue is the one record, read with len()).
 
     def _loop_closed(self) -> bool:
         return False  # the root's <Destroy> tells us (see _teardown)
@@ -424,8 +421,7 @@ class TkContext(MainContext):
         try:
             if self._io_mask:
                 self._poll_fds()
-            if self._wake_flag:
-                self._wake_flag = False
+            if len(self._dispatcher):
                 self._schedule_batch()
         finally:
             root = self._root

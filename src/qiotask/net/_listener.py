@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from .._checks import check_callable
+from .._checks import check_callable, check_duration, wait_timeout
 from .._context import IO_IN, IOCondition, MainContext, Source, get_context
 from .._task import DestroyNotify, Task, TaskFunc
 from ._address import InetSocketAddress, SocketAddress
@@ -33,6 +33,8 @@ from ._channel import (
 )
 from ._resolver import DNSResolver, as_address
 
+#: The longest single wait of wait_client() (it waits again until its deadline).
+_DAY = 86400.0
 __all__ = ["NetListener"]
 
 ClientFunc = Callable[["NetListener", SocketChannel, Any], Any]
@@ -363,9 +365,12 @@ class NetListener:
         Raises:
             ValueError: the listener has no listening socket, or was
                 disconnected (from another thread) while waiting.
-            TimeoutError: ``timeout`` seconds passed first.
+            TimeoutError: ``timeout`` seconds passed first (None or
+                ``math.inf``: wait as long as it takes).
+            TypeError: ``timeout`` is not a number of seconds.
         """
-        deadline = None if timeout is None else time.monotonic() + timeout
+        seconds = wait_timeout(check_duration(timeout, "wait_client", optional=True))
+        deadline = None if seconds is None else time.monotonic() + seconds
         gone = f"wait_client: {self.name} was disconnected while waiting"
         # disconnect() writes to `wake`: a selector does not notice that a
         # socket it waits on was closed.
@@ -385,7 +390,9 @@ class NetListener:
                 for channel in channels:
                     selector.register(channel.fileno(), selectors.EVENT_READ, channel)
                 while True:
-                    left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                    # A day at most per wait: select() refuses what its C int
+                    # of milliseconds cannot hold; the loop waits again.
+                    left = _DAY if deadline is None else min(_DAY, max(0.0, deadline - time.monotonic()))
                     ready = selector.select(left)
                     if not ready and deadline is not None and time.monotonic() >= deadline:
                         raise TimeoutError(f"wait_client: no client within {timeout} s")
