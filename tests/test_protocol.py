@@ -409,3 +409,39 @@ def test_a_deadline_firing_as_the_worker_returns_does_not_cancel_the_task(
     assert log.value("func") is None
     assert task.get_result() == "value"
     assert not task.cancelled()
+
+
+def test_an_abandoned_worker_returning_before_the_cancel_hands_over_is_destroyed_after_func(
+    ctx: qiotask.MainContext, runner: LoopRunner, make_pool: MakePool
+) -> None:
+    # Found by tests/test_stress.py: a cancel from another thread abandons
+    # the running worker (one step), runs its hooks, then posts the
+    # completion.  If the worker returns in that gap, its destroy must still
+    # come after func (DESIGN §4), run by the delivery itself.
+    pool = make_pool(1)
+    log = Log()
+    running = threading.Event()
+    release = threading.Event()
+
+    def worker(task: Task[Any], opaque: Any) -> Any:
+        running.set()
+        release.wait(TIMEOUT)
+        return "late"
+
+    task: Task[Any] = Task(None, log.func)
+    task.run_in_thread(worker, "opaque", log.destroyer("worker destroy"), pool=pool, abandon_on_cancel=True)
+    assert running.wait(TIMEOUT)
+    with interleaving() as il:
+        job_done = il.pause("pool.job-done", pool)
+
+        def in_the_gap(task: Task[Any]) -> None:
+            release.set()  # the worker returns ...
+            job_done.wait_reached()  # ... and its late report is made
+            job_done.release()
+
+        task.on_cancel(in_the_gap)
+        join(start_thread(task.cancel, "canceller"))
+    runner.run_until(lambda: len(log.names()) == 2)
+    assert log.names() == ["func", "worker destroy"]
+    assert isinstance(log.value("func"), TaskCancelled)
+    assert log.thread("worker destroy") == threading.current_thread().name

@@ -141,8 +141,12 @@ if hasattr(os, "register_at_fork"):
 WORKER_DONE = object()
 #: What a start refused returns instead of a result: the worker never ran.
 NEVER_RAN = object()
-#: worker_returned's verdict for a worker whose task was abandoned.
+#: worker_returned's verdicts for a worker whose task was abandoned: its
+#: destroy notifier is the caller's to run (the delivery had begun without
+#: it), or the delivery's (it has not begun: it runs it in its place, after
+#: func).
 LATE = object()
+LATE_DELIVERY_RUNS_DESTROY = object()
 
 
 class Control:
@@ -170,7 +174,7 @@ NO_CONTROL = Control()
 class JobCore:
     """What the state machine needs of a task's worker (``_threadjob``)."""
 
-    __slots__ = ("abandon", "abandoned", "destroy", "opaque")
+    __slots__ = ("abandon", "abandoned", "destroy", "opaque", "returned")
 
     def __init__(self, opaque: Any, destroy: Callable[[Any], Any] | None, abandon: bool) -> None:
         self.opaque = opaque
@@ -179,6 +183,8 @@ class JobCore:
         #: Set by the cancel that completed the task while the worker ran:
         #: its outcome is dropped and its destroy waits for its return.
         self.abandoned = False
+        #: Set when an abandoned worker has returned (worker_returned).
+        self.returned = False
 
 
 class TaskCore:
@@ -343,14 +349,18 @@ class TaskCore:
             lock.release()
 
     def _move_worker_returned(self, job: JobCore, result: Any, exc: BaseException | None) -> object:
-        """RUNNING -> COMPLETING with the worker's outcome.  Returns LATE if
-        a cancel abandoned the worker (nothing is stored), else the result
-        it replaced (a ``Held``, for its destroy) or None."""
+        """RUNNING -> COMPLETING with the worker's outcome.  Returns LATE or
+        LATE_DELIVERY_RUNS_DESTROY if a cancel abandoned the worker (nothing
+        is stored), else the result it replaced (a ``Held``, for its
+        destroy) or None."""
         lock = self._lock
         lock.acquire()
         try:
             if job.abandoned:
-                return LATE
+                # Who runs the worker's destroy, so that it comes after func:
+                # the delivery, if it has not begun; else the caller.
+                job.returned = True
+                return LATE if self._s >= DELIVERING else LATE_DELIVERY_RUNS_DESTROY
             released = None
             if exc is not None:
                 self._error = first_error(self._error, exc)
@@ -458,7 +468,7 @@ class TaskCore:
                 self._error = delivered_error(self._error, cancel, closed)
             err = self._error
             job = self._job
-            if job is not None and (job.abandoned or job.destroy is None):
+            if job is not None and (job.destroy is None or (job.abandoned and not job.returned)):
                 job = None  # an abandoned worker's destroy waits for its return
             return callbacks, err, job
         finally:

@@ -32,7 +32,7 @@ from ._delivery import deliver, notify, time_out
 from ._errors import ContextClosedError, TaskStateError
 from ._limiter import Limiter
 from ._pool import WorkerPool
-from ._state import LATE, NEVER_RAN, WORKER_DONE, JobCore
+from ._state import LATE, LATE_DELIVERY_RUNS_DESTROY, NEVER_RAN, WORKER_DONE, JobCore
 
 if TYPE_CHECKING:
     from ._context import MainContext
@@ -67,6 +67,7 @@ class ThreadJob(JobCore):
         self.destroy = destroy
         self.abandon = abandon
         self.abandoned = False
+        self.returned = False
         self.task = task
         self.worker = worker
         self.ctx = ctx
@@ -100,6 +101,8 @@ class ThreadJob(JobCore):
         if _points.hook is not None:
             _points.hook("task.worker-returned", task)
         verdict = task._move_worker_returned(self, result, exc)
+        if verdict is LATE_DELIVERY_RUNS_DESTROY:
+            return  # the outcome is dropped; the delivery runs the destroy, after func
         if verdict is LATE:
             # A cancel completed the task while this worker ran: its outcome
             # is dropped (released when this frame ends); its destroy
