@@ -55,8 +55,12 @@ Guarantees / assumes (lock-free reads): ``done()``, ``state``,
 attribute returning a value some store wrote -- true under the GIL and on
 the free-threaded build, where attribute loads and stores are atomic per
 object -- and on the state only moving forward, so a stale answer is an
-earlier true one.  Nothing is decided from such a read: every decision is a
-move.
+earlier true one.  Nothing is decided from such a read, except what a final
+value settles (``wait()`` returns at once when it reads FINISHED): every
+other decision is a move.  Between begin_delivery and finish, the fields the
+delivery reads (``_source``, ``_func``, ``_opaque``, ``_destroy``, ``_job``,
+``_result``, ``_result_destroy``) are the delivering thread's alone: every
+move that could change them refuses once the outcome is fixed.
 """
 
 from __future__ import annotations

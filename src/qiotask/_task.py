@@ -94,7 +94,6 @@ ProgressFunc = Callable[[Any, float, "float | None", "str | None"], Any]
 _STRIPE_MASK = STRIPES - 1
 _count_created = _trace.count_created
 _count_failed = _trace.count_failed
-_listeners = _trace.has_listeners
 _debug_enabled = _trace.logger.isEnabledFor
 _DEBUG = logging.DEBUG
 
@@ -167,7 +166,8 @@ class Task(TaskCore, Generic[T]):
         # Cancellation, progress and call_in_main state: a shared empty one
         # until first used, so that plain tasks pay one store for all of it.
         self._ctl = NO_CONTROL
-        self._traced = _listeners() or _debug_enabled(_DEBUG)
+        # Read the listener tuple directly: a call per task costs more.
+        self._traced = bool(_trace._listeners) or _debug_enabled(_DEBUG)
         self._id = number = _count_created()
         self._lock = _locks[number & _STRIPE_MASK]
         self._s = PENDING  # last: from here on __del__ checks completion

@@ -135,10 +135,6 @@ count_completed = _completed.__next__
 count_failed = _failed.__next__
 
 
-def has_listeners() -> bool:
-    return bool(_listeners)
-
-
 def _value(counter: itertools.count[int]) -> int:
     # repr() is "count(N)": the one way to read a count without advancing it.
     return int(repr(counter)[6:-1]) - 1
