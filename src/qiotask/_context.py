@@ -181,9 +181,10 @@ class MainContext:
         # to the thread that runs the loop.
         self._owner: tuple[int | None, threading.Thread] = (thread.ident, thread)
         self._dispatcher = Dispatcher(self)
-        # post() is the dispatcher's, bound once: every completion goes
-        # through it (the method below is what it does, documented).
+        # post() and _dispatch() are the dispatcher's, bound once: every
+        # completion goes through them (the methods below say what they do).
         self.post = self._dispatcher.post  # type: ignore[method-assign]
+        self._dispatch = self._dispatcher.dispatch  # type: ignore[method-assign]
         # fd -> watches; touched on the context thread only.
         self._io: dict[int, list[Source]] = {}
         # fd -> (read, write): what the loop was last told to watch for; None
@@ -298,9 +299,8 @@ class MainContext:
             self._call_soon_once(fn, *args)
 
     def _dispatch(self) -> None:
-        """On the context thread: run the batch that is queued now."""
-        if threading.get_ident() != self._owner[0]:
-            self._set_owner(threading.current_thread())
+        """On the context thread: run the batch that is queued now (the
+        thread running it becomes the context's thread)."""
         self._dispatcher.dispatch()
 
     def close(self) -> None:

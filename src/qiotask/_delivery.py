@@ -153,12 +153,12 @@ def deliver(task: TaskCore, closed: ContextClosedError | None = None) -> None:
         context._adopt((task._source, task._func, task._opaque, task._destroy, task._job, callbacks))
     if _points.hook is not None:
         _points.hook("task.finish", task)
-    refs = task._move_finish()
+    task._move_finish()
     if err is None:
         _count_completed()
     else:
         _count_failed()
-    del refs, callbacks
+    del callbacks
     if pending is not None:
         raise pending
 

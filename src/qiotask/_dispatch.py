@@ -51,6 +51,7 @@ if TYPE_CHECKING:
 __all__ = ["Dispatchable", "Dispatcher"]
 
 logger = logging.getLogger("qiotask")
+_get_ident = threading.get_ident
 
 
 class Dispatchable(Protocol):
@@ -91,24 +92,23 @@ class Dispatcher:
     def post(self, item: Dispatchable) -> None:
         """From any thread: run ``item._dispatch()`` on the context thread,
         or, if the context is closed, ``item._context_closed(context)`` here."""
-        context = self._context()
-        assert context is not None  # its caller holds it
         if _points.hook is not None:
-            _points.hook("context.post", context)
-        # "with", not acquire(): a call returning with the lock held may
-        # hand the GIL over there, and this lock is wanted by every poster
-        # and the loop (a convoy); with's entry does not.
+            _points.hook("context.post", self._context())
+        # "with", not acquire(), and "+=", not append(): a call returning
+        # inside the lock may hand the GIL over there, and this lock is
+        # wanted by every poster and the loop (a convoy); neither is a call.
         with self._lock:
-            closed = self.closed
-            if not closed:
-                self._queue.append(item)
+            if self.closed:
+                wake = None
+            else:
+                self._queue += (item,)
                 wake = not self._scheduled
                 self._scheduled = True
-        if closed:
-            item._context_closed(context)
-        elif wake:
+        if wake:
             self._wake()
-        elif context._loop_closed():
+        elif wake is None:
+            item._context_closed(self._context())  # type: ignore[arg-type]
+        elif self._context()._loop_closed():  # type: ignore[union-attr]
             # A wake-up is on its way, unless the loop closed after it was
             # sent without running it (asyncio drops pending callbacks).
             self.close()
@@ -148,6 +148,8 @@ class Dispatcher:
         """
         context = self._context()
         assert context is not None  # its caller holds it
+        if _get_ident() != context._owner[0]:
+            context._set_owner(threading.current_thread())  # the loop runs here now
         if _points.hook is not None:
             _points.hook("context.dispatch", context)
         nests = context._loop_nests()

@@ -478,21 +478,24 @@ class TaskCore:
         finally:
             lock.release()
 
-    def _move_finish(self) -> tuple[Any, ...]:
-        """DELIVERING -> FINISHED: drop everything but the outcome (returned,
-        for the caller to let go outside the lock) and wake ``wait()``."""
+    def _move_finish(self) -> None:
+        """DELIVERING -> FINISHED: drop everything but the outcome and wake
+        ``wait()``.  The references dropped here die after the lock is
+        released: the delivering thread owns these fields (see above), so it
+        holds them in locals across the step."""
+        source, func, opaque, destroy = self._source, self._func, self._opaque, self._destroy
+        job, result_destroy = self._job, self._result_destroy
         lock = self._lock
         lock.acquire()
         try:
-            refs = (self._source, self._func, self._opaque, self._destroy, self._job, self._result_destroy)
             self._source = self._func = self._opaque = self._destroy = None
             self._job = self._result_destroy = None
             self._s = FINISHED
             if self._event is not None:
                 self._event.set()
-            return refs
         finally:
             lock.release()
+        del source, func, opaque, destroy, job, result_destroy
 
     # -- waiting ------------------------------------------------------------------
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import functools
 import threading
 import weakref
 from collections.abc import Callable, Generator
@@ -46,8 +47,13 @@ class AsyncioContext(MainContext):
     ) -> None:
         super().__init__(name=name or f"asyncio loop {id(loop):#x}")
         self.loop = loop
-        # Bound once: post() asks this on every queued item.
-        self._loop_closed = loop.is_closed  # type: ignore[method-assign]
+        # Bound once: post() asks this on every item queued behind a
+        # wake-up.  asyncio's own loops answer from their _closed attribute:
+        # read it through a C partial rather than call the Python method.
+        if type(loop).is_closed is asyncio.BaseEventLoop.is_closed and hasattr(loop, "_closed"):
+            self._loop_closed = functools.partial(getattr, loop, "_closed")  # type: ignore[method-assign]
+        else:
+            self._loop_closed = loop.is_closed  # type: ignore[method-assign]
         if thread is not None:
             self._set_owner(thread)
 
