@@ -361,7 +361,8 @@ def queued_task_bytes(count: int = MEMORY_TASKS) -> float:
     import tracemalloc
 
     context = qiotask.MainContext(name="memory")
-    pool = qiotask.WorkerPool(1, name="memory")
+    # One thread, kept busy, and no growth: nothing else allocates meanwhile.
+    pool = qiotask.WorkerPool(1, name="memory", grow_after=None)
     busy, release = threading.Event(), threading.Event()
     pool.submit(lambda: (busy.set(), release.wait()), lambda result, exc: None)
     busy.wait()
