@@ -353,38 +353,26 @@ def test_a_post_after_close_fails_the_item_even_while_the_loop_lives(open_loop_c
     assert isinstance(task.exception(), ContextClosedError)
 
 
-def test_close_between_a_post_and_its_enqueue_fails_the_item_once(open_loop_context: Any) -> None:
+@pytest.mark.parametrize("point", ["context.post", "context.wakeup"])
+def test_close_racing_a_post_fails_the_item_once(open_loop_context: Any, point: str) -> None:
+    # Paused before its enqueue step, the post finds the context closed and
+    # fails the item in its own thread; paused after it (before the
+    # wake-up), the item is in the queue that close() takes and fails here.
     ctx = open_loop_context
     log = Log()
     task: Task[Any] = Task(None, log.func, None, log.destroyer("destroy"), context=ctx)
     with interleaving() as il:
-        posting = il.pause("context.post", ctx)
+        posting = il.pause(point, ctx)
         completer = start_thread(task.complete, "completer")
         posting.wait_reached()
         ctx.close()
         posting.release()
         join(completer)
-    ctx.loop.run_until_complete(asyncio.sleep(0))
+    ctx.loop.run_until_complete(asyncio.sleep(0))  # a wake-up sent after close() finds nothing
     assert log.names() == ["destroy"]
-    assert log.thread("destroy") == "completer"
+    expected = "completer" if point == "context.post" else threading.current_thread().name
+    assert log.thread("destroy") == expected
     assert isinstance(task.exception(), ContextClosedError)
-
-
-def test_close_between_an_enqueue_and_its_wakeup_fails_the_item_once(open_loop_context: Any) -> None:
-    ctx = open_loop_context
-    log = Log()
-    task: Task[Any] = Task(None, log.func, None, log.destroyer("destroy"), context=ctx)
-    with interleaving() as il:
-        waking = il.pause("context.wakeup", ctx)
-        completer = start_thread(task.complete, "completer")
-        waking.wait_reached()
-        ctx.close()  # takes the queued completion and fails it, here
-        assert log.names() == ["destroy"]
-        waking.release()
-        join(completer)
-    ctx.loop.run_until_complete(asyncio.sleep(0))
-    assert log.names() == ["destroy"]
-    assert log.thread("destroy") == threading.current_thread().name
 
 
 # -- deadlines against completion --------------------------------------------------------

@@ -145,6 +145,12 @@ class Problems:
                 f"seed {self.seed} (QIOTASK_STRESS_SEED): {len(self.found)} problem(s):\n{summary}\n{shown}{more}"
             )
 
+    def check_pending(self, before: int) -> None:
+        """Nothing left pending: qiotask.stats() back to where it was."""
+        pending = qiotask.stats()["pending"]
+        if pending != before:
+            self.add(f"stats()['pending'] is {pending}, was {before}")
+
 
 def exactly_once(
     tally: Tally, kind: str, key: Any, problems: Problems, thread: int | None = None
@@ -848,9 +854,7 @@ def test_posts_from_many_threads_run_or_fail_once_while_a_context_closes(
     # checked above to have failed).
     if not any(post.after and post.kind == "task2" for mine in posted for post in mine):
         problems.add("no completion was posted after close()")
-    pending = qiotask.stats()["pending"]
-    if pending != pending_before:
-        problems.add(f"stats()['pending'] is {pending}, was {pending_before}")
+    problems.check_pending(pending_before)
     problems.check()
 
 
@@ -984,9 +988,7 @@ def test_wait_from_other_threads_returns_true_once_the_task_finished(
         funcs = tally.hits("func", i)
         if funcs and task.cancelled() != isinstance(funcs[0][2], TaskCancelled):
             problems.add(f"task {i}: cancelled() is {task.cancelled()} but func got {funcs[0][2]!r}")
-    pending = qiotask.stats()["pending"]
-    if pending != pending_before:
-        problems.add(f"stats()['pending'] is {pending}, was {pending_before}")
+    problems.check_pending(pending_before)
     problems.check()
 
 
@@ -1139,9 +1141,7 @@ def test_call_in_main_while_the_context_thread_waits_in_wait_thread(
                 problems.add(f"task {i}: the abandoned worker's late result was kept")
     if len(tasks) != n:
         problems.add(f"only {len(tasks)} of {n} tasks were started")
-    pending = qiotask.stats()["pending"]
-    if pending != pending_before:
-        problems.add(f"stats()['pending'] is {pending}, was {pending_before}")
+    problems.check_pending(pending_before)
     problems.check()
 
 
@@ -1238,7 +1238,5 @@ def test_cancels_timed_around_worker_starts_never_send_a_task_back(
             problems.add(f"task {i}: the abandoned worker's late result was kept")
         if started[i] and not abandoned and task.get_result() != ("worker", i):
             problems.add(f"task {i}: the worker returned ('worker', {i}) but the result is {task.get_result()!r}")
-    pending = qiotask.stats()["pending"]
-    if pending != pending_before:
-        problems.add(f"stats()['pending'] is {pending}, was {pending_before}")
+    problems.check_pending(pending_before)
     problems.check()
