@@ -907,10 +907,11 @@ def _held(lock: Any) -> bool:
 
 @pytest.mark.skipif(not hasattr(os, "register_at_fork"), reason="needs os.register_at_fork()")
 def test_the_fork_handlers_take_every_lock_and_the_parent_gets_them_back(make_pool: MakePool) -> None:
-    from qiotask import _limiter, _pool, _trace
+    from qiotask import _context, _fork, _limiter, _pool, _state, _trace
 
     pools = [make_pool(1), make_pool(2), default_pool()]
     limiters = [Limiter(1), Limiter(3)]
+    contexts = [qiotask.MainContext(name="forking"), qiotask.default_context()]
 
     def locks() -> list[Any]:
         return [
@@ -921,22 +922,25 @@ def test_the_fork_handlers_take_every_lock_and_the_parent_gets_them_back(make_po
             *(limiter._lock for limiter in limiters),
             _deadline._cond,
             _trace._listeners_lock,
+            *_state._locks,
+            _context._default_lock,
+            _context._contexts_lock,
+            *(ctx._dispatcher._lock for ctx in contexts),
         ]
 
-    assert not any(_held(lock) for lock in locks())
-    # In the order os.fork() runs them: before handlers last-registered first.
-    _trace._before_fork()
-    _limiter._before_fork()
-    _pool._before_fork()
-    _deadline._before_fork()
     try:
-        assert [_held(lock) for lock in locks()] == [True] * len(locks())
+        assert not any(_held(lock) for lock in locks())
+        # In the order os.fork() runs them: before handlers last-registered first.
+        for before, _parent, _child in reversed(_fork.handlers):
+            before()
+        try:
+            assert [_held(lock) for lock in locks()] == [True] * len(locks())
+        finally:
+            for _before, parent, _child in _fork.handlers:
+                parent()
+        assert not any(_held(lock) for lock in locks())
     finally:
-        _deadline._after_fork_in_parent()
-        _pool._after_fork_in_parent()
-        _limiter._after_fork_in_parent()
-        _trace._after_fork_in_parent()
-    assert not any(_held(lock) for lock in locks())
+        contexts[0].close()  # type: ignore[attr-defined]
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork()")

@@ -39,15 +39,15 @@ import enum
 import importlib
 import logging
 import math
-import os
 import select
 import sys
 import threading
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
+from . import _fork
 from ._checks import check_callable, check_duration, check_fd
 from ._dispatch import Dispatchable, Dispatcher
 from ._errors import TaskStateError
@@ -914,39 +914,17 @@ def await_hook() -> Callable[[Any], Any] | None:
     return None
 
 
-# Fork: no context's queue lock may be held by a thread the child does not
-# have.  Take them all (and the default-context lock) before the fork, in
-# one order; the parent releases them, the child gets new ones.
-_forking: list[MainContext] = []
+def _fork_locks() -> Iterator[threading.Lock]:
+    # Fork: no context's queue may be copied half-changed into a child.  The
+    # contexts are listed once _contexts_lock is held (no context is added
+    # meanwhile).
+    yield _default_lock
+    yield _contexts_lock
+    for ctx in list(_all_contexts):
+        yield ctx._dispatcher._lock
 
 
-def _before_fork() -> None:
-    _default_lock.acquire()
-    _contexts_lock.acquire()
-    _forking[:] = list(_all_contexts)
-    for ctx in _forking:
-        ctx._dispatcher._lock.acquire()
-
-
-def _after_fork_in_parent() -> None:
-    for ctx in reversed(_forking):
-        ctx._dispatcher._lock.release()
-    _forking.clear()
-    _contexts_lock.release()
-    _default_lock.release()
-
-
-def _after_fork_in_child() -> None:
-    global _default_lock, _contexts_lock
-    _default_lock = threading.Lock()
-    _contexts_lock = threading.Lock()
-    for ctx in _forking:
-        ctx._dispatcher._lock = threading.Lock()
-    _forking.clear()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent, after_in_child=_after_fork_in_child)
+_fork.guard(_fork_locks)
 
 
 def all_contexts() -> list[MainContext]:

@@ -73,12 +73,11 @@ import contextvars
 import heapq
 import logging
 import math
-import os
 import threading
 import time
 from collections.abc import Callable
 
-from . import _points
+from . import _fork, _points
 
 __all__ = ["THREAD_NAME", "Deadline", "call_at"]
 
@@ -212,18 +211,11 @@ def _call(fn: Callable[[], object]) -> None:
 # -- fork -----------------------------------------------------------------------
 
 
-def _before_fork() -> None:
-    _cond.acquire()
-
-
-def _after_fork_in_parent() -> None:
-    _cond.release()
-
-
 def _after_fork_in_child() -> None:
-    # The timer thread does not exist in the child: start afresh, with a lock
-    # nobody holds.  The parent's deadlines are dropped (their fn stays set,
-    # so a cancel() in the child still returns True: the call never happens).
+    # The timer thread does not exist in the child: start afresh, with a
+    # condition nobody waits on.  The parent's deadlines are dropped (their fn
+    # stays set, so a cancel() in the child still returns True: the call
+    # never happens).
     global _cond, _thread, _compact_at
     _cond = threading.Condition(threading.Lock())
     _heap.clear()
@@ -231,5 +223,4 @@ def _after_fork_in_child() -> None:
     _thread = None
 
 
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent, after_in_child=_after_fork_in_child)
+_fork.guard(lambda: [_cond], child=_after_fork_in_child)

@@ -35,13 +35,13 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 import threading
 import weakref
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
+from . import _fork
 from ._pool import WorkerPool
 
 __all__ = ["Limiter"]
@@ -221,34 +221,19 @@ def _check_limit(value: Any, where: str) -> int:
 # this module imports _pool): a thread holding a limiter's lock never waits
 # for theirs, so that order is safe too.
 
-#: The locks _before_fork took, in order, for the parent to release.
-_held_for_fork: list[threading.Lock] = []
-
-
-def _before_fork() -> None:
-    _registry_lock.acquire()
-    _held_for_fork.append(_registry_lock)
-    for limiter in list(_all_limiters):
-        lock = limiter._lock
-        lock.acquire()
-        _held_for_fork.append(lock)
-
-
-def _after_fork_in_parent() -> None:
-    while _held_for_fork:
-        _held_for_fork.pop().release()
-
 
 def _after_fork_in_child() -> None:
     # The parent's pool threads do not exist in the child, so the jobs that
     # held slots will never be delivered, and the pools dropped their queues
-    # (see _pool): start every limiter empty, with a lock nobody holds.
-    global _registry_lock
-    _held_for_fork.clear()
-    _registry_lock = threading.Lock()
+    # (see _pool): start every limiter empty.
     for limiter in list(_all_limiters):
         limiter._reset()
 
 
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent, after_in_child=_after_fork_in_child)
+def _fork_locks() -> Iterator[threading.Lock]:
+    yield _registry_lock  # taken first: no limiter is added meanwhile
+    for limiter in list(_all_limiters):
+        yield limiter._lock
+
+
+_fork.guard(_fork_locks, child=_after_fork_in_child)

@@ -132,7 +132,7 @@ futex costs.
 
 Fork: ``os.register_at_fork`` handlers take, in this order, ``_default_lock``,
 ``_registry_lock`` and the lock of every pool, before the fork; the parent
-releases them after it, and the child makes new ones and empties every pool
+releases them after it, and the child releases them too and empties every pool
 (a pool shut down in the parent stays shut down).  The order is the order in
 which the code nests them (:func:`default_pool` registers a new pool while it
 holds ``_default_lock``; no code holds two pools' locks at once), and while
@@ -160,10 +160,10 @@ import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypedDict
 
-from . import _deadline, _points
+from . import _deadline, _fork, _points
 from ._checks import check_duration, wait_timeout
 
 __all__ = ["DEFAULT_GROW_AFTER", "DEFAULT_MAX_WORKERS", "STANDBY_TICK", "PoolStatistics", "WorkerPool", "default_pool"]
@@ -799,40 +799,23 @@ def default_pool() -> WorkerPool:
 
 # -- fork -----------------------------------------------------------------------
 
-#: The locks _before_fork took, in order, for the parent to release.
-_held_for_fork: list[threading.Lock] = []
-
-
-def _before_fork() -> None:
-    # The order of the Fork section: _default_lock, _registry_lock (held, so
-    # that no pool is added meanwhile), then each pool's lock.
-    _default_lock.acquire()
-    _held_for_fork.append(_default_lock)
-    _registry_lock.acquire()
-    _held_for_fork.append(_registry_lock)
-    for pool in list(_all_pools):
-        lock = pool._lock
-        lock.acquire()
-        _held_for_fork.append(lock)
-
-
-def _after_fork_in_parent() -> None:
-    while _held_for_fork:
-        _held_for_fork.pop().release()
-
 
 def _after_fork_in_child() -> None:
-    # The parent's threads do not exist in the child: their locks stay held
-    # (by us, or by nobody that will run again).  New locks, empty pools.
-    global _default_lock, _registry_lock
-    _held_for_fork.clear()
-    _default_lock = threading.Lock()
-    _registry_lock = threading.Lock()
+    # The parent's threads do not exist in the child: empty pools (a pool
+    # shut down stays shut down).
     for pool in list(_all_pools):
         shut = pool._shutdown
         pool._reset()
         pool._shutdown = shut
 
 
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent, after_in_child=_after_fork_in_child)
+def _fork_locks() -> Iterator[threading.Lock]:
+    # The order of the Fork section: _default_lock, _registry_lock (held, so
+    # that no pool is added meanwhile), then each pool's lock.
+    yield _default_lock
+    yield _registry_lock
+    for pool in list(_all_pools):
+        yield pool._lock
+
+
+_fork.guard(_fork_locks, child=_after_fork_in_child)

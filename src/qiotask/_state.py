@@ -66,12 +66,12 @@ move that could change them refuses once the outcome is fixed.
 from __future__ import annotations
 
 import enum
-import os
 import queue
 import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from . import _fork
 from ._errors import TaskStateError
 from ._outcome import Held, delivered_error, first_error, replace_result
 
@@ -122,24 +122,8 @@ def lock_for(number: int) -> threading.Lock:
     return _locks[number & (STRIPES - 1)]
 
 
-def _before_fork() -> None:
-    # No move is half made in the child: wait for every hold to end.
-    for lock in _locks:
-        lock.acquire()
-
-
-def _after_fork_in_parent() -> None:
-    for lock in reversed(_locks):
-        lock.release()
-
-
-def _after_fork_in_child() -> None:
-    for lock in _locks:
-        lock.release()  # held by this thread, which the child has
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent, after_in_child=_after_fork_in_child)
+# No move is half made in a forked child: the fork waits for every hold to end.
+_fork.guard(lambda: _locks)
 
 #: What wakes ``wait_thread()``: the outcome is fixed.
 WORKER_DONE = object()

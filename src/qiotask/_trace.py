@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import itertools
 import logging
-import os
 import threading
 from collections.abc import Callable
 from typing import Any
+
+from . import _fork
 
 __all__ = [
     "EVENTS",
@@ -52,23 +53,9 @@ _listeners: tuple[Listener, ...] = ()
 _listeners_lock = threading.Lock()
 
 
-def _before_fork() -> None:
-    # Held across the fork, so that the child never copies a half-made
-    # add/remove; it is a leaf lock (nothing else is taken under it).
-    _listeners_lock.acquire()
-
-
-def _after_fork_in_parent() -> None:
-    _listeners_lock.release()
-
-
-def _after_fork_in_child() -> None:
-    global _listeners_lock
-    _listeners_lock = threading.Lock()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent, after_in_child=_after_fork_in_child)
+# Held across a fork, so that the child never copies a half-made add or
+# remove; a leaf lock (nothing else is taken under it).
+_fork.guard(lambda: [_listeners_lock])
 
 
 def add_listener(fn: Listener) -> Callable[[], None]:
