@@ -282,3 +282,43 @@ def test_errors_nobody_retrieved_are_logged_once_the_task_is_collected() -> None
     )
     assert "nobody retrieved its error" in stderr
     assert "disk on fire" in stderr
+
+
+@pytest.mark.parametrize("kind", ["KeyboardInterrupt", "SystemExit"])
+def test_a_replaced_results_destroy_raising_does_not_strand_the_completion(kind: str) -> None:
+    # complete(result) replaces a result set before, whose destroy notifier
+    # raises: the completion still runs (here, on the context thread), then
+    # the exception comes out; the same from a worker's return value, where
+    # the pool thread logs it.
+    result, stderr = run_child(
+        f"""
+        ctx = qiotask.MainContext(name="ctx")
+        ctx.push_thread_default()
+        loop = qiotask.MainLoop(ctx)
+
+        def raising(value):
+            events.append("old destroyed")
+            raise {RAISERS[kind]}
+
+        task = Task(None, lambda s, e, o: events.append("func"))
+        task.set_result("old", raising)
+        raised = None
+        try:
+            task.complete("new")
+        except BaseException as exc:
+            raised = type(exc).__name__
+        worker_task = Task(None, lambda s, e, o: (events.append("worker func"), loop.quit()))
+        worker_task.set_result("old", raising)
+        worker_task.run_in_thread(lambda t, o: "new")
+        ctx.timeout_add(5000, loop.quit)
+        loop.run()
+        done(events=events, raised=raised, finished=[task.done(), worker_task.done()],
+             results=[task.get_result(), worker_task.get_result()], pending=qiotask.stats()["pending"])
+        """
+    )
+    assert result["events"] == ["old destroyed", "func", "old destroyed", "worker func"]
+    assert result["raised"] == kind
+    assert result["finished"] == [True, True]
+    assert result["results"] == ["new", "new"]
+    assert result["pending"] == 0
+    assert kind in stderr  # the pool thread's logged it

@@ -25,6 +25,17 @@ from .interleave import interleaving
 pytestmark = pytest.mark.timeout(30)
 
 
+@pytest.fixture
+def pool(make_pool: MakePool) -> qiotask.WorkerPool:
+    """A pool of one thread: the order of the jobs is the order submitted."""
+    return make_pool(1)
+
+
+@pytest.fixture
+def log() -> Log:
+    return Log()
+
+
 def settle(runner: LoopRunner, pool: qiotask.WorkerPool) -> None:
     """Wait until the pool's threads are done, then run what they posted."""
     wait_for(lambda: pool.statistics()["busy"] == 0, what="the pool's workers to return")
@@ -40,14 +51,12 @@ class Result:
 
 
 def test_a_cancel_as_an_abandoned_worker_returns_drops_its_result_and_runs_its_destroy_once(
-    ctx: qiotask.MainContext, runner: LoopRunner, make_pool: MakePool
+    ctx: qiotask.MainContext, runner: LoopRunner, pool: qiotask.WorkerPool, log: Log
 ) -> None:
     # Item 1 of issue 9: the worker has returned and is about to report;
     # the cancel completes the task first.  Its late result must be dropped
     # (the result set before stays, destroyed once on the context thread)
     # and its own destroy must still run, once.
-    pool = make_pool(1)
-    log = Log()
     late = Result()
     late_ref = weakref.ref(late)
     task: Task[Any] = Task(None, log.func, "task-opaque", log.destroyer("task destroy"))
@@ -78,13 +87,11 @@ def test_a_cancel_as_an_abandoned_worker_returns_drops_its_result_and_runs_its_d
 
 
 def test_a_worker_cancelled_as_it_starts_never_sets_the_task_back_to_running(
-    ctx: qiotask.MainContext, runner: LoopRunner, make_pool: MakePool
+    ctx: qiotask.MainContext, runner: LoopRunner, pool: qiotask.WorkerPool, log: Log
 ) -> None:
     # Item 2 of issue 9: the worker was let start; an abandoning cancel on
     # the context thread completes and finishes the task before the worker
     # thread goes on.  The task must stay FINISHED.
-    pool = make_pool(1)
-    log = Log()
     task: Task[Any] = Task(object(), log.func)
     with interleaving() as il:
         started = il.pause("task.started", task)
@@ -108,10 +115,8 @@ def test_a_worker_cancelled_as_it_starts_never_sets_the_task_back_to_running(
 
 
 def test_a_cancel_before_the_start_step_keeps_the_worker_from_running(
-    ctx: qiotask.MainContext, runner: LoopRunner, make_pool: MakePool
+    ctx: qiotask.MainContext, runner: LoopRunner, pool: qiotask.WorkerPool, log: Log
 ) -> None:
-    pool = make_pool(1)
-    log = Log()
     task: Task[Any] = Task(None, log.func)
     with interleaving() as il:
         start = il.pause("task.start", task)
@@ -126,10 +131,8 @@ def test_a_cancel_before_the_start_step_keeps_the_worker_from_running(
 
 
 def test_a_cancel_of_a_running_worker_that_does_not_abandon_waits_for_it(
-    ctx: qiotask.MainContext, runner: LoopRunner, make_pool: MakePool
+    ctx: qiotask.MainContext, runner: LoopRunner, pool: qiotask.WorkerPool, log: Log
 ) -> None:
-    pool = make_pool(1)
-    log = Log()
     task: Task[Any] = Task(None, log.func)
     with interleaving() as il:
         returned = il.pause("task.worker-returned", task)
@@ -145,12 +148,10 @@ def test_a_cancel_of_a_running_worker_that_does_not_abandon_waits_for_it(
 
 
 def test_a_timeout_says_running_when_the_worker_started_before_it_was_decided(
-    ctx: qiotask.MainContext, runner: LoopRunner, make_pool: MakePool
+    ctx: qiotask.MainContext, runner: LoopRunner, pool: qiotask.WorkerPool, log: Log
 ) -> None:
     # The deadline fires while the worker is queued, but the worker starts
     # before the timeout's cancel is decided: it timed out while running.
-    pool = make_pool(1)
-    log = Log()
     hold = threading.Event()
     pool.submit(lambda: hold.wait(TIMEOUT), lambda result, exc: None)
     running = threading.Event()
@@ -209,10 +210,8 @@ def test_wait_on_a_finished_task_returns_at_once(ctx: qiotask.MainContext) -> No
 
 
 def test_wait_thread_after_the_worker_reported_delivers_inline_once(
-    ctx: qiotask.MainContext, runner: LoopRunner, make_pool: MakePool
+    ctx: qiotask.MainContext, runner: LoopRunner, pool: qiotask.WorkerPool, log: Log
 ) -> None:
-    pool = make_pool(1)
-    log = Log()
     task: Task[Any] = Task(None, log.func)
     with interleaving() as il:
         posting = il.pause("context.post", ctx)  # the worker, after its worker-returned step
@@ -227,10 +226,8 @@ def test_wait_thread_after_the_worker_reported_delivers_inline_once(
 
 
 def test_wait_thread_registered_before_the_worker_reports_is_woken(
-    ctx: qiotask.MainContext, runner: LoopRunner, make_pool: MakePool
+    ctx: qiotask.MainContext, runner: LoopRunner, pool: qiotask.WorkerPool, log: Log
 ) -> None:
-    pool = make_pool(1)
-    log = Log()
     task: Task[Any] = Task(None, log.func)
     with interleaving() as il:
         returned = il.pause("task.worker-returned", task)
@@ -246,10 +243,8 @@ def test_wait_thread_registered_before_the_worker_reports_is_woken(
 
 
 def test_call_in_main_published_before_wait_thread_is_served_by_it(
-    ctx: qiotask.MainContext, runner: LoopRunner, make_pool: MakePool
+    ctx: qiotask.MainContext, runner: LoopRunner, pool: qiotask.WorkerPool, log: Log
 ) -> None:
-    pool = make_pool(1)
-    log = Log()
     task: Task[Any] = Task(None, log.func)
 
     def on_loop(x: int) -> int:
@@ -269,10 +264,8 @@ def test_call_in_main_published_before_wait_thread_is_served_by_it(
 
 
 def test_call_in_main_published_after_wait_thread_registered_is_served_by_it(
-    ctx: qiotask.MainContext, runner: LoopRunner, make_pool: MakePool
+    ctx: qiotask.MainContext, runner: LoopRunner, pool: qiotask.WorkerPool, log: Log
 ) -> None:
-    pool = make_pool(1)
-    log = Log()
     task: Task[Any] = Task(None, log.func)
 
     def on_loop(x: int) -> int:
@@ -379,10 +372,8 @@ def test_close_racing_a_post_fails_the_item_once(open_loop_context: Any, point: 
 
 
 def test_a_deadline_firing_as_the_worker_returns_does_not_cancel_the_task(
-    ctx: qiotask.MainContext, runner: LoopRunner, make_pool: MakePool
+    ctx: qiotask.MainContext, runner: LoopRunner, pool: qiotask.WorkerPool, log: Log
 ) -> None:
-    pool = make_pool(1)
-    log = Log()
     finish = threading.Event()
     task: Task[Any] = Task(None, log.func)
     with interleaving() as il:
@@ -400,14 +391,12 @@ def test_a_deadline_firing_as_the_worker_returns_does_not_cancel_the_task(
 
 
 def test_an_abandoned_worker_returning_before_the_cancel_hands_over_is_destroyed_after_func(
-    ctx: qiotask.MainContext, runner: LoopRunner, make_pool: MakePool
+    ctx: qiotask.MainContext, runner: LoopRunner, pool: qiotask.WorkerPool, log: Log
 ) -> None:
     # Found by tests/test_stress.py: a cancel from another thread abandons
     # the running worker (one step), runs its hooks, then posts the
     # completion.  If the worker returns in that gap, its destroy must still
     # come after func (DESIGN §4), run by the delivery itself.
-    pool = make_pool(1)
-    log = Log()
     running = threading.Event()
     release = threading.Event()
 
@@ -433,3 +422,98 @@ def test_an_abandoned_worker_returning_before_the_cancel_hands_over_is_destroyed
     assert log.names() == ["func", "worker destroy"]
     assert isinstance(log.value("func"), TaskCancelled)
     assert log.thread("worker destroy") == threading.current_thread().name
+
+
+# -- found by the read-through ------------------------------------------------------------
+
+
+def test_a_job_refused_by_its_limiters_pool_after_a_cancel_finished_the_task_changes_nothing(
+    ctx: qiotask.MainContext, runner: LoopRunner, make_pool: MakePool
+) -> None:
+    # A task cancelled while its job waits in a Limiter finishes at once; if
+    # the job's pool is then shut down, the limiter reports the refusal to
+    # the job, which must not move the finished task back.
+    pool = make_pool(2)
+    limiter = qiotask.Limiter(1)
+    gate = threading.Event()
+    holder: Task[Any] = Task(None)
+    holder.run_in_thread(lambda t, o: gate.wait(TIMEOUT), pool=pool, limiter=limiter)
+    log = Log()
+    waiting: Task[Any] = Task(None, log.func, None, log.destroyer("destroy"))
+    waiting.run_in_thread(lambda t, o: log.add("worker"), None, log.destroyer("worker destroy"), pool=pool,
+                          limiter=limiter)  # fmt: skip
+    pending = qiotask.stats()["pending"]
+    assert waiting.cancel() is True  # delivered now, on this thread
+    assert log.names() == ["func", "worker destroy", "destroy"]
+    pool.shutdown(wait=False)
+    gate.set()  # the holder's job is delivered: the limiter hands the waiting job to the shut pool
+    runner.run_until(holder.done)
+    wait_for(lambda: limiter.statistics()["waiting"] == 0, what="the limiter to let the refused job go")
+    assert waiting.state is TaskState.FINISHED and waiting.done()
+    assert log.names() == ["func", "worker destroy", "destroy"]
+    assert qiotask.stats()["pending"] == pending - 2  # both finished; nothing came back
+
+
+def test_a_cancel_before_run_in_thread_keeps_the_worker_from_running(
+    ctx: qiotask.MainContext, runner: LoopRunner, pool: qiotask.WorkerPool, log: Log
+) -> None:
+    # Cancelled before it had a worker, a task given one never starts it: it
+    # completes with the cancel, as a queued worker's task does.
+    task: Task[Any] = Task(None, log.func)
+    task.cancel()
+    task.run_in_thread(lambda t, o: log.add("worker"), None, log.destroyer("worker destroy"), pool=pool)
+    assert log.names() == ["func", "worker destroy"]  # on the context thread: now
+    assert isinstance(log.value("func"), TaskCancelled)
+    settle(runner, pool)
+    assert "worker" not in log.names()
+
+
+def test_a_deadline_that_passes_before_the_submit_keeps_the_worker_from_running(
+    ctx: qiotask.MainContext, runner: LoopRunner, pool: qiotask.WorkerPool, log: Log
+) -> None:
+    # The deadline is armed before the job is published; here it fires
+    # before the submit step, which finds the cancel: the worker never runs,
+    # and the timeout says the worker was queued.
+    task: Task[Any] = Task(None, log.func)
+    with interleaving() as il:
+        il.call("task.submit", lambda: wait_for(task.cancelled, what="the deadline's cancel"), task)
+        task.run_in_thread(lambda t, o: log.add("worker"), pool=pool, timeout=0)
+    settle(runner, pool)
+    assert log.names() == ["func"]
+    err = log.value("func")
+    assert isinstance(err, TaskTimeout) and "while queued" in str(err)
+
+
+def test_progress_reported_after_the_completion_reaches_nobody(
+    ctx: qiotask.MainContext, runner: LoopRunner, pool: qiotask.WorkerPool, log: Log
+) -> None:
+    finish = threading.Event()
+    task: Task[Any] = Task(None, log.func)
+    task.connect_progress(lambda t, done, total, message: log.add("progress", done))
+
+    def worker(task: Task[Any], opaque: Any) -> None:
+        finish.wait(TIMEOUT)
+        task.report_progress(2)  # after the abandoning cancel finished the task
+
+    task.run_in_thread(worker, pool=pool, abandon_on_cancel=True)
+    task.cancel()
+    finish.set()
+    settle(runner, pool)
+    ctx.call_soon(runner.quit)
+    runner.run()
+    assert log.names() == ["func"]
+
+
+def test_a_finished_task_lets_go_of_its_hooks_and_listeners(ctx: qiotask.MainContext) -> None:
+    class Hook:
+        def __call__(self, *args: Any) -> None:
+            pass
+
+    hook, listener = Hook(), Hook()
+    refs = [weakref.ref(hook), weakref.ref(listener)]
+    task: Task[Any] = Task(None)
+    task.on_cancel(hook)
+    task.connect_progress(listener)
+    del hook, listener
+    task.complete()
+    assert [ref() for ref in refs] == [None, None]  # the task itself is still here

@@ -129,3 +129,21 @@ def test_stats_count_tasks(runner: LoopRunner) -> None:
     assert after["pending"] == before["pending"]
     assert after["threads"] >= 1
     assert set(after) == {"created", "completed", "failed", "pending", "threads"}
+
+
+def test_a_field_whose_repr_raises_does_not_stop_the_task(runner: LoopRunner, caplog: pytest.LogCaptureFixture) -> None:
+    # The DEBUG line of an event is made between the halves of a task's
+    # steps: a result whose repr() raises is logged there, and the task
+    # completes all the same.
+    class Unprintable:
+        def __repr__(self) -> str:
+            raise ValueError("no repr")
+
+    value = Unprintable()
+    ran: list[object] = []
+    caplog.set_level(logging.DEBUG, logger="qiotask")
+    task: Task[Any] = Task(None, lambda source, err, opaque: ran.append(err))
+    task.run_in_thread(lambda t, o: value)
+    runner.run_until(task.done)
+    assert ran == [None] and task.get_result() is value
+    assert "could not be logged" in caplog.text

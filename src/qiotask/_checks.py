@@ -16,7 +16,7 @@ import math
 import threading
 from typing import Any, Literal, overload
 
-__all__ = ["check_callable", "check_duration", "check_fd", "wait_timeout"]
+__all__ = ["LONGEST_WAIT", "check_callable", "check_duration", "check_fd", "wait_timeout"]
 
 _PER_SECOND = {"seconds": 1, "milliseconds": 1000}
 
@@ -78,6 +78,12 @@ def check_duration(
     if value > threading.TIMEOUT_MAX * _PER_SECOND[unit]:  # an int too big for a float included
         return math.inf
     return float(value)
+
+
+#: The longest single wait qiotask asks of a loop's timer or a selector, in
+#: seconds (a day): longer waits are made in steps of this, as a C int of
+#: milliseconds (Qt, GLib, Tk, epoll) holds at most about 24 days.
+LONGEST_WAIT = 86400.0
 
 
 def wait_timeout(seconds: float | None) -> float | None:

@@ -14,8 +14,10 @@ attached it) and offers, from any thread:
 Each loop adapter (``qiotask.loops.*``) subclasses :class:`MainContext` and
 implements the small protocol marked "adapter protocol" below; everything else
 is shared.  An adapter that learns its loop is gone says so with one call,
-:meth:`MainContext._loop_gone`, and asks :attr:`MainContext.closed`
-afterwards; it keeps no flag of its own.
+:meth:`MainContext._loop_gone` -- or, where that must happen under a lock of
+the adapter's own (Qt, GLib, Tk, trio), with its two halves,
+``_dispatcher.shut()`` under that lock and ``_dispatcher.fail()`` after --
+and asks :attr:`MainContext.closed` afterwards; it keeps no flag of its own.
 
 The context's thread is one record, ``_owner`` = ``(ident, thread)``,
 replaced whole (by an attach, or by ``MainLoop.run()`` on another thread),
@@ -48,7 +50,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
 from . import _fork
-from ._checks import check_callable, check_duration, check_fd
+from ._checks import LONGEST_WAIT, check_callable, check_duration, check_fd
 from ._dispatch import Dispatchable, Dispatcher
 from ._errors import TaskStateError
 
@@ -86,10 +88,8 @@ IO_HUP = IOCondition.HUP
 _IO_ALWAYS = IOCondition.ERR | IOCondition.HUP
 _POLLNVAL = 32  # poll(2)'s "fd not open", reported as IO_ERR
 
-#: The longest single timer a source asks its loop for, in seconds (a day):
-#: longer timeouts wait in steps of this, as a C int of milliseconds (Qt,
-#: GLib, Tk) holds at most about 24 days.
-_TIMER_STEP = 86400.0
+#: The longest single timer a source asks its loop for (see _checks).
+_TIMER_STEP = LONGEST_WAIT
 
 #: How often a watch for only IO_ERR/IO_HUP looks at an fd that has unread
 #: data: event loops wake on "readable" but not on "hung up" alone, so while
@@ -165,6 +165,17 @@ class MainContext:
     :func:`attach`.
     """
 
+    #: ``post(item)``, from any thread: run ``item._dispatch()`` on the
+    #: context thread.  If the context is closed, ``item._context_closed(ctx)``
+    #: runs instead, in the calling thread; so does that of every item still
+    #: queued when it closes.  (The dispatcher's method, bound in __init__:
+    #: every completion goes through it.)
+    post: Callable[[Dispatchable], None]
+    #: ``_dispatch()``, on the context thread: run the batch queued now (the
+    #: thread running it becomes the context's thread).  Adapters call it
+    #: from their loop's callback.  (The dispatcher's method, bound.)
+    _dispatch: Callable[[], None]
+
     def __new__(cls, *args: Any, **kwargs: Any) -> MainContext:
         if cls is MainContext:
             from .loops.asyncio import EmbeddedContext
@@ -181,10 +192,8 @@ class MainContext:
         # to the thread that runs the loop.
         self._owner: tuple[int | None, threading.Thread] = (thread.ident, thread)
         self._dispatcher = Dispatcher(self)
-        # post() and _dispatch() are the dispatcher's, bound once: every
-        # completion goes through them (the methods below say what they do).
-        self.post = self._dispatcher.post  # type: ignore[method-assign]
-        self._dispatch = self._dispatcher.dispatch  # type: ignore[method-assign]
+        self.post = self._dispatcher.post
+        self._dispatch = self._dispatcher.dispatch
         # fd -> watches; touched on the context thread only.
         self._io: dict[int, list[Source]] = {}
         # fd -> (read, write): what the loop was last told to watch for; None
@@ -205,8 +214,13 @@ class MainContext:
         raise NotImplementedError
 
     def _loop_closed(self) -> bool:
-        """Whether the loop is gone for good (cheap; any thread)."""
-        raise NotImplementedError
+        """Whether the loop went away without telling (cheap; any thread).
+
+        Only for loops with no way to tell (asyncio): such an adapter
+        overrides this and sets ``self._dispatcher.probe`` to it, so that a
+        post behind a wake-up asks it.  Others report loss through
+        :meth:`_loop_gone` and keep this default."""
+        return False
 
     def _call_later(self, delay: float, fn: Callable[[], None]) -> _TimerHandle:
         """On the context thread: call ``fn()`` after ``delay`` seconds."""
@@ -254,7 +268,8 @@ class MainContext:
         dispatcher = self._dispatcher
         if dispatcher.closed:
             return True
-        if self._loop_closed():
+        probe = dispatcher.probe
+        if probe is not None and probe():
             # The loop went away without telling us (asyncio has no hook).
             self._loop_gone()
             return True
@@ -266,15 +281,6 @@ class MainContext:
         return self._dispatcher.close()
 
     # -- the batching dispatcher ----------------------------------------------
-
-    def post(self, item: Dispatchable) -> None:
-        """From any thread: run ``item._dispatch()`` on the context thread.
-
-        If the context is closed, ``item._context_closed(self)`` runs instead,
-        in the calling thread; so does that of every item still queued when
-        it closes.
-        """
-        self._dispatcher.post(item)
 
     def call_soon(self, fn: Callable[..., Any], *args: Any) -> None:
         """From any thread: call ``fn(*args)`` once on the context thread.
@@ -297,11 +303,6 @@ class MainContext:
             fn(*args)
         else:
             self._call_soon_once(fn, *args)
-
-    def _dispatch(self) -> None:
-        """On the context thread: run the batch that is queued now (the
-        thread running it becomes the context's thread)."""
-        self._dispatcher.dispatch()
 
     def close(self) -> None:
         """Close the context for good: nothing posted to it runs any more.

@@ -27,12 +27,13 @@ from typing import TYPE_CHECKING, Any
 from . import _points, _trace
 from ._errors import ContextClosedError, TaskCancelled, TaskTimeout
 from ._progress import deliver_latest
+from ._state import PENDING, QUEUED
 
 if TYPE_CHECKING:
     from ._context import MainContext
     from ._state import TaskCore
 
-__all__ = ["ask_cancel", "context_closed", "deliver", "first", "hand_over", "notify", "time_out"]
+__all__ = ["ask_cancel", "context_closed", "deliver", "first", "hand_over", "notify", "reraise", "time_out"]
 
 logger = logging.getLogger("qiotask")
 
@@ -51,6 +52,12 @@ def notify(task: TaskCore, fn: Callable[..., Any], what: str, *args: Any) -> Bas
     except BaseException as exc:
         return exc
     return None
+
+
+def reraise(pending: BaseException | None) -> None:
+    """Raise what a step collected (see :func:`notify`), once it is done."""
+    if pending is not None:
+        raise pending
 
 
 def first(pending: BaseException | None, new: BaseException | None) -> BaseException | None:
@@ -99,14 +106,12 @@ def context_closed(task: TaskCore, context: MainContext) -> None:
 
 def deliver(task: TaskCore, closed: ContextClosedError | None = None) -> None:
     """Run the completion (once: a second call finds it made)."""
-    if _points.hook is not None:
-        _points.hook("task.deliver", task)
     plan = task._move_begin_delivery(closed)
     if plan is None:
         return
     callbacks, err, job = plan
     context = task._context
-    if closed is not None:
+    if closed is not None and err is closed:  # (a cancel asked before wins)
         logger.warning("task %r finished with ContextClosedError: its context %r is gone", task.name, context.name)
     pending: BaseException | None = None
     if task._ctl.progress is not None:
@@ -163,13 +168,25 @@ def deliver(task: TaskCore, closed: ContextClosedError | None = None) -> None:
         raise pending
 
 
-def ask_cancel(task: TaskCore, make_reason: Callable[[bool], TaskCancelled | TaskTimeout]) -> bool:
+def ask_cancel(task: TaskCore, *, timeout: bool = False, unsubmitted_job: bool = False) -> bool:
     """The cancel move, then its consequences in this thread: the hooks, and
     the completion if the move completed the task.  A BaseException from a
-    hook is re-raised once the rest is done."""
+    hook is re-raised once the rest is done.
+
+    ``timeout``: a deadline's cancel, whose ``TaskTimeout`` says whether the
+    worker had started, as the move finds the task (``unsubmitted_job``: a
+    PENDING task is a thread job about to be submitted, so not started)."""
     if _points.hook is not None:
         _points.hook("task.cancel", task)
-    asked, hooks, completes = task._move_cancel(make_reason)
+    name = task.name
+
+    def reason(state: int) -> TaskCancelled | TaskTimeout:
+        if not timeout:
+            return TaskCancelled(f"task {name!r} was cancelled")
+        queued = state == QUEUED or (state == PENDING and unsubmitted_job)
+        return TaskTimeout(f"task {name!r} timed out {'while queued' if queued else 'while running'}")
+
+    asked, hooks, completes = task._move_cancel(reason)
     if not asked:
         return False
     pending: BaseException | None = None
@@ -193,13 +210,11 @@ def ask_cancel(task: TaskCore, make_reason: Callable[[bool], TaskCancelled | Tas
     return True
 
 
-def time_out(task: TaskCore) -> None:
+def time_out(task: TaskCore, thread_job: bool = False) -> None:
     """A deadline passed (on the deadline thread): a cancel whose
     ``TaskTimeout`` says whether the worker was still queued, as the cancel
-    move finds it."""
+    move finds it (``thread_job``: the deadline of a run_in_thread job, armed
+    just before the job is submitted)."""
     if _points.hook is not None:
         _points.hook("task.timeout", task)
-    name = task.name
-    ask_cancel(
-        task, lambda queued: TaskTimeout(f"task {name!r} timed out {'while queued' if queued else 'while running'}")
-    )
+    ask_cancel(task, timeout=True, unsubmitted_job=thread_job)

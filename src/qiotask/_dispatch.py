@@ -31,7 +31,9 @@ from either side"), with the GIL and on the free-threaded build, where each
 deque operation holds the deque's own lock.  So each item goes to exactly one
 taker.  Every other field is read and written under ``_lock`` only, except
 ``closed``, a flag that only ever goes from False to True (a stale False
-only sends the reader to the locked step, which sees the truth).
+only sends the reader to the locked step, which sees the truth), and
+``len()`` of the queue (Tk's polling tick, a context's ``__del__``): a hint
+that a dispatch, or a close, then settles under the lock.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ import logging
 import threading
 import weakref
 from collections import deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
 from . import _points
@@ -68,11 +71,10 @@ class Dispatcher:
     Args:
         context: the context; its ``_wakeup()`` makes the loop call
             :meth:`dispatch` soon (raising ``ContextClosedError`` if the loop
-            is gone), and its ``_loop_closed()`` says whether the loop went
-            away without a word (asyncio drops a closed loop's callbacks).
+            is gone).
     """
 
-    __slots__ = ("_context", "_lock", "_queue", "_scheduled", "closed")
+    __slots__ = ("_context", "_lock", "_queue", "_scheduled", "closed", "probe")
 
     def __init__(self, context: MainContext) -> None:
         # Weak: the context holds its dispatcher (and its bound post()), so a
@@ -85,6 +87,11 @@ class Dispatcher:
         self._scheduled = False  # a wake-up was sent and its dispatch has not begun
         #: Whether :meth:`close` was called (once True, always True).
         self.closed = False
+        #: For a loop that can go away without a word (asyncio drops a closed
+        #: loop's callbacks): a cheap function saying whether it did, asked
+        #: by a post that finds a wake-up already on its way.  None for loops
+        #: whose adapter reports the loss (see ``MainContext._loop_gone``).
+        self.probe: Callable[[], bool] | None = None
 
     def __len__(self) -> int:
         return len(self._queue)
@@ -108,7 +115,7 @@ class Dispatcher:
             self._wake()
         elif wake is None:
             item._context_closed(self._context())  # type: ignore[arg-type]
-        elif self._context()._loop_closed():  # type: ignore[union-attr]
+        elif self.probe is not None and self.probe():
             # A wake-up is on its way, unless the loop closed after it was
             # sent without running it (asyncio drops pending callbacks).
             self.close()

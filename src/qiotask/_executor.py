@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ._checks import check_callable
+from ._delivery import hand_over
 from ._errors import TaskCancelled
 from ._threadjob import ThreadJob
 
@@ -29,13 +30,16 @@ __all__ = ["run_in_executor"]
 
 def run_in_executor(
     task: TaskCore, executor: concurrent.futures.Executor, fn: Callable[..., Any], args: tuple[Any, ...]
-) -> concurrent.futures.Future[Any]:
-    """``Task.run_in_executor`` (see its docstring); returns the future."""
+) -> concurrent.futures.Future[Any] | None:
+    """``Task.run_in_executor`` (see its docstring); returns the future, or
+    None if a cancel came first (nothing was submitted)."""
     if not callable(getattr(executor, "submit", None)):
         raise TypeError(f"run_in_executor: executor must have submit(), not {type(executor).__name__}")
     check_callable(fn, "run_in_executor")
     job = ThreadJob(task, fn, None, None, None, False)
-    task._move_submit(job, "run_in_executor", running=True)
+    if task._move_submit(job, "run_in_executor", running=True):
+        hand_over(task)  # cancelled before: the call is never submitted
+        return None
     try:
         future = executor.submit(fn, *args)
     except BaseException:

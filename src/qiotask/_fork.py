@@ -1,9 +1,15 @@
 """Fork safety, written once: no lock of qiotask is copied into a child
 half-way through a change.
 
-Each module names its locks, in the order to take them::
+Each module names its locks, in the order to take them, with a generator
+(so that a registry is listed only once its lock is held)::
 
-    _fork.guard(lambda: [_registry_lock, *(pool._lock for pool in pools())], child=reset)
+    def _fork_locks():
+        yield _registry_lock
+        for pool in list(_all_pools):
+            yield pool._lock
+
+    _fork.guard(_fork_locks, child=reset)
 
 Before ``os.fork()`` the forking thread takes those locks, in that order, so
 that no other thread is inside a change they guard; after it, the parent

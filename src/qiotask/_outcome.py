@@ -1,6 +1,7 @@
 """The outcome rules: which result and which error a task ends with.
 
-Pure functions over values, no locks and no task: the state machine
+Functions over values, no locks and no task (``delivered_error`` sets the
+``__cause__`` of the ContextClosedError it returns): the state machine
 (``_state``) applies them inside its locked steps, so that a rule and the
 state move it belongs to are one decision.
 

@@ -16,12 +16,12 @@ nothing another thread needs.
 The names, by module (``<module>.<moment>``); the object passed is the one
 the step concerns (a task, a context, a deadline, a pool):
 
-- task: ``task.start`` (pool thread, before start-or-refuse), ``task.started``
+- task: ``task.submit`` (run_in_thread, after the deadline is armed, before
+  the submit step), ``task.start`` (pool thread, before start-or-refuse), ``task.started``
   (after the worker was let start, before it is called),
   ``task.worker-returned`` (before the worker-returned step),
   ``task.cancel`` (before the cancel step), ``task.timeout`` (deadline
-  thread, before its cancel), ``task.deliver`` (context thread, before
-  begin-delivery), ``task.finish`` (after the notifiers, before finish),
+  thread, before its cancel), ``task.finish`` (after the notifiers, before finish),
   ``task.wait`` (after wait() registered, before it blocks),
   ``task.wait-thread`` (after wait_thread() registered, before it blocks), ``task.call-in-main`` (before the request is
   published);

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import _delivery  # a cycle: _delivery asks this module for the last report
 from ._checks import check_callable
+from ._state import DELIVERING
 
 if TYPE_CHECKING:
     from ._state import TaskCore
@@ -42,6 +43,8 @@ def report(task: TaskCore, done: float, total: float | None, message: str | None
         raise ValueError(f"report_progress: done and total must not be negative, got {done}, {total}")
     ctl = task._own_ctl()
     with task._lock:
+        if task._s >= DELIVERING:
+            return  # the last report was delivered with the completion
         previous, ctl.progress = ctl.progress, (done, total, message)
         post = previous is None and ctl.progress_fns is not None
     if post:
@@ -75,6 +78,4 @@ def deliver_latest(task: TaskCore) -> BaseException | None:
 
 
 def _deliver_posted(task: TaskCore) -> None:
-    pending = deliver_latest(task)
-    if pending is not None:
-        raise pending
+    _delivery.reraise(deliver_latest(task))

@@ -13,7 +13,8 @@ move               from -> to                      made by
 =================  ==============================  ===================================
 claim              PENDING -> COMPLETING           ``complete()``/``abort()``, any thread
 submit             PENDING -> QUEUED (RUNNING for  ``run_in_thread``/``run_in_executor``
-                   an executor)
+                   an executor); COMPLETING if
+                   a cancel was asked before
 unsubmit           QUEUED/RUNNING -> PENDING       the submitter, when the pool refused
 start              QUEUED -> RUNNING, or refused   the pool thread, before the worker
 cancel             PENDING: flag only              any thread (``cancel()``, a timeout)
@@ -21,7 +22,9 @@ cancel             PENDING: flag only              any thread (``cancel()``, a t
                    RUNNING -> COMPLETING with
                    abandon_on_cancel, else flag
 worker_returned    RUNNING -> COMPLETING, or       the thread the worker ran on
-                   "late" if a cancel abandoned it
+                   "late" if a cancel abandoned it,
+                   dropped if it completed the
+                   task while the job still waited
 begin_delivery     COMPLETING -> DELIVERING        the context thread (or, the loop
                                                    gone, the thread that finds it gone)
 finish             DELIVERING -> FINISHED          the same thread
@@ -45,9 +48,9 @@ three quarters of the cost on CPython 3.11 (``__exit__`` takes three
 arguments; measured with callgrind, 2.5k against 3.3k instructions).  A
 lock per task would cost an allocation per task; one lock for all would make
 every task in the process wait for every other.  Each hold is a
-few field stores; no user code, no other lock but the waiters' own (an
-``Event.set``, a ``SimpleQueue.put``) and no allocation beyond a cancel's
-exception runs under it.  A thread never holds two task locks.
+few field stores; no user code and no other lock but the waiters' own (an
+``Event.set``, a ``SimpleQueue.put``) runs under it, and what is allocated
+there is small and ours (a cancel's exception, a waiter's event, a list).  A thread never holds two task locks.
 
 Guarantees / assumes (lock-free reads): ``done()``, ``state``,
 ``cancelled()``, ``raise_if_cancelled()``, ``get_result()`` and
@@ -117,11 +120,6 @@ STRIPES = 64
 _locks = tuple(threading.Lock() for _ in range(STRIPES))
 
 
-def lock_for(number: int) -> threading.Lock:
-    """The lock of the task numbered ``number``."""
-    return _locks[number & (STRIPES - 1)]
-
-
 # No move is half made in a forked child: the fork waits for every hold to end.
 _fork.guard(lambda: _locks)
 
@@ -135,6 +133,10 @@ NEVER_RAN = object()
 #: func).
 LATE = object()
 LATE_DELIVERY_RUNS_DESTROY = object()
+#: worker_returned's verdict for a report that comes after the task was
+#: completed without its worker ever running (a cancel while it waited in a
+#: Limiter, whose pool then refused it): nothing to store, nothing to post.
+DROPPED = object()
 
 
 class Control:
@@ -149,7 +151,8 @@ class Control:
         # completion delivers ("cancel wins").
         self.cancel: TaskCancelled | TaskTimeout | None = None
         self.cancel_hooks: list[Callable[[Any], Any]] | None = None
-        # call_in_main() requests not served yet (see wait_thread).
+        # call_in_main() requests not yet answered (each withdrawn by its
+        # call_in_main; wait_thread serves those still unserved).
         self.main_calls: list[Any] | None = None
         # The latest progress report not yet delivered, and the listeners.
         self.progress: tuple[float, float | None, str | None] | None = None
@@ -162,17 +165,18 @@ NO_CONTROL = Control()
 class JobCore:
     """What the state machine needs of a task's worker (``_threadjob``)."""
 
+    # Set by the subclass's constructor: the worker's opaque and destroy
+    # notifier, and abandon (abandon_on_cancel).  Set under the task's lock:
+    # abandoned, by the cancel that completed the task while the worker ran
+    # (its outcome is dropped, its destroy waits for its return); returned,
+    # when such a worker has returned (worker_returned).
     __slots__ = ("abandon", "abandoned", "destroy", "opaque", "returned")
 
-    def __init__(self, opaque: Any, destroy: Callable[[Any], Any] | None, abandon: bool) -> None:
-        self.opaque = opaque
-        self.destroy = destroy
-        self.abandon = abandon  # abandon_on_cancel
-        #: Set by the cancel that completed the task while the worker ran:
-        #: its outcome is dropped and its destroy waits for its return.
-        self.abandoned = False
-        #: Set when an abandoned worker has returned (worker_returned).
-        self.returned = False
+    opaque: Any
+    destroy: Callable[[Any], Any] | None
+    abandon: bool
+    abandoned: bool
+    returned: bool
 
 
 class TaskCore:
@@ -299,9 +303,12 @@ class TaskCore:
 
     # -- workers --------------------------------------------------------------
 
-    def _move_submit(self, job: JobCore, what: str, running: bool = False) -> None:
+    def _move_submit(self, job: JobCore, what: str, running: bool = False) -> bool:
         """PENDING -> QUEUED (RUNNING: an executor's call, whose start we
-        cannot see)."""
+        cannot see).  If a cancel was asked before (of the task with no
+        worker yet, or by the deadline armed for this job), PENDING ->
+        COMPLETING instead and True: the worker must not be started, the
+        caller hands the completion over."""
         lock = self._lock
         lock.acquire()
         try:
@@ -310,8 +317,12 @@ class TaskCore:
                     f"task {self.name!r} is {PUBLIC_STATE[self._s].value}; {what}() may be called once, "
                     "before completion"
                 )
-            self._s = RUNNING if running else QUEUED
             self._job = job
+            if self._ctl.cancel is not None:
+                self._s = COMPLETING
+                return True
+            self._s = RUNNING if running else QUEUED
+            return False
         finally:
             lock.release()
 
@@ -337,10 +348,11 @@ class TaskCore:
             lock.release()
 
     def _move_worker_returned(self, job: JobCore, result: Any, exc: BaseException | None) -> object:
-        """RUNNING -> COMPLETING with the worker's outcome.  Returns LATE or
-        LATE_DELIVERY_RUNS_DESTROY if a cancel abandoned the worker (nothing
-        is stored), else the result it replaced (a ``Held``, for its
-        destroy) or None."""
+        """RUNNING (or QUEUED: a job a Limiter's pool refused) -> COMPLETING
+        with the worker's outcome.  Returns LATE or LATE_DELIVERY_RUNS_DESTROY
+        if a cancel abandoned the worker, DROPPED if the task completed
+        without it (nothing is stored either way), else the result it
+        replaced (a ``Held``, for its destroy) or None."""
         lock = self._lock
         lock.acquire()
         try:
@@ -349,6 +361,8 @@ class TaskCore:
                 # the delivery, if it has not begun; else the caller.
                 job.returned = True
                 return LATE if self._s >= DELIVERING else LATE_DELIVERY_RUNS_DESTROY
+            if self._s >= COMPLETING:
+                return DROPPED
             released = None
             if exc is not None:
                 self._error = first_error(self._error, exc)
@@ -365,25 +379,23 @@ class TaskCore:
     # -- cancelling -------------------------------------------------------------
 
     def _move_cancel(
-        self, make_reason: Callable[[bool], TaskCancelled | TaskTimeout]
+        self, make_reason: Callable[[int], TaskCancelled | TaskTimeout]
     ) -> tuple[bool, list[Callable[[Any], Any]] | None, JobCore | bool]:
         """Ask for a cancel: ``(asked, hooks to run, completes)``, where
         ``completes`` is the task's job (to stop its deadline) or True if the
         cancel completed the task, False if it only set the flag.
 
-        ``make_reason(queued)`` makes the exception, told whether the worker
-        is still queued.  A queued worker's task completes now (the worker
+        ``make_reason(state)`` makes the exception, told the state the move
+        found.  A queued worker's task completes now (the worker
         will be refused its start); a running one's too if it abandons,
         which marks the job; otherwise only the flag is set.
         """
         with self._lock:
-            ctl = self._ctl
-            if ctl is NO_CONTROL:
-                ctl = self._ctl = Control()
+            ctl = self._control_locked()
             state = self._s
             if ctl.cancel is not None or state >= COMPLETING:
                 return False, None, False
-            ctl.cancel = make_reason(state == QUEUED)
+            ctl.cancel = make_reason(state)
             hooks, ctl.cancel_hooks = ctl.cancel_hooks, None
             job = self._job
             completes = state == QUEUED or (state == RUNNING and job is not None and job.abandon)
@@ -402,9 +414,7 @@ class TaskCore:
         """Keep ``fn`` for a later cancel; False if the cancel was asked
         already (the caller runs it now)."""
         with self._lock:
-            ctl = self._ctl
-            if ctl is NO_CONTROL:
-                ctl = self._ctl = Control()
+            ctl = self._control_locked()
             if ctl.cancel is not None:
                 return False
             if ctl.cancel_hooks is None:
@@ -413,14 +423,19 @@ class TaskCore:
                 ctl.cancel_hooks.append(fn)
             return True
 
+    def _control_locked(self) -> Control:
+        """Under the lock: the task's own Control, made on first use."""
+        ctl = self._ctl
+        if ctl is NO_CONTROL:
+            ctl = self._ctl = Control()
+        return ctl
+
     def _own_ctl(self) -> Control:
         """The task's own Control, made on first use."""
         ctl = self._ctl
         if ctl is NO_CONTROL:
             with self._lock:
-                ctl = self._ctl
-                if ctl is NO_CONTROL:
-                    ctl = self._ctl = Control()
+                ctl = self._control_locked()
         return ctl
 
     # -- delivering ---------------------------------------------------------------
@@ -474,6 +489,13 @@ class TaskCore:
         try:
             self._source = self._func = self._opaque = self._destroy = None
             self._job = self._result_destroy = None
+            self._waiter = None
+            ctl = self._ctl
+            if ctl is not NO_CONTROL:
+                # Hooks, listeners and requests may hold what the task was
+                # about (run_in_executor's hook holds the future); the cancel's
+                # exception stays, for cancelled().
+                ctl.cancel_hooks = ctl.progress_fns = ctl.main_calls = None
             self._s = FINISHED
             if self._event is not None:
                 self._event.set()
@@ -511,9 +533,7 @@ class TaskCore:
     def _move_publish_main_call(self, call: Any) -> None:
         """Make a call_in_main request visible to ``wait_thread()``."""
         with self._lock:
-            ctl = self._ctl
-            if ctl is NO_CONTROL:
-                ctl = self._ctl = Control()
+            ctl = self._control_locked()
             ctl.main_calls = [*(ctl.main_calls or ()), call]
             if self._waiter is not None:
                 self._waiter.put(call)

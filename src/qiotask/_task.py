@@ -64,10 +64,12 @@ from typing import Any, Generic, TypeVar
 from . import _executor, _points, _progress, _threadjob, _trace
 from ._checks import check_callable, check_duration, wait_timeout
 from ._context import MainContext, attach, await_hook, get_context, supported_loops
-from ._delivery import ask_cancel, context_closed, deliver, hand_over, notify, time_out
-from ._errors import TaskCancelled, TaskStateError
+from ._delivery import ask_cancel, context_closed, deliver, hand_over, notify, reraise, time_out
+from ._errors import TaskStateError
 from ._limiter import Limiter
+from ._outcome import DestroyNotify as DestroyNotify
 from ._pool import WorkerPool
+from ._progress import ProgressFunc
 from ._state import (
     COMPLETING,
     DELIVERING,
@@ -88,8 +90,6 @@ R = TypeVar("R")
 logger = logging.getLogger("qiotask")
 
 TaskFunc = Callable[[Any, "BaseException | None", Any], Any]
-DestroyNotify = Callable[[Any], Any]
-ProgressFunc = Callable[[Any, float, "float | None", "str | None"], Any]
 
 _STRIPE_MASK = STRIPES - 1
 _count_created = _trace.count_created
@@ -249,7 +249,7 @@ class Task(TaskCore, Generic[T]):
         check_callable(destroy, "set_result", "destroy", optional=True)
         released = self._move_set_result(value, destroy)
         if released is not None:
-            _reraise(notify(self, released[1], "result destroy notifier", released[0]))  # type: ignore[arg-type]
+            reraise(notify(self, released[1], "result destroy notifier", released[0]))  # type: ignore[arg-type]
 
     def get_result(self) -> T:
         """The result: the worker's return value, ``complete(result)``'s
@@ -272,9 +272,13 @@ class Task(TaskCore, Generic[T]):
                 its completion.
         """
         released = self._move_claim("complete", None, result)
+        pending = None
         if released is not None:
-            _reraise(notify(self, released[1], "result destroy notifier", released[0]))  # type: ignore[arg-type]
-        hand_over(self)
+            pending = notify(self, released[1], "result destroy notifier", released[0])  # type: ignore[arg-type]
+        try:
+            hand_over(self)
+        finally:
+            reraise(pending)  # once the completion is handed over
 
     def abort(self, err: BaseException) -> None:
         """Mark the operation as failed with ``err`` (unless an error was set
@@ -317,8 +321,7 @@ class Task(TaskCore, Generic[T]):
             BaseException: a KeyboardInterrupt or SystemExit a hook raised,
                 once the other hooks ran and the cancel took effect.
         """
-        name = self.name
-        return ask_cancel(self, lambda queued: TaskCancelled(f"task {name!r} was cancelled"))
+        return ask_cancel(self)
 
     def _time_out(self) -> None:
         # For deadlines of tasks with no thread job (net's TLS handshake).
@@ -351,7 +354,7 @@ class Task(TaskCore, Generic[T]):
         """
         check_callable(fn, "on_cancel")
         if not self._move_add_cancel_hook(fn):
-            _reraise(notify(self, fn, "cancel hook", self))
+            reraise(notify(self, fn, "cancel hook", self))
 
     # -- done-callbacks and waiting ------------------------------------------
 
@@ -372,7 +375,7 @@ class Task(TaskCore, Generic[T]):
             self._context._call_soon_once(self._late_callback, fn)
 
     def _late_callback(self, fn: Callable[[Task[T]], Any]) -> None:
-        _reraise(notify(self, fn, "done-callback", self))
+        reraise(notify(self, fn, "done-callback", self))
 
     def wait(self, timeout: float | None = None) -> bool:
         """From a thread other than the context's: block until the task has
@@ -499,7 +502,8 @@ class Task(TaskCore, Generic[T]):
             Exception: whatever ``executor.submit`` raises (e.g. shut down).
         """
         future = _executor.run_in_executor(self, executor, fn, args)
-        self.on_cancel(lambda task: future.cancel())
+        if future is not None:
+            self.on_cancel(lambda task: future.cancel())
 
     # -- progress -------------------------------------------------------------
 
@@ -569,11 +573,6 @@ class Task(TaskCore, Generic[T]):
                 stacklevel=1,
                 source=self,
             )
-
-
-def _reraise(pending: BaseException | None) -> None:
-    if pending is not None:
-        raise pending
 
 
 def _check_exception(err: Any, where: str) -> None:

@@ -14,12 +14,14 @@ Which thread does what:
 
 No field is handed between threads by a plain store and a later load: the
 task's moves (``_state``) publish what the other side needs under the
-task's lock, and ``_MainCall.served`` is decided under the same lock.
+task's lock (the job's deadline is set before the submit move publishes the
+job), and ``_MainCall.served`` is decided under the same lock.
 """
 
 from __future__ import annotations
 
 import contextvars
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -28,11 +30,11 @@ from typing import TYPE_CHECKING, Any, cast
 from . import _deadline, _points, _trace
 from . import _pool as _pool_module
 from ._checks import check_callable, check_duration
-from ._delivery import deliver, notify, time_out
+from ._delivery import deliver, hand_over, notify, reraise, time_out
 from ._errors import ContextClosedError, TaskStateError
 from ._limiter import Limiter
 from ._pool import WorkerPool
-from ._state import LATE, LATE_DELIVERY_RUNS_DESTROY, NEVER_RAN, WORKER_DONE, JobCore
+from ._state import DROPPED, LATE, LATE_DELIVERY_RUNS_DESTROY, NEVER_RAN, WORKER_DONE, JobCore
 
 if TYPE_CHECKING:
     from ._context import MainContext
@@ -101,7 +103,7 @@ class ThreadJob(JobCore):
         if _points.hook is not None:
             _points.hook("task.worker-returned", task)
         verdict = task._move_worker_returned(self, result, exc)
-        if verdict is LATE_DELIVERY_RUNS_DESTROY:
+        if verdict is LATE_DELIVERY_RUNS_DESTROY or verdict is DROPPED:
             return  # the outcome is dropped; the delivery runs the destroy, after func
         if verdict is LATE:
             # A cancel completed the task while this worker ran: its outcome
@@ -110,28 +112,25 @@ class ThreadJob(JobCore):
             if self.destroy is not None:
                 task._context._call_soon_once(_late_destroy, task, self.destroy, self.opaque)
             return
+        pending = None
         if verdict is not None:
             # The worker's value replaced a result set before: its destroy
             # runs now, here (set_result's documented "at once").
             released = cast("Held", verdict)
             assert released[1] is not None
-            _reraise(notify(task, released[1], "result destroy notifier", released[0]))
+            pending = notify(task, released[1], "result destroy notifier", released[0])
         if task._traced:
             _trace.emit("qio_task_thread_source_attach", task, context=task._context)
         task._context.post(task)  # type: ignore[arg-type]
+        reraise(pending)  # only once the completion is on its way
 
     def time_out(self) -> None:
         """On the deadline thread: the timeout, a cancel with a reason."""
-        time_out(self.task)
+        time_out(self.task, thread_job=True)
 
 
 def _late_destroy(task: TaskCore, destroy: Callable[[Any], Any], opaque: Any) -> None:
-    _reraise(notify(task, destroy, "worker destroy notifier", opaque))
-
-
-def _reraise(pending: BaseException | None) -> None:
-    if pending is not None:
-        raise pending
+    reraise(notify(task, destroy, "worker destroy notifier", opaque))
 
 
 def run_in_thread(
@@ -162,9 +161,24 @@ def run_in_thread(
         raise TypeError(f"run_in_thread: limiter must be a qiotask.Limiter, not {type(limiter).__name__}")
     seconds = None if timeout is None else check_duration(timeout, "run_in_thread")
     job = ThreadJob(task, worker, opaque, destroy, _copy_context() if copy_context else None, abandon_on_cancel)
-    task._move_submit(job, "run_in_thread")
-    if seconds is not None and seconds != float("inf"):
+    if seconds is not None and seconds != math.inf:
+        # Armed before the job is published: every thread that can see the
+        # job sees its deadline.  One that fires before the submit below is
+        # a cancel asked before it, which the submit move finds.
         job.deadline = _deadline.call_at(_monotonic() + seconds, job.time_out)
+    if _points.hook is not None:
+        _points.hook("task.submit", task)
+    try:
+        cancelled = task._move_submit(job, "run_in_thread")
+    except BaseException:
+        if job.deadline is not None:
+            job.deadline.cancel()
+        raise
+    if cancelled:  # a cancel came first: the worker never starts
+        if job.deadline is not None:
+            job.deadline.cancel()
+        hand_over(task)
+        return
     if task._traced:
         _trace.emit("qio_task_thread_start", task, worker=worker, opaque=opaque)
     try:

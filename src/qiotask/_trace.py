@@ -90,10 +90,16 @@ def remove_listener(fn: Listener) -> None:
 
 
 def emit(event: str, task: Any, **fields: Any) -> None:
-    """Send one event to the listeners and the DEBUG log."""
+    """Send one event to the listeners and the DEBUG log.  It never raises
+    an Exception: an event is emitted between the halves of a task's steps,
+    which must not be left half made (a listener's, or a field's repr()
+    failing, is logged)."""
     if logger.isEnabledFor(logging.DEBUG):
-        detail = " ".join(f"{k}={v!r}" for k, v in fields.items())
-        logger.debug("%s task=%r thread=%s %s", event, task, threading.current_thread().name, detail)
+        try:
+            detail = " ".join(f"{k}={v!r}" for k, v in fields.items())
+            logger.debug("%s task=%r thread=%s %s", event, task, threading.current_thread().name, detail)
+        except Exception:
+            logger.exception("trace event %s could not be logged", event)
     for fn in _listeners:
         try:
             fn(event, task, fields)

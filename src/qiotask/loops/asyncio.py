@@ -54,6 +54,7 @@ class AsyncioContext(MainContext):
             self._loop_closed = functools.partial(getattr, loop, "_closed")  # type: ignore[method-assign]
         else:
             self._loop_closed = loop.is_closed  # type: ignore[method-assign]
+        self._dispatcher.probe = self._loop_closed
         if thread is not None:
             self._set_owner(thread)
 

@@ -280,10 +280,6 @@ class GLibContext(MainContext):
             self._escaped_exc = exc
         loop.quit()
 
-    def _loop_closed(self) -> bool:
-        # GLib contexts do not go away under us; only close() ends ours.
-        return False
-
     def _call_later(self, delay: float, fn: Callable[[], None]) -> _TimerHandle:
         # Rounded up: a timer never fires early.
         ms = min(max(0, math.ceil(delay * 1000)), _MAX_MS)

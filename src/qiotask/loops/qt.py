@@ -243,9 +243,6 @@ class QtContext(MainContext):
                 raise ContextClosedError(f"{self.name}: the Qt application or this context's receiver is gone")
             _invoke(self._receiver, "_on_wake", _QUEUED)
 
-    def _loop_closed(self) -> bool:
-        return False  # the receiver's destruction tells us (see _lost)
-
     def _call_later(self, delay: float, fn: Callable[[], None]) -> _TimerHandle:
         if self.closed:
             return _NO_TIMER  # like a source of a destroyed GLib context: never runs

@@ -338,9 +338,6 @@ class TkContext(MainContext):
         # Polling: nothing to send; the next tick finds the queue non-empty
         # (the dispatcher's queue is the one record, read with len()).
 
-    def _loop_closed(self) -> bool:
-        return False  # the root's <Destroy> tells us (see _teardown)
-
     def _call_later(self, delay: float, fn: Callable[[], None]) -> _TimerHandle:
         return _Timer(self, delay, fn)
 

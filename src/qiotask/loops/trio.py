@@ -191,9 +191,6 @@ class TrioContext(MainContext):
                 return
             raise ContextClosedError(f"{self.name}: the trio run has finished") from exc
 
-    def _loop_closed(self) -> bool:
-        return False  # the run's end tells us (see _watch_run)
-
     def _loop_nests(self) -> bool:
         return False  # trio.run() cannot run inside a run
 

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from .._checks import check_callable, check_duration, wait_timeout
+from .._checks import LONGEST_WAIT, check_callable, check_duration, wait_timeout
 from .._context import IO_IN, IOCondition, MainContext, Source, get_context
 from .._task import DestroyNotify, Task, TaskFunc
 from ._address import InetSocketAddress, SocketAddress
@@ -33,8 +33,6 @@ from ._channel import (
 )
 from ._resolver import DNSResolver, as_address
 
-#: The longest single wait of wait_client() (it waits again until its deadline).
-_DAY = 86400.0
 __all__ = ["NetListener"]
 
 ClientFunc = Callable[["NetListener", SocketChannel, Any], Any]
@@ -392,7 +390,9 @@ class NetListener:
                 while True:
                     # A day at most per wait: select() refuses what its C int
                     # of milliseconds cannot hold; the loop waits again.
-                    left = _DAY if deadline is None else min(_DAY, max(0.0, deadline - time.monotonic()))
+                    left = (
+                        LONGEST_WAIT if deadline is None else min(LONGEST_WAIT, max(0.0, deadline - time.monotonic()))
+                    )
                     ready = selector.select(left)
                     if not ready and deadline is not None and time.monotonic() >= deadline:
                         raise TimeoutError(f"wait_client: no client within {timeout} s")
