@@ -110,25 +110,13 @@ def deliver(task: TaskCore, closed: ContextClosedError | None = None) -> None:
     if plan is None:
         return
     callbacks, err, job = plan
-    context = task._context
-    if closed is not None and err is closed:  # (a cancel asked before wins)
-        logger.warning("task %r finished with ContextClosedError: its context %r is gone", task.name, context.name)
     pending: BaseException | None = None
-    if task._ctl.progress is not None:
-        pending = deliver_latest(task)  # the last report comes before the completion
-    if task._traced:
-        if task._job is not None:
-            _trace.emit("qio_task_thread_result", task, err=err)
-        if err is None:
-            _trace.emit("qio_task_complete", task, result=task._result)
-        else:
-            _trace.emit("qio_task_abort", task, err=err)
+    if closed is not None or task._traced or task._ctl.progress is not None:
+        pending = _before_func(task, err, closed)
     func = task._func
-    call_func = func is not None and closed is None
-    if err is not None and (call_func or callbacks):
-        task._retrieved = True  # someone was told
-    if call_func:
-        assert func is not None
+    if func is not None and closed is None:
+        if err is not None:
+            task._retrieved = True  # someone was told
         try:  # notify(), inlined: every task with a func comes here
             func(task._source, err, task._opaque)
         except Exception as exc:
@@ -138,6 +126,8 @@ def deliver(task: TaskCore, closed: ContextClosedError | None = None) -> None:
         except BaseException as exc:
             pending = first(pending, exc)
     if callbacks:
+        if err is not None:
+            task._retrieved = True
         for entry in callbacks:
             if type(entry) is tuple:  # an awaiter: (wake, its future), see the loop adapters
                 entry[0](entry[1])
@@ -150,12 +140,12 @@ def deliver(task: TaskCore, closed: ContextClosedError | None = None) -> None:
         pending = first(pending, notify(task, task._destroy, "destroy notifier", task._opaque))
     if task._result_destroy is not None:
         pending = first(pending, notify(task, task._result_destroy, "result destroy notifier", task._result))
-    if closed is not None and not context.is_owner():
+    if closed is not None and not task._context.is_owner():
         # Completed off its thread because the loop is gone: let the context
         # decide where the last references die (Qt, Tk: on their thread).
         # Before finish, so that whoever wait() wakes finds them adopted.
         # (Since begin_delivery, this thread alone touches these fields.)
-        context._adopt((task._source, task._func, task._opaque, task._destroy, task._job, callbacks))
+        task._context._adopt((task._source, task._func, task._opaque, task._destroy, task._job, callbacks))
     if _points.hook is not None:
         _points.hook("task.finish", task)
     task._move_finish()
@@ -163,9 +153,29 @@ def deliver(task: TaskCore, closed: ContextClosedError | None = None) -> None:
         _count_completed()
     else:
         _count_failed()
-    del callbacks
     if pending is not None:
+        del plan, callbacks  # not kept alive by the traceback
         raise pending
+
+
+def _before_func(task: TaskCore, err: BaseException | None, closed: ContextClosedError | None) -> BaseException | None:
+    """What a completion does before ``func`` in the rarer cases: say that
+    the loop is gone, deliver the last progress report, trace."""
+    pending = None
+    if closed is not None and err is closed:  # (a cancel asked before wins)
+        logger.warning(
+            "task %r finished with ContextClosedError: its context %r is gone", task.name, task._context.name
+        )
+    if task._ctl.progress is not None:
+        pending = deliver_latest(task)  # the last report comes before the completion
+    if task._traced:
+        if task._job is not None:
+            _trace.emit("qio_task_thread_result", task, err=err)
+        if err is None:
+            _trace.emit("qio_task_complete", task, result=task._result)
+        else:
+            _trace.emit("qio_task_abort", task, err=err)
+    return pending
 
 
 def ask_cancel(task: TaskCore, *, timeout: bool = False, unsubmitted_job: bool = False) -> bool:

@@ -42,15 +42,23 @@ lock and only runs the job's destroy notifier (trio's ``_threads.py`` empties
 its register for the same reason).
 
 The lock: one of ``STRIPES`` locks, picked by the task's number when it is
-made.  The moves every task makes take it with ``acquire()``/``try``/
-``finally: release()`` rather than ``with``: the same guarantee for about
-three quarters of the cost on CPython 3.11 (``__exit__`` takes three
-arguments; measured with callgrind, 2.5k against 3.3k instructions).  A
-lock per task would cost an allocation per task; one lock for all would make
-every task in the process wait for every other.  Each hold is a
+made.  A lock per task would cost an allocation per task; one lock for all
+would make every task in the process wait for every other.  Each hold is a
 few field stores; no user code and no other lock but the waiters' own (an
 ``Event.set``, a ``SimpleQueue.put``) runs under it, and what is allocated
-there is small and ours (a cancel's exception, a waiter's event, a list).  A thread never holds two task locks.
+there is small and ours (a cancel's exception, a waiter's event, a list).
+A thread never holds two task locks.
+
+Every move takes the lock with ``with``, never ``lock.acquire()`` followed
+by ``try:``.  The second is cheaper (on CPython 3.11 a ``with`` hold costs
+about 900 more machine instructions), but unsafe: a GIL build runs signal
+handlers -- Ctrl-C's ``KeyboardInterrupt`` -- in the main thread right
+after a call returns, so an interrupt landing between ``acquire()`` and
+``try:`` would leave the lock held for good, and every later task on it
+would hang.  ``with`` takes the lock inside the instruction that sets up the
+release (``tests/test_signals.py`` interrupts every move after each of its
+calls).  An interrupt can still leave the one task it hit unfinished, as it
+can an asyncio future; it never leaves a lock held.
 
 Guarantees / assumes (lock-free reads): ``done()``, ``state``,
 ``cancelled()``, ``raise_if_cancelled()``, ``get_result()`` and
@@ -249,9 +257,7 @@ class TaskCore:
     def _move_claim(self, what: str, err: BaseException | None, result: Any) -> Held | None:
         """PENDING -> COMPLETING for complete()/abort(); returns the result
         it replaced (for its destroy notifier)."""
-        lock = self._lock
-        lock.acquire()
-        try:
+        with self._lock:
             state = self._s
             if state >= COMPLETING:
                 raise TaskStateError(
@@ -267,8 +273,6 @@ class TaskCore:
             if result is None:
                 return None  # None keeps (see _outcome): nothing to decide
             return self._store_result(result, None, none_keeps=True)
-        finally:
-            lock.release()
 
     def _store_result(self, value: Any, destroy: Callable[[Any], Any] | None, *, none_keeps: bool) -> Held | None:
         # Under the lock.  Returns the result let go, if it has a destroy.
@@ -309,9 +313,7 @@ class TaskCore:
         worker yet, or by the deadline armed for this job), PENDING ->
         COMPLETING instead and True: the worker must not be started, the
         caller hands the completion over."""
-        lock = self._lock
-        lock.acquire()
-        try:
+        with self._lock:
             if self._s != PENDING:
                 raise TaskStateError(
                     f"task {self.name!r} is {PUBLIC_STATE[self._s].value}; {what}() may be called once, "
@@ -323,8 +325,6 @@ class TaskCore:
                 return True
             self._s = RUNNING if running else QUEUED
             return False
-        finally:
-            lock.release()
 
     def _move_unsubmit(self) -> None:
         """The pool refused the job: back to PENDING, unless a cancel
@@ -337,15 +337,11 @@ class TaskCore:
     def _move_start(self) -> bool:
         """QUEUED -> RUNNING; False if a cancel took the task out of QUEUED
         first (the worker must not run)."""
-        lock = self._lock
-        lock.acquire()
-        try:
+        with self._lock:
             if self._s != QUEUED:
                 return False
             self._s = RUNNING
             return True
-        finally:
-            lock.release()
 
     def _move_worker_returned(self, job: JobCore, result: Any, exc: BaseException | None) -> object:
         """RUNNING (or QUEUED: a job a Limiter's pool refused) -> COMPLETING
@@ -353,9 +349,7 @@ class TaskCore:
         if a cancel abandoned the worker, DROPPED if the task completed
         without it (nothing is stored either way), else the result it
         replaced (a ``Held``, for its destroy) or None."""
-        lock = self._lock
-        lock.acquire()
-        try:
+        with self._lock:
             if job.abandoned:
                 # Who runs the worker's destroy, so that it comes after func:
                 # the delivery, if it has not begun; else the caller.
@@ -373,8 +367,6 @@ class TaskCore:
             if waiter is not None:
                 waiter.put(WORKER_DONE)
             return released
-        finally:
-            lock.release()
 
     # -- cancelling -------------------------------------------------------------
 
@@ -458,9 +450,7 @@ class TaskCore:
         """COMPLETING -> DELIVERING: ``(callbacks, err for func, job whose
         destroy to run)``, or None if the delivery was made already (by
         ``wait_thread()``, or the loop took it before it went away)."""
-        lock = self._lock
-        lock.acquire()
-        try:
+        with self._lock:
             if self._s >= DELIVERING:
                 return None
             self._s = DELIVERING
@@ -474,34 +464,35 @@ class TaskCore:
             if job is not None and (job.destroy is None or (job.abandoned and not job.returned)):
                 job = None  # an abandoned worker's destroy waits for its return
             return callbacks, err, job
-        finally:
-            lock.release()
 
     def _move_finish(self) -> None:
         """DELIVERING -> FINISHED: drop everything but the outcome and wake
         ``wait()``.  The references dropped here die after the lock is
-        released: the delivering thread owns these fields (see above), so it
-        holds them in locals across the step."""
-        source, func, opaque, destroy = self._source, self._func, self._opaque, self._destroy
-        job, result_destroy = self._job, self._result_destroy
-        lock = self._lock
-        lock.acquire()
-        try:
-            self._source = self._func = self._opaque = self._destroy = None
-            self._job = self._result_destroy = None
+        released (what dies with them may run any code): the delivering
+        thread owns these fields (see above), so it keeps them across the
+        step."""
+        dropped: tuple[Any, ...] = (
+            self._source,
+            self._func,
+            self._opaque,
+            self._destroy,
+            self._job,
+            self._result_destroy,
+        )
+        with self._lock:
+            self._source = self._func = self._opaque = self._destroy = self._job = self._result_destroy = None
             self._waiter = None
             ctl = self._ctl
             if ctl is not NO_CONTROL:
                 # Hooks, listeners and requests may hold what the task was
                 # about (run_in_executor's hook holds the future); the cancel's
                 # exception stays, for cancelled().
+                dropped = (dropped, ctl.cancel_hooks, ctl.progress_fns, ctl.main_calls)
                 ctl.cancel_hooks = ctl.progress_fns = ctl.main_calls = None
             self._s = FINISHED
             if self._event is not None:
                 self._event.set()
-        finally:
-            lock.release()
-        del source, func, opaque, destroy, job, result_destroy
+        del dropped
 
     # -- waiting ------------------------------------------------------------------
 

@@ -59,7 +59,7 @@ import concurrent.futures
 import logging
 import warnings
 from collections.abc import Callable, Generator
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from . import _executor, _points, _progress, _threadjob, _trace
 from ._checks import check_callable, check_duration, wait_timeout
@@ -95,6 +95,11 @@ _STRIPE_MASK = STRIPES - 1
 _count_created = _trace.count_created
 _count_failed = _trace.count_failed
 _debug_enabled = _trace.logger.isEnabledFor
+# logging keeps each logger's isEnabledFor answers in a dict, level -> bool,
+# and empties it (in place) whenever a level changes: a lookup there is a C
+# call where isEnabledFor is a Python one.  None: not known yet (or no such
+# cache in this Python), ask isEnabledFor.
+_debug_known: Callable[[int], bool | None] = getattr(_trace.logger, "_cache", {}).get
 _DEBUG = logging.DEBUG
 
 
@@ -167,7 +172,10 @@ class Task(TaskCore, Generic[T]):
         # until first used, so that plain tasks pay one store for all of it.
         self._ctl = NO_CONTROL
         # Read the listener tuple directly: a call per task costs more.
-        self._traced = bool(_trace._listeners) or _debug_enabled(_DEBUG)
+        debug = _debug_known(_DEBUG)
+        if debug is None:
+            debug = _debug_enabled(_DEBUG)
+        self._traced = debug or bool(_trace._listeners)
         self._id = number = _count_created()
         self._lock = _locks[number & _STRIPE_MASK]
         self._s = PENDING  # last: from here on __del__ checks completion
@@ -409,53 +417,26 @@ class Task(TaskCore, Generic[T]):
 
     # -- threads --------------------------------------------------------------
 
-    def run_in_thread(
-        self,
-        worker: Callable[[Task[T], Any], T],
-        opaque: Any = None,
-        destroy: DestroyNotify | None = None,
-        *,
-        pool: WorkerPool | None = None,
-        copy_context: bool = True,
-        timeout: float | None = None,
-        abandon_on_cancel: bool = False,
-        priority: int = 0,
-        limiter: Limiter | None = None,
-    ) -> None:
-        """Run ``worker(task, opaque)`` on a pool thread; complete with its
-        outcome on the context thread.
+    if TYPE_CHECKING:
 
-        The return value becomes the result (None keeps one set before); an
-        exception the worker raises becomes the error, traceback included.
-        ``destroy(opaque)`` runs on the context thread after ``func`` and the
-        done-callbacks.  With ``copy_context`` (the default) the worker runs
-        in a copy of the caller's contextvars, as ``asyncio.to_thread`` does.
+        def run_in_thread(
+            self,
+            worker: Callable[[Task[T], Any], T],
+            opaque: Any = None,
+            destroy: DestroyNotify | None = None,
+            *,
+            pool: WorkerPool | None = None,
+            copy_context: bool = True,
+            timeout: float | None = None,
+            abandon_on_cancel: bool = False,
+            priority: int = 0,
+            limiter: Limiter | None = None,
+        ) -> None: ...
 
-        ``timeout`` (seconds; ``math.inf`` or None for none) is a
-        :meth:`cancel` with a reason: the task completes with
-        :class:`TaskTimeout`, saying whether the deadline passed while the
-        worker was queued or running.  With ``abandon_on_cancel`` a cancel
-        (or timeout) of a running worker completes the task at once and
-        drops the worker's late result; the worker's ``destroy(opaque)`` then
-        runs once the worker has returned, and the pool counts the thread
-        busy until then.
-
-        ``priority``: queued workers start highest priority first, first come
-        first served within one.  ``limiter``: a :class:`qiotask.Limiter`
-        capping how many workers of its kind run at once; the task waits,
-        queued, for a slot (no pool thread waits).
-
-        Raises:
-            TypeError: ``worker``/``destroy`` not callable, ``pool`` not a
-                WorkerPool, ``timeout`` not a number, ``priority`` not an
-                int, ``limiter`` not a Limiter.
-            ValueError: ``timeout`` negative or NaN.
-            TaskStateError: the task already runs a worker or was completed.
-            RuntimeError: the pool was shut down.
-        """
-        _threadjob.run_in_thread(
-            self, worker, opaque, destroy, pool, copy_context, timeout, abandon_on_cancel, priority, limiter
-        )
+    else:
+        # The function itself, not a method that calls it: one frame less on
+        # every job.  Its docstring is the method's.
+        run_in_thread = _threadjob.run_in_thread
 
     def wait_thread(self) -> None:
         """On the context thread: block until the worker has returned, then
@@ -553,8 +534,9 @@ class Task(TaskCore, Generic[T]):
     # -- leaks ----------------------------------------------------------------
 
     def __del__(self) -> None:
-        state = getattr(self, "_s", None)
-        if state is None:
+        try:
+            state = self._s
+        except AttributeError:
             return  # __init__ failed: there never was a task
         if state == FINISHED:
             if self._error is not None and not self._retrieved:

@@ -44,6 +44,7 @@ if TYPE_CHECKING:
 __all__ = ["ThreadJob", "call_in_main", "run_in_thread", "wait_thread"]
 
 _copy_context = contextvars.copy_context
+_ZERO = 0  # priority's default, tested by identity (an IntEnum 0 is checked)
 _monotonic = time.monotonic
 
 
@@ -78,12 +79,13 @@ class ThreadJob(JobCore):
     def run(self) -> Any:
         """On a pool thread: start the worker, unless a cancel came first."""
         task = self.task
-        if _points.hook is not None:
-            _points.hook("task.start", task)
+        hook = _points.hook
+        if hook is not None:
+            hook("task.start", task)
         if not task._move_start():
             return NEVER_RAN  # cancelled while queued: it completed already
-        if _points.hook is not None:
-            _points.hook("task.started", task)
+        if hook is not None:
+            hook("task.started", task)
         if task._traced:
             _trace.emit("qio_task_thread_run", task)
         if self.ctx is not None:
@@ -97,12 +99,16 @@ class ThreadJob(JobCore):
         task = self.task
         if task._traced:
             _trace.emit("qio_task_thread_exit", task, result=result, err=exc)
-        deadline = self.deadline
-        if deadline is not None:
-            deadline.cancel()
+        if self.deadline is not None:
+            self.deadline.cancel()
         if _points.hook is not None:
             _points.hook("task.worker-returned", task)
         verdict = task._move_worker_returned(self, result, exc)
+        if verdict is None:  # the usual case: post the completion
+            if task._traced:
+                _trace.emit("qio_task_thread_source_attach", task, context=task._context)
+            task._context.post(task)  # type: ignore[arg-type]
+            return
         if verdict is LATE_DELIVERY_RUNS_DESTROY or verdict is DROPPED:
             return  # the outcome is dropped; the delivery runs the destroy, after func
         if verdict is LATE:
@@ -112,17 +118,16 @@ class ThreadJob(JobCore):
             if self.destroy is not None:
                 task._context._call_soon_once(_late_destroy, task, self.destroy, self.opaque)
             return
-        pending = None
-        if verdict is not None:
-            # The worker's value replaced a result set before: its destroy
-            # runs now, here (set_result's documented "at once").
-            released = cast("Held", verdict)
-            assert released[1] is not None
-            pending = notify(task, released[1], "result destroy notifier", released[0])
+        # The worker's value replaced a result set before: its destroy runs
+        # now, here (set_result's documented "at once"), then the completion
+        # is posted, then what the destroy raised, if anything, is raised.
+        released = cast("Held", verdict)
+        assert released[1] is not None
+        pending = notify(task, released[1], "result destroy notifier", released[0])
         if task._traced:
             _trace.emit("qio_task_thread_source_attach", task, context=task._context)
         task._context.post(task)  # type: ignore[arg-type]
-        reraise(pending)  # only once the completion is on its way
+        reraise(pending)
 
     def time_out(self) -> None:
         """On the deadline thread: the timeout, a cancel with a reason."""
@@ -136,16 +141,47 @@ def _late_destroy(task: TaskCore, destroy: Callable[[Any], Any], opaque: Any) ->
 def run_in_thread(
     task: TaskCore,
     worker: Callable[..., Any],
-    opaque: Any,
-    destroy: Callable[[Any], Any] | None,
-    pool: WorkerPool | None,
-    copy_context: bool,
-    timeout: float | None,
-    abandon_on_cancel: bool,
-    priority: int,
-    limiter: Limiter | None,
+    opaque: Any = None,
+    destroy: Callable[[Any], Any] | None = None,
+    *,
+    pool: WorkerPool | None = None,
+    copy_context: bool = True,
+    timeout: float | None = None,
+    abandon_on_cancel: bool = False,
+    priority: int = 0,
+    limiter: Limiter | None = None,
 ) -> None:
-    """``Task.run_in_thread`` (see its docstring)."""
+    """Run ``worker(task, opaque)`` on a pool thread; complete with its
+    outcome on the context thread.
+
+    The return value becomes the result (None keeps one set before); an
+    exception the worker raises becomes the error, traceback included.
+    ``destroy(opaque)`` runs on the context thread after ``func`` and the
+    done-callbacks.  With ``copy_context`` (the default) the worker runs
+    in a copy of the caller's contextvars, as ``asyncio.to_thread`` does.
+
+    ``timeout`` (seconds; ``math.inf`` or None for none) is a
+    :meth:`cancel` with a reason: the task completes with
+    :class:`TaskTimeout`, saying whether the deadline passed while the
+    worker was queued or running.  With ``abandon_on_cancel`` a cancel
+    (or timeout) of a running worker completes the task at once and
+    drops the worker's late result; the worker's ``destroy(opaque)`` then
+    runs once the worker has returned, and the pool counts the thread
+    busy until then.
+
+    ``priority``: queued workers start highest priority first, first come
+    first served within one.  ``limiter``: a :class:`qiotask.Limiter`
+    capping how many workers of its kind run at once; the task waits,
+    queued, for a slot (no pool thread waits).
+
+    Raises:
+        TypeError: ``worker``/``destroy`` not callable, ``pool`` not a
+            WorkerPool, ``timeout`` not a number, ``priority`` not an
+            int, ``limiter`` not a Limiter.
+        ValueError: ``timeout`` negative or NaN.
+        TaskStateError: the task already runs a worker or was completed.
+        RuntimeError: the pool was shut down.
+    """
     if not callable(worker) or (destroy is not None and not callable(destroy)):
         check_callable(worker, "run_in_thread", "worker")
         check_callable(destroy, "run_in_thread", "destroy", optional=True)
@@ -155,17 +191,18 @@ def run_in_thread(
             pool = _pool_module.default_pool()
     elif not isinstance(pool, WorkerPool):
         raise TypeError(f"run_in_thread: pool must be a WorkerPool, not {type(pool).__name__}")
-    if not isinstance(priority, int) or isinstance(priority, bool):
+    if priority is not _ZERO and (not isinstance(priority, int) or isinstance(priority, bool)):
         raise TypeError(f"run_in_thread: priority must be an int, not {type(priority).__name__}")
     if limiter is not None and not isinstance(limiter, Limiter):
         raise TypeError(f"run_in_thread: limiter must be a qiotask.Limiter, not {type(limiter).__name__}")
-    seconds = None if timeout is None else check_duration(timeout, "run_in_thread")
     job = ThreadJob(task, worker, opaque, destroy, _copy_context() if copy_context else None, abandon_on_cancel)
-    if seconds is not None and seconds != math.inf:
-        # Armed before the job is published: every thread that can see the
-        # job sees its deadline.  One that fires before the submit below is
-        # a cancel asked before it, which the submit move finds.
-        job.deadline = _deadline.call_at(_monotonic() + seconds, job.time_out)
+    if timeout is not None:
+        seconds = check_duration(timeout, "run_in_thread")
+        if seconds != math.inf:
+            # Armed before the job is published: every thread that can see
+            # the job sees its deadline.  One that fires before the submit
+            # below is a cancel asked before it, which the submit move finds.
+            job.deadline = _deadline.call_at(_monotonic() + seconds, job.time_out)
     if _points.hook is not None:
         _points.hook("task.submit", task)
     try:
