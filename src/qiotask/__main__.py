@@ -11,16 +11,17 @@ import sys
 from pathlib import Path
 
 from . import __version__
+from ._context import _load_adapter, adapter_problem
 from ._pool import DEFAULT_MAX_WORKERS
 
-# (loop, module to import, extra to install)
+# (loop, module to import, qiotask's adapter module, extra to install)
 _LOOPS = (
-    ("asyncio", "asyncio", None),
-    ("uvloop", "uvloop", "uvloop"),
-    ("glib", "gi", "glib"),
-    ("qt", "PySide6.QtCore", "qt"),
-    ("tk", "tkinter", "tk"),
-    ("trio", "trio", "trio"),
+    ("asyncio", "asyncio", "qiotask.loops.asyncio", None),
+    ("uvloop", "uvloop", "qiotask.loops.asyncio", "uvloop"),
+    ("glib", "gi", "qiotask.loops.glib", "glib"),
+    ("qt", "PySide6.QtCore", "qiotask.loops.qt", "qt"),
+    ("tk", "tkinter", "qiotask.loops.tk", "tk"),
+    ("trio", "trio", "qiotask.loops.trio", "trio"),
 )
 
 
@@ -38,12 +39,19 @@ def info() -> int:
     print(f"python {platform.python_version()} ({platform.python_implementation()}) on {platform.platform()}")
     print(f"default worker pool size: {DEFAULT_MAX_WORKERS} (cpu_count={os.cpu_count()})")
     print("loops:")
-    for name, module_name, extra in _LOOPS:
+    for name, module_name, adapter, extra in _LOOPS:
         try:
             module = importlib.import_module(module_name)
         except Exception as exc:  # any import failure means "not usable"
             hint = f"; pip install 'qiotask[{extra}]'" if extra else ""
             print(f"  {name:<8} not usable: {type(exc).__name__}: {exc}{hint}")
+            continue
+        _load_adapter(adapter)
+        problem = adapter_problem(adapter)
+        if problem is not None:
+            # The toolkit is there, but this version of it is not one the
+            # adapter supports (an API that moved, a broken build).
+            print(f"  {name:<8} not usable: {problem} (in qiotask's adapter {adapter})")
             continue
         note = ""
         if name == "tk" and not os.environ.get("DISPLAY"):

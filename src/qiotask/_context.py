@@ -822,9 +822,13 @@ def attach(obj: Any) -> MainContext:
     # Every class of the object counts, not only its own: applications
     # subclass the toolkit's classes (class App(tkinter.Tk) in __main__).
     modules = [getattr(cls, "__module__", None) or "" for cls in type(obj).__mro__]
-    for _kind, matches, adapter, _trigger in _LAZY_ADAPTERS:
+    for kind, matches, adapter, _trigger in _LAZY_ADAPTERS:
         if adapter not in sys.modules and any(matches(module) for module in modules):
-            importlib.import_module(adapter)  # an ImportError here says what is missing
+            if not _load_adapter(adapter) and adapter not in sys.modules:
+                raise ImportError(
+                    f"qiotask.attach(): cannot attach to {kind}: its adapter {adapter} cannot load here: "
+                    f"{adapter_problem(adapter)}"
+                )
             return attach(obj)
     raise TypeError(f"qiotask.attach(): cannot attach to a {type(obj).__name__} object; supported: {supported_loops()}")
 
@@ -877,19 +881,42 @@ def get_context() -> MainContext:
     return default_context()
 
 
-_unloadable: set[str] = set()
+# Adapters that failed to load, with the reason ("AttributeError: ...").
+# Written once per adapter; a failed adapter is not tried again.
+_unloadable: dict[str, str] = {}
+_unloadable_lock = threading.Lock()
 
 
 def _load_adapter(name: str) -> bool:
-    """Import an adapter module once; True if this call loaded it."""
+    """Import an adapter module once; True if this call loaded it.
+
+    Any exception from the import -- not only ImportError: a toolkit
+    whose API moved raises AttributeError, a broken build anything -- is
+    recorded as the adapter's problem (see :func:`adapter_problem`, and
+    ``qiotask info``) and logged once, and the adapter counts as absent: one
+    toolkit that cannot load must not break get_context() or attach() for
+    every other loop.  KeyboardInterrupt and SystemExit go through.
+    """
     if name in sys.modules or name in _unloadable:
         return False
     try:
         importlib.import_module(name)
-    except ImportError:
-        _unloadable.add(name)
+    except Exception as exc:
+        with _unloadable_lock:
+            first = name not in _unloadable
+            _unloadable[name] = f"{type(exc).__name__}: {exc}"
+        if first and not isinstance(exc, ImportError):
+            # An ImportError is the usual "toolkit not installed"; anything
+            # else is a toolkit this adapter does not support: say so once.
+            logger.warning("qiotask: the %s adapter cannot load here: %r", name, exc, exc_info=exc)
         return False
     return True
+
+
+def adapter_problem(name: str) -> str | None:
+    """Why the adapter module ``name`` (``qiotask.loops.glib``, ...) could
+    not load in this process, or None if it loaded or was never tried."""
+    return _unloadable.get(name)
 
 
 # Adapters of loops that can await register how to await a task in them:

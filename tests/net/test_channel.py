@@ -333,8 +333,17 @@ def test_listen_on_fd_uses_a_duplicate() -> None:
         assert holder.getsockname()
 
 
-def open_fds() -> int:
-    return len(os.listdir("/proc/self/fd"))
+def fds_open_on(path: Path) -> list[int]:
+    """This process's fds open on ``path`` (other tests' fds, closed by the
+    garbage collector meanwhile, do not count)."""
+    found = []
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            if os.readlink(f"/proc/self/fd/{name}") == str(path.resolve()):
+                found.append(int(name))
+        except OSError:  # closed since the listing (the listing's own fd)
+            pass
+    return found
 
 
 @pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counting open fds needs /proc/self/fd")
@@ -343,7 +352,7 @@ def test_fd_naming_a_regular_file_leaks_no_fd(tmp_path: Path) -> None:
     and the duplicate made of the fd is closed again, every time."""
     with open(tmp_path / "plain.txt", "w") as plain:
         fd = plain.fileno()
-        before = open_fds()
+        assert fds_open_on(tmp_path / "plain.txt") == [fd]
         for _ in range(50):
             for opener in ("listen_sync", "connect_sync"):
                 with SocketChannel() as channel:
@@ -352,7 +361,7 @@ def test_fd_naming_a_regular_file_leaks_no_fd(tmp_path: Path) -> None:
                     assert info.value.errno == errno.ENOTSOCK
                     assert f"fd:{fd}" in str(info.value)
                     assert channel.sock is None
-        assert open_fds() == before, "a failed fd: open left a duplicate open"
+        assert fds_open_on(tmp_path / "plain.txt") == [fd], "a failed fd: open left a duplicate open"
         assert os.fstat(fd)  # the caller's fd stays open
 
 

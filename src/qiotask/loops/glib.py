@@ -45,7 +45,8 @@ Which thread runs what:
   one GLib idle source per batch (attaching a source is thread-safe in GLib
   and wakes the context), at ``GLib.PRIORITY_DEFAULT`` as GTask's
   completions do.  Timers are ``GLib.timeout_source_new`` sources and fd
-  watches ``GLib.unix_fd_source_new`` sources, attached to that same context
+  watches GLib's fd sources (``GLibUnix.fd_source_new``, or
+  ``GLib.unix_fd_source_new`` before GLib 2.80), attached to that same context
   at the same priority.  So a qiotask ``idle_add`` source that keeps
   returning True runs at default priority, unlike one of ``GLib.idle_add``
   (``PRIORITY_DEFAULT_IDLE``), and holds off GLib sources of lower priority,
@@ -89,6 +90,7 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
+import gi  # type: ignore[import-untyped]
 from gi.repository import GLib  # type: ignore[import-untyped]
 
 from .._context import MainContext, _TimerHandle, register_adapter
@@ -96,10 +98,27 @@ from .._errors import ContextClosedError, TaskStateError
 
 __all__ = ["GLibContext"]
 
+
+def _fd_source_new() -> Callable[[int, Any], Any]:
+    """GLib's "watch this fd" source constructor, wherever this GLib has it.
+
+    GLib 2.80 moved the Unix-only API into its own namespace, GLibUnix
+    (``GLibUnix.fd_source_new``), and kept ``GLib.unix_fd_source_new`` as a
+    deprecated alias, which GLib 2.90 dropped.  Older GLibs (2.74 on Debian
+    12) have no GLibUnix typelib at all.
+    """
+    try:
+        gi.require_version("GLibUnix", "2.0")
+        from gi.repository import GLibUnix
+    except (ImportError, ValueError):  # no such namespace: GLib < 2.80
+        return GLib.unix_fd_source_new  # type: ignore[no-any-return]
+    return GLibUnix.fd_source_new  # type: ignore[no-any-return]
+
+
 # Bound once: they run on every wake-up, timer or get_context().
 _idle_source_new = GLib.idle_source_new
 _timeout_source_new = GLib.timeout_source_new
-_unix_fd_source_new = GLib.unix_fd_source_new
+_unix_fd_source_new = _fd_source_new()
 _main_depth = GLib.main_depth
 _get_thread_default = GLib.MainContext.get_thread_default
 _default_glib_context = GLib.MainContext.default

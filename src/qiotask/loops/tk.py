@@ -86,6 +86,7 @@ flag for all of them).
 from __future__ import annotations
 
 import atexit
+import functools
 import math
 import os
 import select
@@ -295,7 +296,16 @@ class TkContext(MainContext):
             weakref.finalize(self, pipe.close).atexit = False
             tk.createfilehandler(pipe.rfd, tkinter.READABLE, self._on_wake)
         root.bindtags((_BIND_TAG, *root.bindtags()))
-        root.bind_class(_BIND_TAG, "<Destroy>", self._on_destroy, add="+")
+        # A plain Tcl command called with the widget's path, not
+        # bind_class(..., callback): tkinter wraps such a callback in an
+        # object that holds the widget it was bound on -- the root -- and
+        # Python 3.10 never frees it, so the root would outlive destroy().
+        # The command holds the context weakly, so nothing in Tcl keeps
+        # either alive.  Not among the commands deleted at teardown: it is
+        # the one running then.
+        destroy_cmd = f"qiotask_destroy_{id(self):x}"
+        tk.createcommand(destroy_cmd, functools.partial(_on_destroy, weakref.ref(self)))
+        tk.call("bind", _BIND_TAG, "<Destroy>", f"+{destroy_cmd} %W")
         _thread_state.current = self
         _bury_the_dead()
 
@@ -444,10 +454,6 @@ class TkContext(MainContext):
                 except Exception as exc:
                     self.report_exception(f"exception in an fd watch of {self.name}", exc)
 
-    def _on_destroy(self, event: tkinter.Event[tkinter.Misc]) -> None:
-        if self._root is not None and str(event.widget) == str(self._root):
-            self._teardown()
-
     def _teardown(self) -> None:
         """The root is going: release what is ours in Tcl, let go of the
         root, and fail what is queued."""
@@ -496,6 +502,13 @@ class TkContext(MainContext):
         self._root = None
         if queued is not None:
             self._dispatcher.fail(queued)
+
+
+def _on_destroy(context_ref: weakref.ref[TkContext], widget: str) -> None:
+    """Tcl's <Destroy> binding of the root's tag: the root is going."""
+    context = context_ref()
+    if context is not None and context._root is not None and widget == str(context._root):
+        context._teardown()
 
 
 # References adopted from tasks that finished off their Tk thread, by thread

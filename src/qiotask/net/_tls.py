@@ -182,8 +182,9 @@ class TLSChannel:
         return self._sock.getpeercert()
 
     def read(self, n: int = READ_SIZE) -> bytes | None:
-        """Up to ``n`` bytes of plaintext; ``b""`` at end of stream; None if
-        none can be read now.  A watch made with :meth:`add_watch` is called
+        """Up to ``n`` bytes of plaintext; ``b""`` at end of stream (the
+        peer's close_notify, a close without one, or a reset); None if none
+        can be read now.  A watch made with :meth:`add_watch` is called
         again while decrypted data is still buffered, so read what it gives.
 
         Raises:
@@ -192,9 +193,11 @@ class TLSChannel:
         """
         try:
             return self.channel.read(n)  # the channel's socket is this TLS socket
-        except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+        except (ssl.SSLZeroReturnError, ssl.SSLEOFError, ConnectionResetError):
             # close_notify, or a peer that closed without one (as most do):
-            # either way the stream ended.
+            # either way the stream ended.  A reset too: Python's ssl module
+            # reports one as a ragged EOF before 3.13 (the errno is lost), so
+            # code written for any Python sees b"" for it (docs/net.md).
             return b""
 
     def write(self, data: bytes | bytearray | memoryview) -> int | None:
