@@ -952,7 +952,19 @@ def _fork_locks() -> Iterator[threading.Lock]:
         yield ctx._dispatcher._lock
 
 
-_fork.guard(_fork_locks)
+def _after_fork_in_child() -> None:
+    """In a forked child: every context alive belongs to the parent, whose
+    loops the child must never use (an asyncio loop's copy shares the
+    parent's epoll instance and self-pipe).  Each is closed without running
+    or failing what it holds -- the parent runs those -- and the default
+    context is made anew on first use."""
+    global _default
+    _default = None
+    for ctx in list(_all_contexts):
+        ctx._dispatcher.forget()
+
+
+_fork.guard(_fork_locks, child=_after_fork_in_child)
 
 
 def all_contexts() -> list[MainContext]:

@@ -222,6 +222,15 @@ class Dispatcher:
             items, self._queue = self._queue, deque()
             return items
 
+    def forget(self) -> None:
+        """In a forked child, for a context of the parent's: closed, and what
+        it held dropped unrun and unfailed (it is the parent's to run; a
+        destroy notifier run here as well would run twice)."""
+        with self._lock:
+            self.closed = True
+            self._queue = deque()
+            self._scheduled = False
+
     def fail(self, items: deque[Dispatchable], context: MainContext | None = None) -> None:
         """Fail each item in this thread (items a dispatch already took are
         its own).  A KeyboardInterrupt or SystemExit from one is re-raised
