@@ -9,6 +9,8 @@ STAMP := $(VENV)/.installed
 # runs the rest.  The tests skip a missing loop with its reason, or fail
 # under QIOTASK_REQUIRE_ALL_LOOPS=1 (CI, where .ci/run installs them all).
 LOOP_EXTRAS := uvloop glib qt trio dask
+# The PyGObject this machine's GLib can build (see .ci/pygobject).
+PYGOBJECT := $(shell sh .ci/pygobject)
 
 .PHONY: demo test lint bench bench-net info clean
 
@@ -19,7 +21,7 @@ $(PY):
 $(STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install -q -e '.[test,lint,demo]'
 	@for extra in $(LOOP_EXTRAS); do \
-		$(PY) -m pip install -q -e ".[$$extra]" >/dev/null 2>&1 \
+		$(PY) -m pip install -q -e ".[$$extra]" $$( [ $$extra = glib ] && echo '$(PYGOBJECT)' ) >/dev/null 2>&1 \
 			|| echo "note: the '$$extra' extra could not be installed here; its tests will be skipped"; \
 	done
 	touch $(STAMP)

@@ -404,7 +404,9 @@ def test_glib_sources_and_qiotask_sources_share_the_context(glib_ctx: Any, pair:
     # GLib's side: plain GLib sources on the same context, one on the same fd.
     glib_source(GLib.timeout_source_new(5), glib_ctx, lambda: add("glib-timeout"))
     glib_source(GLib.idle_source_new(), glib_ctx, lambda: add("glib-idle"))
-    glib_source(GLib.unix_fd_source_new(a.fileno(), GLib.IOCondition.IN), glib_ctx, lambda: add("glib-fd"))
+    # (GLibUnix.fd_source_new, or GLib.unix_fd_source_new before GLib 2.80.)
+    fd_source_new = glib_adapter._fd_source_new()
+    glib_source(fd_source_new(a.fileno(), GLib.IOCondition.IN), glib_ctx, lambda: add("glib-fd"))
 
     # qiotask's side.
     def qiotask_timeout() -> bool:

@@ -62,6 +62,9 @@ def info() -> int:
         if name == "qt":
             qt = importlib.import_module("PySide6")
             module = qt
+        if name == "glib":
+            glib = importlib.import_module("gi.repository.GLib")
+            note = f" (GLib {glib.MAJOR_VERSION}.{glib.MINOR_VERSION}.{glib.MICRO_VERSION})"
         print(f"  {name:<8} usable, version {_version_of(module)}{note}")
     return 0
 
