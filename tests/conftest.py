@@ -21,6 +21,12 @@ from qiotask._pool import WorkerPool, default_pool
 SocketPair = tuple[socket.socket, socket.socket]
 
 
+#: The -W options of a child interpreter run by the tests: every warning is
+#: an error, but for PyGObject's use of the event loop policy API that
+#: Python 3.14 deprecates (as pyproject.toml's filterwarnings).
+STRICT_WARNINGS = ["-W", "error", "-W", "ignore:'asyncio.:DeprecationWarning:gi.events"]
+
+
 def wait_for(predicate: Callable[[], bool], timeout: float = 5.0, what: str = "condition") -> None:
     """Wait until ``predicate()`` holds, re-checking as threads finish.
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from .conftest import STRICT_WARNINGS
 from .test_examples import require
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
@@ -21,7 +22,7 @@ BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 def test_net_benchmark_quick_run_serves_every_connection(tmp_path: Path) -> None:
     report = tmp_path / "net.json"
     done = subprocess.run(
-        [sys.executable, "-W", "error", str(BENCHMARKS / "net.py"), "--quick", "--json", str(report)],
+        [sys.executable, *STRICT_WARNINGS, str(BENCHMARKS / "net.py"), "--quick", "--json", str(report)],
         capture_output=True,
         text=True,
         timeout=100,
@@ -39,7 +40,7 @@ def test_net_benchmark_quick_run_serves_every_connection(tmp_path: Path) -> None
 def run_json(tmp_path: Path, *command: str) -> dict[str, Any]:
     report = tmp_path / "report.json"
     done = subprocess.run(
-        [sys.executable, "-W", "error", *command, "--json", str(report)],
+        [sys.executable, *STRICT_WARNINGS, *command, "--json", str(report)],
         capture_output=True,
         text=True,
         timeout=100,

@@ -21,6 +21,8 @@ from typing import NoReturn
 
 import pytest
 
+from .conftest import STRICT_WARNINGS
+
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 # How long one example may run, in seconds; each finishes in about one.
@@ -49,7 +51,7 @@ def require(loop: str, *modules: str) -> None:
 
 def run_example(name: str, *args: str, env: dict[str, str] | None = None) -> list[str]:
     """Run ``examples/<name>``; assert it exits 0 cleanly; return its stdout lines."""
-    command = [sys.executable, "-W", "error", str(EXAMPLES / name), *args]
+    command = [sys.executable, *STRICT_WARNINGS, str(EXAMPLES / name), *args]
     try:
         done = subprocess.run(
             command,

@@ -47,7 +47,7 @@ def glib_ctx() -> Iterator[Any]:
 
 def glib_source(source: Any, glib_ctx: Any, fn: Callable[[], Any]) -> Any:
     """Attach a plain GLib source (GLib's side, not qiotask's) running ``fn``."""
-    source.set_callback(lambda _data: bool(fn()))
+    source.set_callback(lambda *_data: bool(fn()))  # PyGObject < 3.51 passes a None
     source.attach(glib_ctx)
     return source
 

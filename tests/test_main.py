@@ -5,12 +5,16 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 import qiotask.__main__ as cli
+
+from .conftest import STRICT_WARNINGS
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-X", "dev", "-W", "error", "-m", "qiotask", *args],
+        [sys.executable, "-X", "dev", *STRICT_WARNINGS, "-m", "qiotask", *args],
         capture_output=True,
         text=True,
         timeout=60,
@@ -57,3 +61,22 @@ def test_bad_command_is_refused() -> None:
     result = run("frobnicate")
     assert result.returncode == 2
     assert "invalid choice" in result.stderr
+
+
+def test_info_says_why_qt_is_missing_on_python_3_15(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # As on Python 3.15, where the qt extra installs no PySide6.
+    real_import = cli.importlib.import_module
+
+    def import_module(name: str, package: str | None = None) -> object:
+        if name.startswith("PySide6"):
+            raise ModuleNotFoundError("No module named 'PySide6'")
+        return real_import(name, package)
+
+    monkeypatch.setattr(cli.sys, "version_info", (3, 15, 0, "final", 0))
+    monkeypatch.setattr(cli.importlib, "import_module", import_module)
+    assert cli.info() == 0
+    qt = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("  qt "))
+    assert "not usable: ModuleNotFoundError" in qt
+    assert "no PySide6 release for Python 3.15" in qt

@@ -25,6 +25,12 @@ _LOOPS = (
 )
 
 
+_NO_QT_315 = (
+    "no PySide6 release for Python 3.15 works with qiotask yet: those below 6.12 "
+    "require Python < 3.15, and 6.12 leaves concurrent.futures half-imported"
+)
+
+
 def _version_of(module: object) -> str:
     for attr in ("__version__", "version", "TkVersion"):
         value = getattr(module, attr, None)
@@ -44,6 +50,8 @@ def info() -> int:
             module = importlib.import_module(module_name)
         except Exception as exc:  # any import failure means "not usable"
             hint = f"; pip install 'qiotask[{extra}]'" if extra else ""
+            if name == "qt" and sys.version_info >= (3, 15):
+                hint = f"; {_NO_QT_315}"
             print(f"  {name:<8} not usable: {type(exc).__name__}: {exc}{hint}")
             continue
         _load_adapter(adapter)

@@ -161,7 +161,7 @@ class _Timer:
         self._fn = fn
         self._source = source
 
-    def _fire(self, _data: Any) -> bool:
+    def _fire(self, _data: Any = None) -> bool:
         context = self._context
         with context._sources_lock:
             context._timers.discard(self)
@@ -267,6 +267,8 @@ class GLibContext(MainContext):
     def _wakeup(self) -> None:
         source = _idle_source_new()
         source.set_priority(_PRIORITY)
+        # (PyGObject before 3.51 passes the callback a None for the user data
+        # it was not given; later releases pass nothing.)
         source.set_callback(self._on_wakeup)
         with self._sources_lock:
             if self.closed:
@@ -275,7 +277,7 @@ class GLibContext(MainContext):
             # Thread-safe in GLib, and wakes the context's poll.
             source.attach(self.glib_context)
 
-    def _on_wakeup(self, _data: Any) -> bool:
+    def _on_wakeup(self, _data: Any = None) -> bool:
         # No lock: the next wake-up is sent only once _dispatch() began, after
         # this; close() destroying a spent source is harmless.
         self._wake_source = None
