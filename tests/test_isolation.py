@@ -47,7 +47,7 @@ def test_tasks_still_run_and_the_problem_is_recorded() -> None:
     result = run_child(
         """
         import asyncio
-        from qiotask._context import adapter_problem
+        from qiotask import _adapters
 
         # Outside any loop, get_context() tries the GLib adapter (GLib is
         # "in use": imported) before it settles on the default context.
@@ -60,7 +60,7 @@ def test_tasks_still_run_and_the_problem_is_recorded() -> None:
             return await qiotask.to_thread(lambda: 42)
 
         print("result:", asyncio.run(main()))
-        print("problem:", adapter_problem("qiotask.loops.glib"))
+        print("problem:", _adapters.problem("glib"))
         """
     )
     assert result.returncode == 0, result.stderr

@@ -18,7 +18,7 @@ import pytest
 
 import qiotask
 import qiotask._context
-from qiotask import IO_IN, ContextClosedError, IOCondition, Task, TaskStateError
+from qiotask import IO_IN, ContextClosedError, IOCondition, Task, TaskStateError, _adapters
 from qiotask.loops.asyncio import AsyncioContext
 
 from .conftest import SocketPair, count_wakeups, join
@@ -277,14 +277,11 @@ def test_owner_is_the_thread_running_the_glib_loop_even_before_it_dispatches(gli
     assert not ctx.is_owner()
 
 
-def test_a_loop_running_on_top_of_glib_wins_the_detection(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_loop_running_on_top_of_glib_wins_the_detection() -> None:
     # Qt's event dispatcher (on Linux) and PyGObject's asyncio loop run inside
     # GLib dispatches; here an asyncio loop run from a GLib callback stands in
-    # for them, with GLib's detector asked first if it is among the others.
-    detectors = qiotask._context._detectors
-    if glib_adapter._detect in detectors:
-        others = [detect for detect in detectors if detect is not glib_adapter._detect]
-        monkeypatch.setattr(qiotask._context, "_detectors", [glib_adapter._detect, *others])
+    # for them.  GLib's row of the adapter table is a fallback: asked last.
+    assert _adapters.spec("glib").fallback
     glib_ctx = GLib.MainContext()
     loop = GLib.MainLoop.new(glib_ctx, False)
     seen: dict[str, Any] = {}

@@ -10,18 +10,17 @@ import runpy
 import sys
 from pathlib import Path
 
-from . import __version__
-from ._context import _load_adapter, adapter_problem
+from . import __version__, _adapters
 from ._pool import DEFAULT_MAX_WORKERS
 
-# (loop, module to import, qiotask's adapter module, extra to install)
+# (loop, module to import, qiotask's adapter (see _adapters.ADAPTERS), extra to install)
 _LOOPS = (
-    ("asyncio", "asyncio", "qiotask.loops.asyncio", None),
-    ("uvloop", "uvloop", "qiotask.loops.asyncio", "uvloop"),
-    ("glib", "gi", "qiotask.loops.glib", "glib"),
-    ("qt", "PySide6.QtCore", "qiotask.loops.qt", "qt"),
-    ("tk", "tkinter", "qiotask.loops.tk", "tk"),
-    ("trio", "trio", "qiotask.loops.trio", "trio"),
+    ("asyncio", "asyncio", "asyncio", None),
+    ("uvloop", "uvloop", "asyncio", "uvloop"),
+    ("glib", "gi", "glib", "glib"),
+    ("qt", "PySide6.QtCore", "qt", "qt"),
+    ("tk", "tkinter", "tk", "tk"),
+    ("trio", "trio", "trio", "trio"),
 )
 
 
@@ -54,12 +53,12 @@ def info() -> int:
                 hint = f"; {_NO_QT_315}"
             print(f"  {name:<8} not usable: {type(exc).__name__}: {exc}{hint}")
             continue
-        _load_adapter(adapter)
-        problem = adapter_problem(adapter)
+        _adapters.load(adapter)
+        problem = _adapters.problem(adapter)
         if problem is not None:
             # The toolkit is there, but this version of it is not one the
             # adapter supports (an API that moved, a broken build).
-            print(f"  {name:<8} not usable: {problem} (in qiotask's adapter {adapter})")
+            print(f"  {name:<8} not usable: {problem} (in qiotask's adapter {_adapters.spec(adapter).module})")
             continue
         note = ""
         if name == "tk" and not os.environ.get("DISPLAY"):

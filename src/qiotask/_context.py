@@ -38,18 +38,16 @@ is atomic with the GIL and on the free-threaded build alike.
 from __future__ import annotations
 
 import enum
-import importlib
 import logging
 import math
 import select
-import sys
 import threading
 import time
 import weakref
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
-from . import _fork
+from . import _adapters, _fork
 from ._checks import LONGEST_WAIT, check_callable, check_duration, check_fd
 from ._dispatch import Dispatchable, Dispatcher
 from ._errors import TaskStateError
@@ -757,51 +755,8 @@ _local = _Local()
 _contexts_lock = threading.Lock()
 _all_contexts: weakref.WeakSet[MainContext] = weakref.WeakSet()
 
-# Adapters register a function that returns the context of a loop running in
-# the calling thread (asyncio's running loop, a trio run), or None.
-_detectors: list[Callable[[], MainContext | None]] = []
-# Detectors of loops that other loops run on (GLib: Qt's event dispatcher on
-# Linux and PyGObject's asyncio loop iterate GLib's default context): asked
-# after the others, so that the more specific loop wins.
-_fallback_detectors: list[Callable[[], MainContext | None]] = []
-
-# (predicate, attacher) pairs registered by adapters; see attach().
-_attachers: list[tuple[Callable[[Any], bool], Callable[[Any], MainContext]]] = []
-
 _default: MainContext | None = None
 _default_lock = threading.Lock()
-
-
-def register_adapter(
-    predicate: Callable[[Any], bool],
-    attacher: Callable[[Any], MainContext],
-    detector: Callable[[], MainContext | None] | None = None,
-    *,
-    fallback: bool = False,
-) -> None:
-    """Used by ``qiotask.loops.*`` to plug a loop kind into attach()/get_context()."""
-    _attachers.append((predicate, attacher))
-    if detector is not None:
-        (_fallback_detectors if fallback else _detectors).append(detector)
-
-
-# Adapters imported on first use, so that importing qiotask imports no
-# toolkit: (kind, test on the object's type's module, adapter module, the
-# toolkit module whose presence means get_context() should load the adapter,
-# None if only attach() does).  The adapter registers itself with
-# register_adapter() when imported.  get_context() tries them in this order:
-# GLib last, because Qt and PyGObject's asyncio loop run on top of it.
-_LAZY_ADAPTERS: tuple[tuple[str, Callable[[str], bool], str, str | None], ...] = (
-    ("a trio token", lambda module: module.startswith("trio"), "qiotask.loops.trio", "trio"),
-    (
-        "a Qt application (QCoreApplication)",
-        lambda module: module.startswith("PySide6"),
-        "qiotask.loops.qt",
-        "PySide6.QtCore",
-    ),
-    ("a tkinter.Tk", lambda module: module == "tkinter", "qiotask.loops.tk", None),
-    ("a GLib.MainContext", lambda module: module.startswith("gi."), "qiotask.loops.glib", "gi.repository.GLib"),
-)
 
 
 def attach(obj: Any) -> MainContext:
@@ -816,26 +771,29 @@ def attach(obj: Any) -> MainContext:
     """
     if isinstance(obj, MainContext):
         return obj
-    for predicate, attacher in _attachers:
-        if predicate(obj):
-            return attacher(obj)
+    for _spec, adapter in _adapters.loaded():
+        if adapter.accepts(obj):
+            return adapter.attach(obj)
     # Every class of the object counts, not only its own: applications
     # subclass the toolkit's classes (class App(tkinter.Tk) in __main__).
     modules = [getattr(cls, "__module__", None) or "" for cls in type(obj).__mro__]
-    for kind, matches, adapter, _trigger in _LAZY_ADAPTERS:
-        if adapter not in sys.modules and any(matches(module) for module in modules):
-            if not _load_adapter(adapter) and adapter not in sys.modules:
+    for spec in _adapters.ADAPTERS:
+        matches = spec.matches
+        if matches is not None and any(matches(module) for module in modules):
+            if _adapters.load(spec.name):
+                return attach(obj)
+            problem = _adapters.problem(spec.name)
+            if problem is not None:
                 raise ImportError(
-                    f"qiotask.attach(): cannot attach to {kind}: its adapter {adapter} cannot load here: "
-                    f"{adapter_problem(adapter)}"
+                    f"qiotask.attach(): cannot attach to {spec.kind}: its adapter {spec.module} cannot load here: "
+                    f"{problem}"
                 )
-            return attach(obj)
     raise TypeError(f"qiotask.attach(): cannot attach to a {type(obj).__name__} object; supported: {supported_loops()}")
 
 
 def supported_loops() -> str:
     """The loop objects :func:`attach` accepts, for error messages."""
-    return ", ".join(["an asyncio event loop"] + [kind for kind, _, _, _ in _LAZY_ADAPTERS])
+    return ", ".join(spec.kind for spec in _adapters.ADAPTERS)
 
 
 def default_context() -> MainContext:
@@ -864,82 +822,25 @@ def get_context() -> MainContext:
     if stack:
         return stack[-1]
     ctx: MainContext | None
-    for detect in _detectors:
-        ctx = detect()
-        if ctx is not None:
+    for _spec, adapter in _adapters.loaded(fallback=False):
+        if adapter.detect is not None and (ctx := adapter.detect()) is not None:
             return ctx
-    for _kind, _matches, adapter, trigger in _LAZY_ADAPTERS:
-        if trigger is not None and trigger in sys.modules and _load_adapter(adapter):
-            # The toolkit is in use and its adapter was not loaded: now it
-            # is, with its detector (a trio run, a Qt loop, a GLib callback
-            # running here); look again.
-            return get_context()
-    for detect in _fallback_detectors:
-        ctx = detect()
-        if ctx is not None:
+    if _adapters.load_triggered():
+        # A toolkit is in use and its adapter was not loaded: now it is,
+        # with its detector (a trio run, a Qt loop, a GLib callback running
+        # here); look again.
+        return get_context()
+    for _spec, adapter in _adapters.loaded(fallback=True):
+        if adapter.detect is not None and (ctx := adapter.detect()) is not None:
             return ctx
     return default_context()
 
 
-# Adapters that failed to load, with the reason ("AttributeError: ...").
-# Written once per adapter; a failed adapter is not tried again.
-_unloadable: dict[str, str] = {}
-_unloadable_lock = threading.Lock()
-
-
-def _load_adapter(name: str) -> bool:
-    """Import an adapter module once; True if this call loaded it.
-
-    Any exception from the import -- not only ImportError: a toolkit
-    whose API moved raises AttributeError, a broken build anything -- is
-    recorded as the adapter's problem (see :func:`adapter_problem`, and
-    ``qiotask info``) and logged once, and the adapter counts as absent: one
-    toolkit that cannot load must not break get_context() or attach() for
-    every other loop.  KeyboardInterrupt and SystemExit go through.
-    """
-    if name in sys.modules or name in _unloadable:
-        return False
-    try:
-        importlib.import_module(name)
-    except Exception as exc:
-        with _unloadable_lock:
-            first = name not in _unloadable
-            _unloadable[name] = f"{type(exc).__name__}: {exc}"
-        if first and not isinstance(exc, ImportError):
-            # An ImportError is the usual "toolkit not installed"; anything
-            # else is a toolkit this adapter does not support: say so once.
-            logger.warning("qiotask: the %s adapter cannot load here: %r", name, exc, exc_info=exc)
-        return False
-    return True
-
-
-def adapter_problem(name: str) -> str | None:
-    """Why the adapter module ``name`` (``qiotask.loops.glib``, ...) could
-    not load in this process, or None if it loaded or was never tried."""
-    return _unloadable.get(name)
-
-
-# Adapters of loops that can await register how to await a task in them:
-# (is such a loop running in this thread?, awaiter).  ``awaiter(task)``
-# returns the iterator that ``Task.__await__`` returns: it waits for the
-# completion in the loop's own way and ends with ``task._outcome()``.
-AwaitHook = tuple[Callable[[], bool], Callable[[Any], Any]]
-_await_hooks: list[AwaitHook] = []
-
-
-def register_await_hook(running: Callable[[], bool], awaiter: Callable[[Any], Any]) -> None:
-    """Used by ``qiotask.loops.*``: how ``await task`` works in their loop."""
-    _await_hooks.append((running, awaiter))
-
-
 def await_hook() -> Callable[[Any], Any] | None:
-    """The awaiter of the loop running in this thread, or None."""
-    for running, awaiter in _await_hooks:
-        if running():
-            return awaiter
-    if "trio" in sys.modules and _load_adapter("qiotask.loops.trio"):
-        return await_hook()
-    return None
+    """How ``await task`` waits in the async framework running in this
+    thread (see ``_adapters.Adapter.await_task``), or None."""
+    adapter = _adapters.async_adapter()
+    return adapter.await_task if adapter is not None else None
 
 
 def _fork_locks() -> Iterator[threading.Lock]:

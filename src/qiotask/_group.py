@@ -42,8 +42,6 @@ What all three share:
 
 from __future__ import annotations
 
-import asyncio
-import functools
 import itertools
 import sys
 import threading
@@ -52,11 +50,12 @@ from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Any
 
+from . import _adapters
+from ._adapters import Adapter
 from ._checks import check_callable
-from ._context import MainContext, attach, await_hook, get_context
+from ._context import MainContext, attach, get_context
 from ._errors import TaskCancelled, TaskError, TaskStateError
 from ._task import Task
-from .loops.asyncio import resolve_soon as _resolve_soon
 
 __all__ = ["TaskGroup", "TaskGroupError"]
 
@@ -423,7 +422,7 @@ class TaskGroup:
                 in this thread.
             TaskStateError: the group was entered or closed before.
         """
-        _async_backend()
+        _async_adapter()
         self._enter()
         return self
 
@@ -462,59 +461,12 @@ class TaskGroup:
         self._raise_errors()
 
     async def _wait_async(self, shielded: bool) -> BaseException | None:
-        """Wait until the group is done.  A cancellation of this coroutine
-        cancels the tasks and is returned once they have all finished."""
-        if _async_backend() == "asyncio":
-            return await self._wait_asyncio()
-        return await self._wait_trio(shielded)
-
-    async def _wait_asyncio(self) -> BaseException | None:
-        loop = asyncio.get_running_loop()
-        cancelled: BaseException | None = None
-        while True:
-            future: asyncio.Future[None] = loop.create_future()
-            wake = functools.partial(_resolve_soon, future)
-            if not self._add_waiter(wake):
-                return cancelled
-            try:
-                await future
-                return cancelled
-            except asyncio.CancelledError as exc:
-                # Cancelled from outside: the tasks follow, and are waited for.
-                self._remove_waiter(wake)
-                if cancelled is None:
-                    cancelled = exc
-                self.cancel()
-
-    async def _wait_trio(self, shielded: bool) -> BaseException | None:
-        import trio
-
-        event = trio.Event()
-        token = trio.lowlevel.current_trio_token()
-
-        def wake() -> None:
-            try:
-                token.run_sync_soon(event.set)
-            except trio.RunFinishedError:
-                pass  # the waiting run is over: nobody is left to wake
-
-        if not self._add_waiter(wake):
-            if not shielded:
-                await trio.lowlevel.checkpoint()  # trio's rule: every await may switch
-            return None
-        cancelled: BaseException | None = None
-        if not shielded:
-            try:
-                await event.wait()
-                return None
-            except trio.Cancelled as exc:
-                cancelled = exc
-                self.cancel()
-        # Once cancelled, every checkpoint of the scope raises again: only a
-        # shield lets us wait for the tasks we just cancelled.
-        with trio.CancelScope(shield=True):
-            await event.wait()
-        return cancelled
+        """Wait until the group is done, the running framework's way (its
+        adapter's ``wait_group``).  A cancellation of this coroutine cancels
+        the tasks and is returned once they have all finished."""
+        wait_group = _async_adapter().wait_group
+        assert wait_group is not None  # every adapter that runs coroutines has one
+        return await wait_group(self, shielded)
 
     # -- with (threads) ---------------------------------------------------------
 
@@ -526,7 +478,7 @@ class TaskGroup:
                 (use ``async with``), or the group was entered or closed
                 before.
         """
-        if asyncio._get_running_loop() is not None or await_hook() is not None:
+        if _adapters.async_adapter() is not None:
             raise TaskStateError(
                 f"task group {self._name!r}: `with` would block the event loop running in this thread "
                 "until its own tasks finish, a deadlock; use `async with`"
@@ -576,23 +528,15 @@ class TaskGroup:
             )
 
 
-def _async_backend() -> str:
-    """``"asyncio"`` or ``"trio"``: what runs in this thread."""
-    if asyncio._get_running_loop() is not None:
-        return "asyncio"
-    trio = sys.modules.get("trio")
-    if trio is not None:
-        try:
-            trio.lowlevel.current_trio_token()
-        except RuntimeError:
-            pass
-        else:
-            return "trio"
-    raise RuntimeError("async with TaskGroup: no asyncio event loop or trio run is running in this thread")
+def _async_adapter() -> Adapter:
+    """The adapter of the async framework running in this thread."""
+    adapter = _adapters.async_adapter()
+    if adapter is None:
+        raise RuntimeError("async with TaskGroup: no asyncio event loop or trio run is running in this thread")
+    return adapter
 
 
 def _is_cancellation(exc: BaseException) -> bool:
-    if isinstance(exc, asyncio.CancelledError):
-        return True
-    trio = sys.modules.get("trio")
-    return trio is not None and isinstance(exc, trio.Cancelled)
+    """Whether ``exc`` is the running framework's cancellation."""
+    is_cancellation = _async_adapter().is_cancellation
+    return is_cancellation is not None and is_cancellation(exc)

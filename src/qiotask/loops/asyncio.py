@@ -19,7 +19,8 @@ import weakref
 from collections.abc import Callable, Generator
 from typing import Any
 
-from .._context import MainContext, _TimerHandle, register_adapter, register_await_hook
+from .._adapters import Adapter, register
+from .._context import MainContext, _TimerHandle
 from .._errors import ContextClosedError, TaskStateError
 
 __all__ = ["AsyncioContext", "EmbeddedContext", "resolve_soon"]
@@ -200,13 +201,6 @@ def _detect() -> MainContext | None:
     return _attach_loop(loop)
 
 
-register_adapter(
-    lambda obj: isinstance(obj, asyncio.AbstractEventLoop),
-    _attach_loop,
-    _detect,
-)
-
-
 # -- awaiting a task -------------------------------------------------------------
 
 
@@ -244,4 +238,44 @@ def _asyncio_running() -> bool:
     return _get_running_loop() is not None
 
 
-register_await_hook(_asyncio_running, _await_task)
+# -- async with TaskGroup ----------------------------------------------------------
+
+
+async def _wait_group(group: Any, shielded: bool) -> BaseException | None:
+    """``async with TaskGroup``'s wait under asyncio (see ``_adapters.Adapter``).
+    asyncio has no cancel scopes: a cancellation is one exception, so a
+    shielded wait is an ordinary one."""
+    loop = asyncio.get_running_loop()
+    cancelled: BaseException | None = None
+    while True:
+        future: asyncio.Future[None] = loop.create_future()
+        wake = functools.partial(resolve_soon, future)
+        if not group._add_waiter(wake):
+            return cancelled
+        try:
+            await future
+            return cancelled
+        except asyncio.CancelledError as exc:
+            # Cancelled from outside: the tasks follow, and are waited for.
+            group._remove_waiter(wake)
+            if cancelled is None:
+                cancelled = exc
+            group.cancel()
+
+
+def _is_cancellation(exc: BaseException) -> bool:
+    return isinstance(exc, asyncio.CancelledError)
+
+
+register(
+    "asyncio",
+    Adapter(
+        accepts=lambda obj: isinstance(obj, asyncio.AbstractEventLoop),
+        attach=_attach_loop,
+        detect=_detect,
+        running=_asyncio_running,
+        await_task=_await_task,
+        wait_group=_wait_group,
+        is_cancellation=_is_cancellation,
+    ),
+)

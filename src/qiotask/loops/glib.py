@@ -93,7 +93,8 @@ from typing import Any
 import gi  # type: ignore[import-untyped]
 from gi.repository import GLib  # type: ignore[import-untyped]
 
-from .._context import MainContext, _TimerHandle, register_adapter
+from .._adapters import Adapter, register
+from .._context import MainContext, _TimerHandle
 from .._errors import ContextClosedError, TaskStateError
 
 __all__ = ["GLibContext"]
@@ -471,9 +472,9 @@ def _detect() -> MainContext | None:
     return _attach(glib_context)
 
 
-register_adapter(
-    lambda obj: isinstance(obj, (GLib.MainContext, GLib.MainLoop)),
-    _attach,
-    _detect,
-    fallback=True,  # asked after the loops that may run on top of GLib (Qt)
+# Detected after the loops that may run on top of GLib (Qt): its row in
+# _adapters.ADAPTERS says fallback.
+register(
+    "glib",
+    Adapter(accepts=lambda obj: isinstance(obj, (GLib.MainContext, GLib.MainLoop)), attach=_attach, detect=_detect),
 )

@@ -101,7 +101,8 @@ from PySide6.QtCore import (
     Slot,
 )
 
-from .._context import MainContext, _TimerHandle, register_adapter
+from .._adapters import Adapter, register
+from .._context import MainContext, _TimerHandle
 from .._dispatch import Dispatchable
 from .._errors import ContextClosedError, TaskStateError
 
@@ -617,4 +618,4 @@ def _detect() -> MainContext | None:
     return _attach_app(app)
 
 
-register_adapter(_is_qt_object, _attach_app, _detect)
+register("qt", Adapter(accepts=_is_qt_object, attach=_attach_app, detect=_detect))

@@ -96,7 +96,8 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
-from .._context import MainContext, _TimerHandle, register_adapter
+from .._adapters import Adapter, register
+from .._context import MainContext, _TimerHandle
 from .._errors import ContextClosedError, TaskStateError
 
 __all__ = ["POLL_INTERVAL_MS", "TkContext"]
@@ -553,4 +554,4 @@ def _attach_root(obj: Any) -> MainContext:
     return ctx
 
 
-register_adapter(lambda obj: isinstance(obj, tkinter.Misc), _attach_root, _detect)
+register("tk", Adapter(accepts=lambda obj: isinstance(obj, tkinter.Misc), attach=_attach_root, detect=_detect))

@@ -76,7 +76,8 @@ from typing import TYPE_CHECKING, Any
 import trio
 import trio.lowlevel as _lowlevel
 
-from .._context import HANGUP_POLL_INTERVAL, MainContext, register_adapter, register_await_hook
+from .._adapters import Adapter, register
+from .._context import HANGUP_POLL_INTERVAL, MainContext
 from .._errors import ContextClosedError, TaskStateError
 
 if TYPE_CHECKING:
@@ -445,13 +446,6 @@ def _detect() -> MainContext | None:
     return ctx if ctx is not None else _attach_token(token)
 
 
-register_adapter(
-    lambda obj: isinstance(obj, _lowlevel.TrioToken),
-    _attach_token,
-    _detect,
-)
-
-
 # -- await task -----------------------------------------------------------------
 
 # A waiter's states.  They change on the awaiting trio thread only (a wake-up
@@ -523,4 +517,54 @@ def _await_task(task: Task[Any]) -> Generator[Any, None, Any]:
     return task._outcome()
 
 
-register_await_hook(_in_trio_run, _await_task)
+# -- async with TaskGroup ----------------------------------------------------------
+
+
+async def _wait_group(group: Any, shielded: bool) -> BaseException | None:
+    """``async with TaskGroup``'s wait under trio (see ``_adapters.Adapter``).
+    ``shielded``: the body was cancelled, so the scope is cancelled and only
+    a shielded wait can wait for the tasks it cancelled."""
+    event = trio.Event()
+    token = _current_trio_token()
+
+    def wake() -> None:
+        try:
+            token.run_sync_soon(event.set)
+        except trio.RunFinishedError:
+            pass  # the waiting run is over: nobody is left to wake
+
+    if not group._add_waiter(wake):
+        if not shielded:
+            await _lowlevel.checkpoint()  # trio's rule: every await may switch
+        return None
+    cancelled: BaseException | None = None
+    if not shielded:
+        try:
+            await event.wait()
+            return None
+        except trio.Cancelled as exc:
+            cancelled = exc
+            group.cancel()
+    # Once cancelled, every checkpoint of the scope raises again: only a
+    # shield lets us wait for the tasks we just cancelled.
+    with trio.CancelScope(shield=True):
+        await event.wait()
+    return cancelled
+
+
+def _is_cancellation(exc: BaseException) -> bool:
+    return isinstance(exc, trio.Cancelled)
+
+
+register(
+    "trio",
+    Adapter(
+        accepts=lambda obj: isinstance(obj, _lowlevel.TrioToken),
+        attach=_attach_token,
+        detect=_detect,
+        running=_in_trio_run,
+        await_task=_await_task,
+        wait_group=_wait_group,
+        is_cancellation=_is_cancellation,
+    ),
+)

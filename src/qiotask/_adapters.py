@@ -1,0 +1,185 @@
+"""The one registry of loop adapters: which loops qiotask knows, which are
+loaded, and what each can do.
+
+``ADAPTERS`` is the table: one row per loop kind, known before any toolkit
+is imported (anyio's backend table is the model).  A row names the
+adapter's module (``qiotask.loops.<name>``), the toolkit module whose
+presence means :func:`qiotask.get_context` should load it, and how
+:func:`qiotask.attach` recognises one of its loop objects by the module of
+the object's classes.  Importing the module registers what it can do, an
+:class:`Adapter`, with :func:`register`.  Adding a loop is one module and
+one row here.
+
+The order of the table is the order of detection: the loop whose presence
+is most specific first (a running asyncio loop, a trio run), GLib last and
+as a fallback, because Qt's event dispatcher and PyGObject's asyncio loop
+run on top of GLib's default context.
+
+An adapter that fails to load -- any exception from its import, not only
+ImportError: a toolkit whose API moved raises AttributeError -- is recorded
+with the reason (:func:`problem`, ``qiotask info``), logged once, and treated
+as absent, so that one toolkit that cannot load breaks no other loop.
+
+Guarantees / assumes: ``_loaded`` and ``_problems`` are dicts written under
+``_lock`` and read without it (get_context() runs for every task).  A dict
+load is atomic on every build (the free-threaded one gives each dict its
+own lock), an adapter is fully built before :func:`register` publishes it,
+and an entry is never removed, so a reader sees an adapter whole or not yet.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+import threading
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ._context import MainContext
+
+__all__ = ["ADAPTERS", "Adapter", "AdapterSpec", "async_adapter", "load", "loaded", "problem", "register"]
+
+logger = logging.getLogger("qiotask")
+
+
+@dataclass(frozen=True)
+class AdapterSpec:
+    """A row of the table: what is known of a loop before its toolkit loads."""
+
+    #: The loop's name: ``qiotask.loops.<name>`` is its adapter.
+    name: str
+    #: What :func:`qiotask.attach` takes, for messages ("a trio token").
+    kind: str
+    #: Whether a class's ``__module__`` belongs to the toolkit (attach()
+    #: loads the adapter for such an object); None: always loaded.
+    matches: Callable[[str], bool] | None
+    #: The toolkit module whose presence in ``sys.modules`` makes
+    #: get_context() load the adapter (its loop may be running); None: only
+    #: attach() loads it.
+    trigger: str | None
+    #: Detected after every other loop (a loop others run on top of).
+    fallback: bool = False
+
+    @property
+    def module(self) -> str:
+        return f"qiotask.loops.{self.name}"
+
+
+ADAPTERS: tuple[AdapterSpec, ...] = (
+    AdapterSpec("asyncio", "an asyncio event loop", None, None),
+    AdapterSpec("trio", "a trio token", lambda module: module.startswith("trio"), "trio"),
+    AdapterSpec(
+        "qt", "a Qt application (QCoreApplication)", lambda module: module.startswith("PySide6"), "PySide6.QtCore"
+    ),
+    AdapterSpec("tk", "a tkinter.Tk", lambda module: module == "tkinter", None),
+    AdapterSpec(
+        "glib", "a GLib.MainContext", lambda module: module.startswith("gi."), "gi.repository.GLib", fallback=True
+    ),
+)
+_SPECS = {spec.name: spec for spec in ADAPTERS}
+
+
+@dataclass(frozen=True)
+class Adapter:
+    """What a loaded adapter module can do; every loop provides the first
+    three, loops that run coroutines the rest."""
+
+    #: Whether ``obj`` is one of this loop's objects (attach()).
+    accepts: Callable[[Any], bool]
+    #: The context of such an object, the same one each time.
+    attach: Callable[[Any], MainContext]
+    #: The context of this loop if it runs (is dispatching) in the calling
+    #: thread, else None.
+    detect: Callable[[], MainContext | None] | None = None
+    #: Whether a run of this async framework is running in the calling thread.
+    running: Callable[[], bool] | None = None
+    #: ``Task.__await__`` in this framework: ``await_task(task)`` is the
+    #: iterator that waits for the completion and ends with ``task._outcome()``.
+    await_task: Callable[[Any], Any] | None = None
+    #: ``async with TaskGroup``'s wait: ``wait_group(group, shielded)``
+    #: returns once the group is done, with the cancellation of the waiting
+    #: coroutine if it was cancelled (the tasks are cancelled, and still
+    #: waited for), else None.
+    wait_group: Callable[[Any, bool], Awaitable[BaseException | None]] | None = None
+    #: Whether an exception is this framework's cancellation.
+    is_cancellation: Callable[[BaseException], bool] | None = None
+
+
+_lock = threading.Lock()
+_loaded: dict[str, Adapter] = {}
+_problems: dict[str, str] = {}
+
+
+def register(name: str, adapter: Adapter) -> None:
+    """Called once by ``qiotask.loops.<name>`` when it is imported."""
+    if name not in _SPECS:
+        raise ValueError(f"no adapter named {name!r} in qiotask._adapters.ADAPTERS")
+    with _lock:
+        _loaded[name] = adapter
+
+
+def loaded(*, fallback: bool | None = None) -> Iterator[tuple[AdapterSpec, Adapter]]:
+    """The adapters loaded, in the table's order (only the fallback ones,
+    or only the others, if ``fallback`` says so)."""
+    for spec in ADAPTERS:
+        adapter = _loaded.get(spec.name)
+        if adapter is not None and (fallback is None or spec.fallback == fallback):
+            yield spec, adapter
+
+
+def spec(name: str) -> AdapterSpec:
+    return _SPECS[name]
+
+
+def load(name: str) -> bool:
+    """Import the adapter ``name`` once; True if this call loaded it.
+
+    Any exception from the import is recorded as its problem and logged
+    once (an ImportError -- the toolkit is not installed -- is only
+    recorded); the adapter then counts as absent.  KeyboardInterrupt and
+    SystemExit go through.
+    """
+    if name in _loaded or name in _problems:
+        return False
+    module = _SPECS[name].module
+    try:
+        importlib.import_module(module)
+    except Exception as exc:
+        with _lock:
+            first = name not in _problems
+            _problems[name] = f"{type(exc).__name__}: {exc}"
+        if first and not isinstance(exc, ImportError):
+            # Not "not installed": a toolkit this adapter does not support.
+            logger.warning("qiotask: the %s adapter cannot load here: %r", module, exc, exc_info=exc)
+        return False
+    return name in _loaded
+
+
+def problem(name: str) -> str | None:
+    """Why the adapter ``name`` could not load in this process, or None if
+    it loaded or was never tried."""
+    return _problems.get(name)
+
+
+def load_triggered() -> bool:
+    """Load every adapter whose toolkit is in use (imported) but whose
+    adapter is not loaded yet; True if one was loaded now."""
+    loaded_now = False
+    for spec_ in ADAPTERS:
+        if spec_.trigger is not None and spec_.name not in _loaded and spec_.trigger in sys.modules:
+            loaded_now = load(spec_.name) or loaded_now
+    return loaded_now
+
+
+def async_adapter() -> Adapter | None:
+    """The adapter of the async framework running in this thread (an
+    asyncio loop, a trio run), or None."""
+    for _spec, adapter in loaded():
+        if adapter.running is not None and adapter.running():
+            return adapter
+    if load_triggered():
+        return async_adapter()
+    return None
