@@ -34,13 +34,24 @@ import logging
 import sys
 import threading
 from collections.abc import Awaitable, Callable, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
     from ._context import MainContext
 
-__all__ = ["ADAPTERS", "Adapter", "AdapterSpec", "async_adapter", "load", "loaded", "problem", "register"]
+__all__ = [
+    "ADAPTERS",
+    "Adapter",
+    "AdapterSpec",
+    "async_adapter",
+    "attach_once",
+    "load",
+    "loaded",
+    "problem",
+    "register",
+]
 
 logger = logging.getLogger("qiotask")
 
@@ -111,6 +122,24 @@ class Adapter:
 _lock = threading.Lock()
 _loaded: dict[str, Adapter] = {}
 _problems: dict[str, str] = {}
+
+
+C = TypeVar("C")
+
+
+def attach_once(lock: AbstractContextManager[Any], find: Callable[[], C | None], make: Callable[[], C]) -> C:
+    """What every adapter's ``attach`` does: the context ``find()`` returns
+    (None: there is none, or it is over), else a new one from ``make()``
+    -- made once, whichever thread asks first, because the lookup is made
+    again under ``lock`` before making one.  ``make`` records what it made
+    where ``find`` looks, before the lock is released."""
+    found = find()
+    if found is None:
+        with lock:
+            found = find()
+            if found is None:
+                found = make()
+    return found
 
 
 def register(name: str, adapter: Adapter) -> None:

@@ -154,6 +154,19 @@ class _TimerHandle(Protocol):
     def cancel(self) -> None: ...
 
 
+class _NoTimer:
+    """The handle of a timer asked of a closed context: nothing to cancel."""
+
+    __slots__ = ()
+
+    def cancel(self) -> None:
+        pass
+
+
+#: What an adapter's ``_call_later`` returns once its loop is gone.
+NO_TIMER = _NoTimer()
+
+
 class MainContext:
     """The event loop a task delivers its completion on.
 

@@ -19,7 +19,7 @@ import weakref
 from collections.abc import Callable, Generator
 from typing import Any
 
-from .._adapters import Adapter, register
+from .._adapters import Adapter, attach_once, register
 from .._context import MainContext, _TimerHandle
 from .._errors import ContextClosedError, TaskStateError
 
@@ -163,14 +163,17 @@ def _remember(loop: asyncio.AbstractEventLoop, ctx: AsyncioContext) -> None:
 def _attach_loop(loop: Any) -> MainContext:
     # A context closed by close() is over: the loop gets a new one (as Qt,
     # GLib and trio contexts do), unless the loop itself is closed.
-    ctx = _known(loop)
-    if ctx is None or _replaceable(ctx):
-        with _attach_lock:
-            ctx = _known(loop)
-            if ctx is None or _replaceable(ctx):
-                ctx = AsyncioContext(loop)
-                _remember(loop, ctx)
-    return ctx
+
+    def find() -> AsyncioContext | None:
+        ctx = _known(loop)
+        return None if ctx is None or _replaceable(ctx) else ctx
+
+    def make() -> AsyncioContext:
+        ctx = AsyncioContext(loop)
+        _remember(loop, ctx)
+        return ctx
+
+    return attach_once(_attach_lock, find, make)
 
 
 def _known(loop: Any) -> AsyncioContext | None:

@@ -93,8 +93,8 @@ from typing import Any
 import gi  # type: ignore[import-untyped]
 from gi.repository import GLib  # type: ignore[import-untyped]
 
-from .._adapters import Adapter, register
-from .._context import MainContext, _TimerHandle
+from .._adapters import Adapter, attach_once, register
+from .._context import NO_TIMER, MainContext, _TimerHandle
 from .._errors import ContextClosedError, TaskStateError
 
 __all__ = ["GLibContext"]
@@ -176,15 +176,6 @@ class _Timer:
         with self._context._sources_lock:
             self._context._timers.discard(self)
         self._source.destroy()  # harmless if it fired or was destroyed already
-
-
-class _NoTimer:
-    """The handle of a timer asked for on a closed context: nothing to cancel."""
-
-    __slots__ = ()
-
-    def cancel(self) -> None:
-        pass
 
 
 class GLibContext(MainContext):
@@ -310,7 +301,7 @@ class GLibContext(MainContext):
         source.set_callback(timer._fire)
         with self._sources_lock:
             if self.closed:
-                return _NoTimer()
+                return NO_TIMER
             self._timers.add(timer)
             source.attach(self.glib_context)
         return timer
@@ -428,13 +419,8 @@ def _attached_to(key: int) -> GLibContext | None:
 def _attach(obj: Any) -> MainContext:
     glib_context = obj.get_context() if isinstance(obj, GLib.MainLoop) else obj
     key = _key(glib_context)
-    ctx = _attached_to(key)
-    if ctx is None:
-        with _attach_lock:
-            ctx = _attached_to(key)
-            if ctx is None:
-                ctx = GLibContext(glib_context)
-    return ctx
+    # GLibContext(glib_context) records itself where _attached_to looks.
+    return attach_once(_attach_lock, lambda: _attached_to(key), lambda: GLibContext(glib_context))
 
 
 def _after_fork_in_child() -> None:

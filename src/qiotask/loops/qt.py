@@ -101,8 +101,8 @@ from PySide6.QtCore import (
     Slot,
 )
 
-from .._adapters import Adapter, register
-from .._context import MainContext, _TimerHandle
+from .._adapters import Adapter, attach_once, register
+from .._context import NO_TIMER, MainContext, _TimerHandle
 from .._dispatch import Dispatchable
 from .._errors import ContextClosedError, TaskStateError
 
@@ -246,7 +246,7 @@ class QtContext(MainContext):
 
     def _call_later(self, delay: float, fn: Callable[[], None]) -> _TimerHandle:
         if self.closed:
-            return _NO_TIMER  # like a source of a destroyed GLib context: never runs
+            return NO_TIMER  # like a source of a destroyed GLib context: never runs
         timer = _QtTimer(self, delay, fn)
         self._timers.add(timer)
         return timer
@@ -486,16 +486,6 @@ class _QtTimer:
         context._discard(timer)
 
 
-class _NoTimer:
-    """The handle of a timer asked of a closed context."""
-
-    def cancel(self) -> None:
-        pass
-
-
-_NO_TIMER = _NoTimer()
-
-
 # -- attach() and get_context() ----------------------------------------------
 
 
@@ -582,14 +572,16 @@ def _attach_app(obj: Any) -> MainContext:
             f"qiotask.attach(): a {type(obj).__name__} is not a Qt application; "
             "attach the QCoreApplication/QApplication (QCoreApplication.instance())"
         )
-    ctx = _shared.get(id(obj))
-    if ctx is None or ctx.closed:
-        with _registry_lock:
-            ctx = _shared.get(id(obj))
-            if ctx is None or ctx.closed:
-                ctx = QtContext(obj)
-                _shared[id(obj)] = ctx
-    return ctx
+
+    def find() -> QtContext | None:
+        ctx = _shared.get(id(obj))
+        return None if ctx is None or ctx.closed else ctx
+
+    def make() -> QtContext:
+        ctx = _shared[id(obj)] = QtContext(obj)
+        return ctx
+
+    return attach_once(_registry_lock, find, make)
 
 
 # Called unbound: looking a method up on a PySide6 QObject is slow (its

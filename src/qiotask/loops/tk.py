@@ -96,7 +96,7 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
-from .._adapters import Adapter, register
+from .._adapters import Adapter, attach_once, register
 from .._context import MainContext, _TimerHandle
 from .._errors import ContextClosedError, TaskStateError
 
@@ -544,12 +544,8 @@ def _detect() -> MainContext | None:
 
 def _attach_root(obj: Any) -> MainContext:
     root: tkinter.Tk = obj if isinstance(obj, tkinter.Tk) else obj._root()
-    ctx = root.__dict__.get(_ATTR)
-    if ctx is None:
-        with _attach_lock:
-            ctx = root.__dict__.get(_ATTR)
-            if ctx is None:
-                ctx = TkContext(root)
+    # TkContext(root) records itself in the root's __dict__.
+    ctx = attach_once(_attach_lock, lambda: root.__dict__.get(_ATTR), lambda: TkContext(root))
     assert isinstance(ctx, TkContext)
     return ctx
 

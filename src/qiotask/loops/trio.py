@@ -76,7 +76,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 import trio.lowlevel as _lowlevel
 
-from .._adapters import Adapter, register
+from .._adapters import Adapter, attach_once, register
 from .._context import HANGUP_POLL_INTERVAL, MainContext
 from .._errors import ContextClosedError, TaskStateError
 
@@ -428,14 +428,12 @@ def _close_standalone() -> None:
 
 
 def _attach_token(token: _lowlevel.TrioToken) -> TrioContext:
-    ctx = _contexts.get(token)
-    if ctx is None:
-        with _attach_lock:
-            ctx = _contexts.get(token)
-            if ctx is None:
-                ctx = TrioContext(_token=token)
-                _contexts[token] = ctx
-    return ctx
+
+    def make() -> TrioContext:
+        ctx = _contexts[token] = TrioContext(_token=token)
+        return ctx
+
+    return attach_once(_attach_lock, lambda: _contexts.get(token), make)
 
 
 def _detect() -> MainContext | None:
