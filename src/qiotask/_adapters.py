@@ -20,11 +20,14 @@ ImportError: a toolkit whose API moved raises AttributeError -- is recorded
 with the reason (:func:`problem`, ``qiotask info``), logged once, and treated
 as absent, so that one toolkit that cannot load breaks no other loop.
 
-Guarantees / assumes: ``_loaded`` and ``_problems`` are dicts written under
-``_lock`` and read without it (get_context() runs for every task).  A dict
-load is atomic on every build (the free-threaded one gives each dict its
-own lock), an adapter is fully built before :func:`register` publishes it,
-and an entry is never removed, so a reader sees an adapter whole or not yet.
+Guarantees / assumes: ``_loaded`` and ``_problems`` are dicts, and
+``detectors``, ``fallback_detectors`` and ``_async`` module globals holding
+tuples; all are written under ``_lock`` and read without it (get_context()
+runs for every task).  A dict load or store is atomic on every build (the
+free-threaded one gives each dict, module globals included, its own lock);
+an adapter is fully built, and each tuple whole, before the store that
+publishes it; nothing is ever removed.  So a reader sees an adapter whole or
+not yet, and a tuple of the table before or after a registration.
 """
 
 from __future__ import annotations
@@ -122,6 +125,15 @@ class Adapter:
 _lock = threading.Lock()
 _loaded: dict[str, Adapter] = {}
 _problems: dict[str, str] = {}
+#: The loaded adapters' detectors in the table's order, the fallback ones
+#: apart, for get_context() (every task made without a context asks them):
+#: tuples, rebuilt by register(), so that a reader needs no lock and no
+#: generator.
+detectors: tuple[Callable[[], MainContext | None], ...] = ()
+fallback_detectors: tuple[Callable[[], MainContext | None], ...] = ()
+#: The loaded async frameworks' adapters, in the table's order (every
+#: ``await task`` asks them).
+_async: tuple[Adapter, ...] = ()
 
 
 C = TypeVar("C")
@@ -146,8 +158,13 @@ def register(name: str, adapter: Adapter) -> None:
     """Called once by ``qiotask.loops.<name>`` when it is imported."""
     if name not in _SPECS:
         raise ValueError(f"no adapter named {name!r} in qiotask._adapters.ADAPTERS")
+    global detectors, fallback_detectors, _async
     with _lock:
         _loaded[name] = adapter
+        found = [(spec_, a) for spec_, a in loaded() if a.detect is not None]
+        detectors = tuple(a.detect for spec_, a in found if not spec_.fallback)  # type: ignore[misc]
+        fallback_detectors = tuple(a.detect for spec_, a in found if spec_.fallback)  # type: ignore[misc]
+        _async = tuple(a for _spec, a in loaded() if a.running is not None)
 
 
 def loaded(*, fallback: bool | None = None) -> Iterator[tuple[AdapterSpec, Adapter]]:
@@ -206,8 +223,8 @@ def load_triggered() -> bool:
 def async_adapter() -> Adapter | None:
     """The adapter of the async framework running in this thread (an
     asyncio loop, a trio run), or None."""
-    for _spec, adapter in loaded():
-        if adapter.running is not None and adapter.running():
+    for adapter in _async:
+        if adapter.running():  # type: ignore[misc]
             return adapter
     if load_triggered():
         return async_adapter()

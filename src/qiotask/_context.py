@@ -835,16 +835,16 @@ def get_context() -> MainContext:
     if stack:
         return stack[-1]
     ctx: MainContext | None
-    for _spec, adapter in _adapters.loaded(fallback=False):
-        if adapter.detect is not None and (ctx := adapter.detect()) is not None:
+    for detect in _adapters.detectors:
+        if (ctx := detect()) is not None:
             return ctx
     if _adapters.load_triggered():
         # A toolkit is in use and its adapter was not loaded: now it is,
         # with its detector (a trio run, a Qt loop, a GLib callback running
         # here); look again.
         return get_context()
-    for _spec, adapter in _adapters.loaded(fallback=True):
-        if adapter.detect is not None and (ctx := adapter.detect()) is not None:
+    for detect in _adapters.fallback_detectors:
+        if (ctx := detect()) is not None:
             return ctx
     return default_context()
 
