@@ -108,3 +108,32 @@ def test_a_child_forked_inside_asyncio_run_uses_a_loop_of_its_own() -> None:
     assert "child: worker ran here True" in lines
     assert "parent: child exited 0" in lines
     assert "parent: worker True" in lines
+
+
+def test_what_the_parents_contexts_held_is_not_freed_in_the_fork_handler() -> None:
+    # A queued item whose finalizer posts to the context again (an object
+    # that schedules its own cleanup): freeing it inside the fork handler
+    # would run that finalizer while the context's lock -- or another
+    # module's, still held by the fork -- is taken, and hang the child.
+    lines = run_child(
+        """
+        import os, qiotask
+
+        ctx = qiotask.default_context()
+
+        class SchedulesItsCleanup:
+            def __del__(self):
+                ctx.call_soon(print, "cleanup")
+
+        ctx.call_soon(lambda holder: None, SchedulesItsCleanup())  # queued, not run
+        pid = os.fork()
+        if pid == 0:
+            os.write(1, b"child: past the fork handlers\\n")
+            os._exit(0)
+        _, status = os.waitpid(pid, 0)
+        print("parent: child exited", os.waitstatus_to_exitcode(status))
+        ctx.close()
+        """
+    )
+    assert "child: past the fork handlers" in lines
+    assert "parent: child exited 0" in lines

@@ -541,3 +541,33 @@ def test_timeout_reason_is_kept(runner: LoopRunner) -> None:
     assert slow.cancelled()
     [error] = group.errors
     assert isinstance(error, TaskTimeout)
+
+
+def test_a_group_closed_with_no_loop_running_still_cancels_and_closes() -> None:
+    # The coroutine is closed after its loop is gone (as the garbage
+    # collector does): __aexit__ gets GeneratorExit with no loop running,
+    # and must still cancel the tasks and close the group.
+    groups: list[qiotask.TaskGroup] = []
+    workers: list[qiotask.Task[Any]] = []
+    release = threading.Event()
+
+    async def body() -> None:
+        async with qiotask.TaskGroup() as group:
+            groups.append(group)
+            workers.append(group.run_in_thread(lambda task, opaque: release.wait(10)))
+            await asyncio.sleep(3600)
+
+    loop = asyncio.new_event_loop()
+    coro = body()
+    task = loop.create_task(coro)
+    task._log_destroy_pending = False  # type: ignore[attr-defined]  # we close its coroutine ourselves
+    loop.run_until_complete(asyncio.sleep(0.01))
+    loop.close()
+    try:
+        coro.close()  # GeneratorExit, in no loop
+    finally:
+        release.set()
+    assert groups[0].closed
+    assert workers[0].cancelled()
+    assert workers[0].wait(10)
+    del task

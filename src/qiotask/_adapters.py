@@ -125,6 +125,7 @@ class Adapter:
 _lock = threading.Lock()
 _loaded: dict[str, Adapter] = {}
 _problems: dict[str, str] = {}
+_errors: dict[str, Exception] = {}  # the exception behind each problem
 #: The loaded adapters' detectors in the table's order, the fallback ones
 #: apart, for get_context() (every task made without a context asks them):
 #: tuples, rebuilt by register(), so that a reader needs no lock and no
@@ -160,11 +161,14 @@ def register(name: str, adapter: Adapter) -> None:
         raise ValueError(f"no adapter named {name!r} in qiotask._adapters.ADAPTERS")
     global detectors, fallback_detectors, _async
     with _lock:
+        # The tuples first, the record last: whoever finds the adapter
+        # loaded finds its detector in the tuples too.
+        every = [(spec_, _loaded.get(spec_.name) or (adapter if spec_.name == name else None)) for spec_ in ADAPTERS]
+        found = [(spec_, a) for spec_, a in every if a is not None]
+        detectors = tuple(a.detect for spec_, a in found if a.detect is not None and not spec_.fallback)
+        fallback_detectors = tuple(a.detect for spec_, a in found if a.detect is not None and spec_.fallback)
+        _async = tuple(a for _spec, a in found if a.running is not None)
         _loaded[name] = adapter
-        found = [(spec_, a) for spec_, a in loaded() if a.detect is not None]
-        detectors = tuple(a.detect for spec_, a in found if not spec_.fallback)  # type: ignore[misc]
-        fallback_detectors = tuple(a.detect for spec_, a in found if spec_.fallback)  # type: ignore[misc]
-        _async = tuple(a for _spec, a in loaded() if a.running is not None)
 
 
 def loaded(*, fallback: bool | None = None) -> Iterator[tuple[AdapterSpec, Adapter]]:
@@ -197,8 +201,11 @@ def load(name: str) -> bool:
         with _lock:
             first = name not in _problems
             _problems[name] = f"{type(exc).__name__}: {exc}"
-        if first and not isinstance(exc, ImportError):
-            # Not "not installed": a toolkit this adapter does not support.
+            _errors[name] = exc
+        trigger = _SPECS[name].trigger
+        if first and (not isinstance(exc, ImportError) or (trigger is not None and trigger in sys.modules)):
+            # Not "not installed": the toolkit is there (in use, even), and
+            # this adapter cannot work with it.
             logger.warning("qiotask: the %s adapter cannot load here: %r", module, exc, exc_info=exc)
         return False
     return name in _loaded
@@ -210,6 +217,11 @@ def problem(name: str) -> str | None:
     return _problems.get(name)
 
 
+def error(name: str) -> Exception | None:
+    """The exception behind :func:`problem`, to chain to."""
+    return _errors.get(name)
+
+
 def load_triggered() -> bool:
     """Load every adapter whose toolkit is in use (imported) but whose
     adapter is not loaded yet; True if one was loaded now."""
@@ -218,6 +230,11 @@ def load_triggered() -> bool:
         if spec_.trigger is not None and spec_.name not in _loaded and spec_.trigger in sys.modules:
             loaded_now = load(spec_.name) or loaded_now
     return loaded_now
+
+
+def is_cancellation(exc: BaseException) -> bool:
+    """Whether ``exc`` is the cancellation of any async framework loaded."""
+    return any(adapter.is_cancellation is not None and adapter.is_cancellation(exc) for adapter in _async)
 
 
 def async_adapter() -> Adapter | None:

@@ -800,7 +800,7 @@ def attach(obj: Any) -> MainContext:
                 raise ImportError(
                     f"qiotask.attach(): cannot attach to {spec.kind}: its adapter {spec.module} cannot load here: "
                     f"{problem}"
-                )
+                ) from _adapters.error(spec.name)
     raise TypeError(f"qiotask.attach(): cannot attach to a {type(obj).__name__} object; supported: {supported_loops()}")
 
 
@@ -866,6 +866,10 @@ def _fork_locks() -> Iterator[threading.Lock]:
         yield ctx._dispatcher._lock
 
 
+#: In a forked child: what the parent's contexts held (see below).
+_forked_away: list[Any] = []
+
+
 def _after_fork_in_child() -> None:
     """In a forked child: every context alive belongs to the parent, whose
     loops the child must never use (an asyncio loop's copy shares the
@@ -875,7 +879,12 @@ def _after_fork_in_child() -> None:
     global _default
     _default = None
     for ctx in list(_all_contexts):
-        ctx._dispatcher.forget()
+        # Kept, not freed: freeing them here could run finalizers (an object
+        # that posts its own cleanup) while this context's lock, or the
+        # task locks and pools' locks whose fork handlers run after this
+        # one, are still held by the fork -- and hang the child.  They are
+        # the parent's; in the child they are garbage that is never freed.
+        _forked_away.append(ctx._dispatcher.forget())
 
 
 _fork.guard(_fork_locks, child=_after_fork_in_child)

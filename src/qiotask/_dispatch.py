@@ -222,14 +222,16 @@ class Dispatcher:
             items, self._queue = self._queue, deque()
             return items
 
-    def forget(self) -> None:
-        """In a forked child, for a context of the parent's: closed, and what
-        it held dropped unrun and unfailed (it is the parent's to run; a
-        destroy notifier run here as well would run twice)."""
+    def forget(self) -> deque[Dispatchable]:
+        """In a forked child, for a context of the parent's: closed; what it
+        held is returned, neither run nor failed (it is the parent's to run;
+        a destroy notifier run here as well would run twice).  The caller
+        must not free it there and then: see ``_context._after_fork_in_child``."""
         with self._lock:
             self.closed = True
-            self._queue = deque()
             self._scheduled = False
+            items, self._queue = self._queue, deque()
+        return items
 
     def fail(self, items: deque[Dispatchable], context: MainContext | None = None) -> None:
         """Fail each item in this thread (items a dispatch already took are

@@ -532,11 +532,19 @@ def _async_adapter() -> Adapter:
     """The adapter of the async framework running in this thread."""
     adapter = _adapters.async_adapter()
     if adapter is None:
-        raise RuntimeError("async with TaskGroup: no asyncio event loop or trio run is running in this thread")
+        problems = "".join(
+            f"; the {name} adapter could not load: {problem}"
+            for name in ("asyncio", "trio")
+            if (problem := _adapters.problem(name)) is not None
+        )
+        raise RuntimeError(
+            f"async with TaskGroup: no asyncio event loop or trio run is running in this thread{problems}"
+        )
     return adapter
 
 
 def _is_cancellation(exc: BaseException) -> bool:
-    """Whether ``exc`` is the running framework's cancellation."""
-    is_cancellation = _async_adapter().is_cancellation
-    return is_cancellation is not None and is_cancellation(exc)
+    """Whether ``exc`` is the cancellation of an async framework (asked of
+    every one loaded, not only of the one running: a coroutine closed after
+    its loop is gone has none running)."""
+    return _adapters.is_cancellation(exc)
