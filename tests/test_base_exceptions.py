@@ -43,6 +43,11 @@ class Custom(BaseException):
 
 def done(**fields):
     print("RESULT " + json.dumps(fields), flush=True)
+
+def context_with_a_loop():
+    ctx = qiotask.MainContext(name="ctx")
+    ctx.push_thread_default()
+    return ctx, qiotask.MainLoop(ctx)
 """
 
 
@@ -109,8 +114,7 @@ def test_an_exception_handler_raising_does_not_skip_the_rest_of_the_completion(k
     # Item 4 of issue 9.
     result, _ = run_child(
         f"""
-        ctx = qiotask.MainContext(name="ctx")
-        ctx.push_thread_default()
+        ctx, _ = context_with_a_loop()
 
         def handler(message, exc):
             events.append("handler")
@@ -155,8 +159,7 @@ def test_a_cancel_hook_raising_is_reraised_by_cancel_after_the_other_hooks(kind:
     # Item 5 of issue 9, the hooks that run inside cancel().
     result, _ = run_child(
         f"""
-        ctx = qiotask.MainContext(name="ctx")
-        ctx.push_thread_default()
+        ctx, _ = context_with_a_loop()
 
         def raising_hook(task):
             events.append("raising hook")
@@ -192,9 +195,7 @@ def test_a_progress_callback_raising_is_reraised_on_the_loop_after_the_other_cal
     # for func's.
     result, _ = run_child(
         f"""
-        ctx = qiotask.MainContext(name="ctx")
-        ctx.push_thread_default()
-        loop = qiotask.MainLoop(ctx)
+        ctx, loop = context_with_a_loop()
         reported = threading.Event()
         finish = threading.Event()
 
@@ -292,9 +293,7 @@ def test_a_replaced_results_destroy_raising_does_not_strand_the_completion(kind:
     # the pool thread logs it.
     result, stderr = run_child(
         f"""
-        ctx = qiotask.MainContext(name="ctx")
-        ctx.push_thread_default()
-        loop = qiotask.MainLoop(ctx)
+        ctx, loop = context_with_a_loop()
 
         def raising(value):
             events.append("old destroyed")

@@ -99,6 +99,18 @@ class Tally:
             self._hits.setdefault((kind, key), []).append((self._seq, ident, extra))
             self._totals[kind] += 1
 
+    # The notifiers most races use, as they are: func records its error,
+    # the task's and the worker's destroy notifiers that they ran.
+
+    def func(self, source: Any, err: BaseException | None, i: int) -> None:
+        self.hit("func", i, err)
+
+    def destroy(self, i: int) -> None:
+        self.hit("destroy", i)
+
+    def worker_destroy(self, i: int) -> None:
+        self.hit("wdestroy", i)
+
     def total(self, kind: str) -> int:
         with self._lock:
             return self._totals[kind]
@@ -111,6 +123,13 @@ class Tally:
     def keys(self, kind: str) -> list[Any]:
         with self._lock:
             return [key for k, key in self._hits if k == kind]
+
+
+def begin_race(seed: int) -> tuple[random.Random, Problems, Tally, int]:
+    """What every race starts with: random numbers from its seed, the list
+    of problems (reported with the seed), a tally of what ran, and the
+    pending count that must be back when it ends."""
+    return random.Random(seed), Problems(seed), Tally(), qiotask.stats()["pending"]
 
 
 class Problems:
@@ -251,10 +270,7 @@ def test_random_operations_from_racing_threads_keep_every_promise(
     # a watcher samples their states.  Then every promise is checked, task
     # by task.
     seed = SEED
-    rng = random.Random(seed)
-    problems = Problems(seed)
-    tally = Tally()
-    pending_before = qiotask.stats()["pending"]
+    rng, problems, tally, pending_before = begin_race(seed)
     pool = make_pool(4)
     loop_thread = threading.get_ident()  # the test thread runs ctx's loop
     n = N_TASKS
@@ -645,9 +661,7 @@ def test_posts_from_many_threads_run_or_fail_once_while_a_context_closes(
     # then its notifiers, on its thread) or failed with ContextClosedError
     # (no func, its notifiers once), never both, never twice.
     seed = SEED + 1
-    problems = Problems(seed)
-    tally = Tally()
-    pending_before = qiotask.stats()["pending"]
+    _, problems, tally, pending_before = begin_race(seed)
     pool = make_pool(2)
     loop_thread = threading.get_ident()
     ctx2 = qiotask.MainContext(name="stress-closing")
@@ -876,24 +890,12 @@ def test_wait_from_other_threads_returns_true_once_the_task_finished(
     # comes after the whole completion: func and the destroy notifier ran,
     # the state is FINISHED; none may miss its wake-up.
     seed = SEED + 2
-    rng = random.Random(seed)
-    problems = Problems(seed)
-    tally = Tally()
-    pending_before = qiotask.stats()["pending"]
+    rng, problems, tally, pending_before = begin_race(seed)
     pool = make_pool(3)
     loop_thread = threading.get_ident()
     n = N_WAITED
     nap = threading.Event()  # never set: a bounded pause, not a synchronization
     wanted = [threading.Event() for _ in range(n)]  # a waiter is about to wait for task i
-
-    def func(source: Source, err: BaseException | None, i: int) -> None:
-        tally.hit("func", i, err)
-
-    def destroy(i: int) -> None:
-        tally.hit("destroy", i)
-
-    def worker_destroy(i: int) -> None:
-        tally.hit("wdestroy", i)
 
     pauses = [rng.choice((0.0, 0.0, 0.0001, 0.0005)) for _ in range(n)]
 
@@ -903,14 +905,16 @@ def test_wait_from_other_threads_returns_true_once_the_task_finished(
             nap.wait(pauses[i])
         return ("worker", i)
 
-    tasks: list[Task[Any]] = [Task(Source(i), func, i, destroy, context=ctx, name=f"waited-{i}") for i in range(n)]
+    tasks: list[Task[Any]] = [
+        Task(Source(i), tally.func, i, tally.destroy, context=ctx, name=f"waited-{i}") for i in range(n)
+    ]
     has_worker = [rng.random() < 0.3 for _ in range(n)]
     order = list(range(n))
     rng.shuffle(order)
     # The pool runs the workers in the order they are waited for.
     for i in order:
         if has_worker[i]:
-            tasks[i].run_in_thread(worker, i, worker_destroy, pool=pool, abandon_on_cancel=rng.random() < 0.5)
+            tasks[i].run_in_thread(worker, i, tally.worker_destroy, pool=pool, abandon_on_cancel=rng.random() < 0.5)
     plain = [i for i in order if not has_worker[i]]
     waiters_done: list[int] = []
 
@@ -1010,10 +1014,7 @@ def test_call_in_main_while_the_context_thread_waits_in_wait_thread(
     # deadlocks.  The pool has room for every worker of two waves, so a
     # worker never waits for a thread that a blocked worker holds.
     seed = SEED + 3
-    rng = random.Random(seed)
-    problems = Problems(seed)
-    tally = Tally()
-    pending_before = qiotask.stats()["pending"]
+    rng, problems, tally, pending_before = begin_race(seed)
     pool = make_pool(3 * WAVE)
     loop_thread = threading.get_ident()
     n = N_WAVES * WAVE
@@ -1027,15 +1028,6 @@ def test_call_in_main_while_the_context_thread_waits_in_wait_thread(
     tasks: list[Task[Any]] = []
     waves = [threading.Event() for _ in range(N_WAVES)]  # wave w's workers were started
     all_waited = threading.Event()
-
-    def func(source: Source, err: BaseException | None, i: int) -> None:
-        tally.hit("func", i, err)
-
-    def destroy(i: int) -> None:
-        tally.hit("destroy", i)
-
-    def worker_destroy(i: int) -> None:
-        tally.hit("wdestroy", i)
 
     def in_main(i: int, c: int) -> Any:
         tally.hit("main", (i, c), inside[0])
@@ -1063,9 +1055,9 @@ def test_call_in_main_while_the_context_thread_waits_in_wait_thread(
             first = w * WAVE
             if phase[0] == "start":
                 for i in range(first, first + WAVE):
-                    task: Task[Any] = Task(Source(i), func, i, destroy, context=ctx, name=f"waited-{i}")
+                    task: Task[Any] = Task(Source(i), tally.func, i, tally.destroy, context=ctx, name=f"waited-{i}")
                     tasks.append(task)
-                    task.run_in_thread(worker, i, worker_destroy, pool=pool, abandon_on_cancel=abandons[i])
+                    task.run_in_thread(worker, i, tally.worker_destroy, pool=pool, abandon_on_cancel=abandons[i])
                 waves[w].set()
                 phase[0] = "wait"
                 if turn_first[w]:
@@ -1166,10 +1158,7 @@ def test_cancels_timed_around_worker_starts_never_send_a_task_back(
     # before it returns, and nothing may move the task back afterwards (the
     # old code's pool thread could store RUNNING over FINISHED).
     seed = SEED + 4
-    rng = random.Random(seed)
-    problems = Problems(seed)
-    tally = Tally()
-    pending_before = qiotask.stats()["pending"]
+    rng, problems, tally, pending_before = begin_race(seed)
     pool = make_pool(1)
     loop_thread = threading.get_ident()
     spins = [rng.randrange(SPIN) for _ in range(N_STARTS)]
@@ -1178,15 +1167,6 @@ def test_cancels_timed_around_worker_starts_never_send_a_task_back(
     tasks: list[Task[Any]] = []
     all_started = threading.Event()
     deadline = time.monotonic() + RACE_SECONDS
-
-    def func(source: Source, err: BaseException | None, i: int) -> None:
-        tally.hit("func", i, err)
-
-    def destroy(i: int) -> None:
-        tally.hit("destroy", i)
-
-    def worker_destroy(i: int) -> None:
-        tally.hit("wdestroy", i)
 
     def worker(task: Task[Any], i: int) -> Any:
         started[i] = True
@@ -1199,9 +1179,9 @@ def test_cancels_timed_around_worker_starts_never_send_a_task_back(
                 if i == N_STARTS or time.monotonic() > deadline:
                     all_started.set()
                     return False
-                task: Task[Any] = Task(Source(i), func, i, destroy, context=ctx, name=f"started-{i}")
+                task: Task[Any] = Task(Source(i), tally.func, i, tally.destroy, context=ctx, name=f"started-{i}")
                 tasks.append(task)
-                task.run_in_thread(worker, i, worker_destroy, pool=pool, abandon_on_cancel=abandons[i])
+                task.run_in_thread(worker, i, tally.worker_destroy, pool=pool, abandon_on_cancel=abandons[i])
                 for _ in range(spins[i]):
                     pass
                 if task.cancel() and abandons[i] and task.state is not TaskState.FINISHED:

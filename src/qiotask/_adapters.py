@@ -163,21 +163,20 @@ def register(name: str, adapter: Adapter) -> None:
     with _lock:
         # The tuples first, the record last: whoever finds the adapter
         # loaded finds its detector in the tuples too.
-        every = [(spec_, _loaded.get(spec_.name) or (adapter if spec_.name == name else None)) for spec_ in ADAPTERS]
-        found = [(spec_, a) for spec_, a in every if a is not None]
+        every = {**_loaded, name: adapter}
+        found = [(spec_, every[spec_.name]) for spec_ in ADAPTERS if spec_.name in every]
         detectors = tuple(a.detect for spec_, a in found if a.detect is not None and not spec_.fallback)
         fallback_detectors = tuple(a.detect for spec_, a in found if a.detect is not None and spec_.fallback)
         _async = tuple(a for _spec, a in found if a.running is not None)
         _loaded[name] = adapter
 
 
-def loaded(*, fallback: bool | None = None) -> Iterator[tuple[AdapterSpec, Adapter]]:
-    """The adapters loaded, in the table's order (only the fallback ones,
-    or only the others, if ``fallback`` says so)."""
-    for spec in ADAPTERS:
-        adapter = _loaded.get(spec.name)
-        if adapter is not None and (fallback is None or spec.fallback == fallback):
-            yield spec, adapter
+def loaded() -> Iterator[tuple[AdapterSpec, Adapter]]:
+    """The adapters loaded, in the table's order."""
+    for spec_ in ADAPTERS:
+        adapter = _loaded.get(spec_.name)
+        if adapter is not None:
+            yield spec_, adapter
 
 
 def spec(name: str) -> AdapterSpec:

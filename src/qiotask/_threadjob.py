@@ -104,30 +104,27 @@ class ThreadJob(JobCore):
         if _points.hook is not None:
             _points.hook("task.worker-returned", task)
         verdict = task._move_worker_returned(self, result, exc)
-        if verdict is None:  # the usual case: post the completion
-            if task._traced:
-                _trace.emit("qio_task_thread_source_attach", task, context=task._context)
-            task._context.post(task)  # type: ignore[arg-type]
-            return
-        if verdict is LATE_DELIVERY_RUNS_DESTROY or verdict is DROPPED:
-            return  # the outcome is dropped; the delivery runs the destroy, after func
-        if verdict is LATE:
-            # A cancel completed the task while this worker ran: its outcome
-            # is dropped (released when this frame ends); its destroy
-            # notifier, which the delivery skipped, runs now that it returned.
-            if self.destroy is not None:
-                task._context._call_soon_once(_late_destroy, task, self.destroy, self.opaque)
-            return
-        # The worker's value replaced a result set before: its destroy runs
-        # now, here (set_result's documented "at once"), then the completion
-        # is posted, then what the destroy raised, if anything, is raised.
-        released = cast("Held", verdict)
-        assert released[1] is not None
-        pending = notify(task, released[1], "result destroy notifier", released[0])
+        pending = None
+        if verdict is not None:
+            if verdict is LATE_DELIVERY_RUNS_DESTROY or verdict is DROPPED:
+                return  # the outcome is dropped; the delivery runs the destroy, after func
+            if verdict is LATE:
+                # A cancel completed the task while this worker ran: its
+                # outcome is dropped (released when this frame ends); its
+                # destroy notifier, which the delivery skipped, runs now.
+                if self.destroy is not None:
+                    task._context._call_soon_once(_late_destroy, task, self.destroy, self.opaque)
+                return
+            # The worker's value replaced a result set before: its destroy
+            # runs now, here (set_result's documented "at once").
+            released = cast("Held", verdict)
+            assert released[1] is not None
+            pending = notify(task, released[1], "result destroy notifier", released[0])
         if task._traced:
             _trace.emit("qio_task_thread_source_attach", task, context=task._context)
         task._context.post(task)  # type: ignore[arg-type]
-        reraise(pending)
+        if pending is not None:
+            raise pending  # only once the completion is on its way
 
     def time_out(self) -> None:
         """On the deadline thread: the timeout, a cancel with a reason."""
