@@ -47,6 +47,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from . import _points
 from ._errors import ContextClosedError
+from ._hold import hold
 
 if TYPE_CHECKING:
     from ._context import MainContext
@@ -82,7 +83,7 @@ class Dispatcher:
         # freed (with its loop's fds) only by the cyclic GC.
         self._context = weakref.ref(context)
         # _lock guards closed, _scheduled and which deque _queue is.
-        self._lock = threading.Lock()
+        self._lock = hold(threading.Lock())
         self._queue: deque[Dispatchable] = deque()
         self._scheduled = False  # a wake-up was sent and its dispatch has not begun
         #: Whether :meth:`close` was called (once True, always True).

@@ -165,6 +165,7 @@ from typing import Any, TypedDict
 
 from . import _deadline, _fork, _points
 from ._checks import check_duration, wait_timeout
+from ._hold import hold
 
 __all__ = ["DEFAULT_GROW_AFTER", "DEFAULT_MAX_WORKERS", "STANDBY_TICK", "PoolStatistics", "WorkerPool", "default_pool"]
 
@@ -321,8 +322,9 @@ class WorkerPool:
 
     def _reset(self) -> None:
         # _lock guards every field below it, and each worker's job/signalled.
-        self._lock = threading.Lock()
-        self._exited = threading.Condition(self._lock)  # a thread left _threads
+        mutex = threading.Lock()
+        self._lock = hold(mutex)  # a cheaper ``with`` (see _hold)
+        self._exited = threading.Condition(mutex)  # a thread left _threads
         # A new identity per reset (a fork): threads made before it are not
         # of this pool any more.
         self._epoch = object()

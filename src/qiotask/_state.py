@@ -49,9 +49,9 @@ few field stores; no user code and no other lock but the waiters' own (an
 there is small and ours (a cancel's exception, a waiter's event, a list).
 A thread never holds two task locks.
 
-Every move takes the lock with ``with``, never ``lock.acquire()`` followed
-by ``try:``.  The second is cheaper (on CPython 3.11 a ``with`` hold costs
-about 900 more machine instructions), but unsafe: a GIL build runs signal
+Every move takes the lock with ``with`` (through ``_hold``, which makes
+``with`` cost no allocation), never ``lock.acquire()`` followed by
+``try:``.  The second is cheaper still, but unsafe: a GIL build runs signal
 handlers -- Ctrl-C's ``KeyboardInterrupt`` -- in the main thread right
 after a call returns, so an interrupt landing between ``acquire()`` and
 ``try:`` would leave the lock held for good, and every later task on it
@@ -84,6 +84,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import _fork
 from ._errors import TaskStateError
+from ._hold import hold
 from ._outcome import Held, delivered_error, first_error, replace_result
 
 if TYPE_CHECKING:
@@ -126,6 +127,8 @@ PUBLIC_STATE = (
 #: many; more only makes unrelated tasks meet on a lock less often.
 STRIPES = 64
 _locks = tuple(threading.Lock() for _ in range(STRIPES))
+#: What the tasks hold them by (see ``_hold``).
+_holds = tuple(hold(lock) for lock in _locks)
 
 
 # No move is half made in a forked child: the fork waits for every hold to end.
@@ -467,21 +470,15 @@ class TaskCore:
 
     def _move_finish(self) -> None:
         """DELIVERING -> FINISHED: drop everything but the outcome and wake
-        ``wait()``.  The references dropped here die after the lock is
-        released (what dies with them may run any code): the delivering
-        thread owns these fields (see above), so it keeps them across the
-        step."""
-        dropped: tuple[Any, ...] = (
-            self._source,
-            self._func,
-            self._opaque,
-            self._destroy,
-            self._job,
-            self._result_destroy,
-        )
+        ``wait()``.  What dies with a dropped reference may run any code, so
+        nothing dies under the lock: the fields that are the delivering
+        thread's alone (see above) are dropped before the step; the source,
+        which ``get_source()`` reads under the lock, is taken out in the step
+        and dies after it."""
+        self._func = self._opaque = self._destroy = self._job = self._result_destroy = None
+        dropped: Any = self._source
         with self._lock:
-            self._source = self._func = self._opaque = self._destroy = self._job = self._result_destroy = None
-            self._waiter = None
+            self._source = self._waiter = None
             ctl = self._ctl
             if ctl is not NO_CONTROL:
                 # Hooks, listeners and requests may hold what the task was

@@ -80,7 +80,7 @@ from ._state import (
     STRIPES,
     TaskCore,
     TaskState,
-    _locks,
+    _holds,
 )
 
 __all__ = ["Task", "TaskState"]
@@ -177,7 +177,7 @@ class Task(TaskCore, Generic[T]):
             debug = _debug_enabled(_DEBUG)
         self._traced = debug or bool(_trace._listeners)
         self._id = number = _count_created()
-        self._lock = _locks[number & _STRIPE_MASK]
+        self._lock = _holds[number & _STRIPE_MASK]
         self._s = PENDING  # last: from here on __del__ checks completion
         if self._traced:
             _trace.emit("qio_task_new", self, source=source, func=func, opaque=opaque)
