@@ -108,8 +108,10 @@ class Adapter:
     #: The context of this loop if it runs (is dispatching) in the calling
     #: thread, else None.
     detect: Callable[[], MainContext | None] | None = None
-    #: Whether a run of this async framework is running in the calling thread.
-    running: Callable[[], bool] | None = None
+    #: Whether a run of this async framework is running in the calling
+    #: thread: a true value if so (not only True: asyncio's is
+    #: ``asyncio._get_running_loop``, a C call, asked on every await).
+    running: Callable[[], object] | None = None
     #: ``Task.__await__`` in this framework: ``await_task(task)`` is the
     #: iterator that waits for the completion and ends with ``task._outcome()``.
     await_task: Callable[[Any], Any] | None = None
@@ -240,7 +242,7 @@ def async_adapter() -> Adapter | None:
     """The adapter of the async framework running in this thread (an
     asyncio loop, a trio run), or None."""
     for adapter in _async:
-        if adapter.running():  # type: ignore[misc]
+        if adapter.running():  # type: ignore[misc]  # (a callable field, not a method)
             return adapter
     if load_triggered():
         return async_adapter()

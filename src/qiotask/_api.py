@@ -36,7 +36,8 @@ async def to_thread(fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) ->
         TypeError: ``fn`` is not callable.
         Exception: whatever ``fn`` raised, with its traceback.
     """
-    check_callable(fn, "to_thread")
+    if not callable(fn):
+        check_callable(fn, "to_thread")
     task: Task[R] = Task(None)
     task.run_in_thread(_call, functools.partial(fn, *args, **kwargs) if args or kwargs else fn)
     return await task

@@ -849,13 +849,6 @@ def get_context() -> MainContext:
     return default_context()
 
 
-def await_hook() -> Callable[[Any], Any] | None:
-    """How ``await task`` waits in the async framework running in this
-    thread (see ``_adapters.Adapter.await_task``), or None."""
-    adapter = _adapters.async_adapter()
-    return adapter.await_task if adapter is not None else None
-
-
 def _fork_locks() -> Iterator[threading.Lock]:
     # Fork: no context's queue may be copied half-changed into a child.  The
     # contexts are listed once _contexts_lock is held (no context is added

@@ -62,8 +62,9 @@ from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from . import _executor, _points, _progress, _threadjob, _trace
+from ._adapters import async_adapter
 from ._checks import check_callable, check_duration, wait_timeout
-from ._context import MainContext, attach, await_hook, get_context, supported_loops
+from ._context import MainContext, attach, get_context, supported_loops
 from ._delivery import ask_cancel, context_closed, deliver, hand_over, notify, reraise, time_out
 from ._errors import TaskStateError
 from ._limiter import Limiter
@@ -519,10 +520,10 @@ class Task(TaskCore, Generic[T]):
             RuntimeError: no loop that can await a task (asyncio, trio) is
                 running in this thread.
         """
-        awaiter = await_hook()
-        if awaiter is None:
+        adapter = async_adapter()
+        if adapter is None:
             raise RuntimeError("await task: no asyncio event loop or trio run is running in this thread")
-        return awaiter(self)  # type: ignore[no-any-return]
+        return adapter.await_task(self)  # type: ignore[misc,no-any-return]
 
     def _outcome(self) -> T:
         """What an await returns: the result, or the error raised."""

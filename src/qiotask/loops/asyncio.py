@@ -224,7 +224,8 @@ def resolve_soon(future: asyncio.Future[Any]) -> None:
     through ``call_soon_threadsafe``."""
     loop = future.get_loop()
     if _get_running_loop() is loop:
-        _resolve(future)
+        if not future.done():  # (cancelled: the await is over)
+            future.set_result(None)
     else:
         try:
             loop.call_soon_threadsafe(_resolve, future)
@@ -235,10 +236,6 @@ def resolve_soon(future: asyncio.Future[Any]) -> None:
 def _resolve(future: asyncio.Future[Any]) -> None:
     if not future.done():
         future.set_result(None)
-
-
-def _asyncio_running() -> bool:
-    return _get_running_loop() is not None
 
 
 # -- async with TaskGroup ----------------------------------------------------------
@@ -276,7 +273,7 @@ register(
         accepts=lambda obj: isinstance(obj, asyncio.AbstractEventLoop),
         attach=_attach_loop,
         detect=_detect,
-        running=_asyncio_running,
+        running=_get_running_loop,
         await_task=_await_task,
         wait_group=_wait_group,
         is_cancellation=_is_cancellation,
