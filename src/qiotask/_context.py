@@ -45,11 +45,12 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterator
-from typing import Any, Protocol
+from typing import Any
 
 from . import _adapters, _fork
 from ._checks import LONGEST_WAIT, check_callable, check_duration, check_fd
 from ._dispatch import Dispatchable, Dispatcher
+from ._driver import ContextPort, LoopDriver, TimerHandle
 from ._errors import TaskStateError
 
 __all__ = [
@@ -150,23 +151,6 @@ class _CallOnce(_Call):
             self.on_closed(*self.closed_args)
 
 
-class _TimerHandle(Protocol):
-    def cancel(self) -> None: ...
-
-
-class _NoTimer:
-    """The handle of a timer asked of a closed context: nothing to cancel."""
-
-    __slots__ = ()
-
-    def cancel(self) -> None:
-        pass
-
-
-#: What an adapter's ``_call_later`` returns once its loop is gone.
-NO_TIMER = _NoTimer()
-
-
 class MainContext:
     """The event loop a task delivers its completion on.
 
@@ -194,9 +178,17 @@ class MainContext:
             return super().__new__(EmbeddedContext)
         return super().__new__(cls)
 
-    def __init__(self, *, name: str | None = None, uvloop: bool = False) -> None:
+    def __init__(
+        self,
+        *,
+        name: str | None = None,
+        uvloop: bool = False,
+        driver: Callable[[ContextPort], LoopDriver] | None = None,
+    ) -> None:
         # uvloop=True is for MainContext() itself, which makes an embedded
         # context (see loops/asyncio.py); other kinds have no use for it.
+        # ``driver(port)`` makes the loop side (see _driver), given the port
+        # through which it reaches this context.
         self.name = name or type(self).__name__
         thread = threading.current_thread()
         # The thread that runs callbacks, as (ident, thread); adapters move it
@@ -211,10 +203,13 @@ class MainContext:
         # if telling it failed (the loop's state is unknown: tell both sides).
         self._io_mask: dict[int, tuple[bool, bool] | None] = {}
         self.exception_handler: Callable[[str, BaseException], None] | None = None
+        self._driver: LoopDriver = driver(ContextPort(self)) if driver is not None else LoopDriver(ContextPort(self))
+        self._confirm_owner = self._driver.confirm_owner
+        self._dispatcher.probe = self._driver.probe
         with _contexts_lock:
             _all_contexts.add(self)
 
-    # -- adapter protocol ---------------------------------------------------
+    # -- the loop, through the driver (see _driver) ----------------------------
 
     def _wakeup(self) -> None:
         """From any thread: make the loop call ``self._dispatch()`` soon.
@@ -222,42 +217,26 @@ class MainContext:
         Raises:
             ContextClosedError: the loop is gone.
         """
-        raise NotImplementedError
+        self._driver.wake()
 
-    def _loop_closed(self) -> bool:
-        """Whether the loop went away without telling (cheap; any thread).
-
-        Only for loops with no way to tell (asyncio): such an adapter
-        overrides this and sets ``self._dispatcher.probe`` to it, so that a
-        post behind a wake-up asks it.  Others report loss through
-        :meth:`_loop_gone` and keep this default."""
-        return False
-
-    def _call_later(self, delay: float, fn: Callable[[], None]) -> _TimerHandle:
+    def _call_later(self, delay: float, fn: Callable[[], None]) -> TimerHandle:
         """On the context thread: call ``fn()`` after ``delay`` seconds."""
-        raise NotImplementedError
+        return self._driver.call_later(delay, fn)
 
     def _loop_nests(self) -> bool:
-        """Whether a callback may run a nested loop of this context (a modal
-        dialog): then items posted during a batch must wake the loop at once
-        (see ``_dispatch.Dispatcher.dispatch``).  Asked once per batch."""
-        return True
+        """Whether a callback may run a nested loop of this context."""
+        return self._driver.nests()
 
     def _set_fd_interest(self, fd: int, read: bool, write: bool, old: tuple[bool, bool] | None) -> None:
-        """On the context thread: call ``self._fd_ready(fd)`` whenever ``fd``
-        is readable (if ``read``) or writable (if ``write``); both False
-        stops watching it.  ``old`` is what the loop was told before
-        ((False, False) for a new fd), or None if that is unknown (the last
-        change failed) -- the base keeps this record for every adapter."""
-        raise NotImplementedError
+        self._driver.set_fd_interest(fd, read, write, old)
 
     def _run_loop(self) -> None:
         """Run the loop on this thread until ``_stop_loop()``."""
-        raise TaskStateError(f"{self.name} is run by its own toolkit, not by qiotask.MainLoop")
+        self._driver.run()
 
     def _stop_loop(self) -> None:
         """On the context thread: make ``_run_loop()`` return."""
-        raise TaskStateError(f"{self.name} is run by its own toolkit, not by qiotask.MainLoop")
+        self._driver.stop()
 
     # -- threads --------------------------------------------------------------
 
@@ -268,7 +247,10 @@ class MainContext:
 
     def is_owner(self) -> bool:
         """Whether the calling thread is this context's thread."""
-        return threading.get_ident() == self._owner[0]
+        if threading.get_ident() != self._owner[0]:
+            return False
+        confirm = self._confirm_owner
+        return confirm is None or confirm()
 
     def _set_owner(self, thread: threading.Thread) -> None:
         self._owner = (thread.ident, thread)
@@ -323,12 +305,12 @@ class MainContext:
         task); so do completions posted later, in their posting thread.
         Adapters also release what they hold of their loop.
         """
-        self._loop_gone()
+        self._driver.close()
 
     def _adopt(self, refs: tuple[Any, ...]) -> None:
         """Take the last references of a task completed off this context's
-        thread after the loop went away.  Dropping them here is right for
-        most loops; Tk must drop Tcl objects on the Tk thread (see loops/tk)."""
+        thread after the loop went away (see ``LoopDriver.adopt``)."""
+        self._driver.adopt(refs)
 
     def settle(self) -> None:
         """Fail what is queued if the loop is gone; used by ``qiotask.shutdown``."""
@@ -583,7 +565,7 @@ class Source:
         self._fn = fn
         self._args = args
         self._removed = False
-        self._handle: _TimerHandle | None = None
+        self._handle: TimerHandle | None = None
         self._interval = 0.0
         self._due = 0.0  # a long timeout's monotonic due time (see _arm_timer)
         self._fd = -1

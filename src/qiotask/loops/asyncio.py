@@ -20,16 +20,89 @@ from collections.abc import Callable, Generator
 from typing import Any
 
 from .._adapters import Adapter, attach_once, register
-from .._context import MainContext, _TimerHandle
+from .._context import MainContext
+from .._driver import ContextPort, LoopDriver, TimerHandle
 from .._errors import ContextClosedError, TaskStateError
 
-__all__ = ["AsyncioContext", "EmbeddedContext", "resolve_soon"]
+__all__ = ["AsyncioContext", "AsyncioDriver", "EmbeddedContext", "resolve_soon"]
 
 # The attribute under which a loop keeps its context, so that attach() and
 # get_context() find it with one getattr instead of a weak mapping lookup.
 _ATTR = "_qiotask_context"
 _fallback: dict[int, AsyncioContext] = {}  # loops that refuse attributes
 _attach_lock = threading.Lock()
+
+
+class AsyncioDriver(LoopDriver):
+    """The loop side of an asyncio context (see ``qiotask._driver``)."""
+
+    def __init__(self, port: ContextPort, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(port)
+        self.loop = loop
+        # post() asks the probe on every item queued behind a wake-up.
+        # asyncio's own loops answer from their _closed attribute: read it
+        # through a C partial rather than call the Python method.
+        if type(loop).is_closed is asyncio.BaseEventLoop.is_closed and hasattr(loop, "_closed"):
+            self.probe = functools.partial(getattr, loop, "_closed")
+        else:
+            self.probe = loop.is_closed
+
+    def wake(self) -> None:
+        try:
+            if _get_running_loop() is self.loop:
+                # On the thread running the loop (a batch's end): no
+                # self-pipe write needed.
+                self.loop.call_soon(self.port.dispatch)
+            else:
+                self.loop.call_soon_threadsafe(self.port.dispatch)
+        except RuntimeError as exc:
+            if self.loop.is_closed():
+                raise ContextClosedError(f"{self.port.name}: the event loop is closed") from exc
+            raise
+
+    def call_later(self, delay: float, fn: Callable[[], None]) -> TimerHandle:
+        return self.loop.call_later(delay, fn)
+
+    def nests(self) -> bool:
+        # An asyncio loop refuses to run inside its own callback, unless
+        # nest_asyncio patched it (it marks the loop so).
+        return getattr(self.loop, "_nest_patched", False)
+
+    def set_fd_interest(self, fd: int, read: bool, write: bool, old: tuple[bool, bool] | None) -> None:
+        # Only the side that changed; old None (a change failed): both.
+        old_read, old_write = (not read, not write) if old is None else old
+        loop = self.loop
+        fd_ready = self.port.fd_ready
+        if read != old_read:
+            if read:
+                loop.add_reader(fd, fd_ready, fd)
+            else:
+                loop.remove_reader(fd)
+        if write != old_write:
+            if write:
+                loop.add_writer(fd, fd_ready, fd)
+            else:
+                loop.remove_writer(fd)
+
+    def run(self) -> None:
+        if self.loop.is_closed():
+            raise ContextClosedError(f"{self.port.name}: the event loop is closed")
+        if self.loop.is_running():
+            raise TaskStateError(f"{self.port.name}: the event loop is already running")
+        self.loop.run_forever()
+
+    def stop(self) -> None:
+        self.loop.stop()
+
+
+class EmbeddedDriver(AsyncioDriver):
+    """An embedded context's loop is qiotask's own: closing the context
+    closes it."""
+
+    def close(self) -> None:
+        if not self.loop.is_closed():
+            self.loop.close()  # RuntimeError if it runs: quit it first
+        self.port.loop_gone()
 
 
 class AsyncioContext(MainContext):
@@ -45,65 +118,13 @@ class AsyncioContext(MainContext):
         *,
         name: str | None = None,
         thread: threading.Thread | None = None,
+        _driver: type[AsyncioDriver] = AsyncioDriver,
     ) -> None:
-        super().__init__(name=name or f"asyncio loop {id(loop):#x}")
+        super().__init__(name=name or f"asyncio loop {id(loop):#x}", driver=lambda port: _driver(port, loop))
+        #: The asyncio event loop.
         self.loop = loop
-        # Bound once: post() asks this on every item queued behind a
-        # wake-up.  asyncio's own loops answer from their _closed attribute:
-        # read it through a C partial rather than call the Python method.
-        if type(loop).is_closed is asyncio.BaseEventLoop.is_closed and hasattr(loop, "_closed"):
-            self._loop_closed = functools.partial(getattr, loop, "_closed")  # type: ignore[method-assign]
-        else:
-            self._loop_closed = loop.is_closed  # type: ignore[method-assign]
-        self._dispatcher.probe = self._loop_closed
         if thread is not None:
             self._set_owner(thread)
-
-    def _wakeup(self) -> None:
-        try:
-            if _get_running_loop() is self.loop:
-                # On the thread running the loop (a batch's end): no
-                # self-pipe write needed.
-                self.loop.call_soon(self._dispatch)
-            else:
-                self.loop.call_soon_threadsafe(self._dispatch)
-        except RuntimeError as exc:
-            if self.loop.is_closed():
-                raise ContextClosedError(f"{self.name}: the event loop is closed") from exc
-            raise
-
-    def _call_later(self, delay: float, fn: Callable[[], None]) -> _TimerHandle:
-        return self.loop.call_later(delay, fn)
-
-    def _loop_nests(self) -> bool:
-        # An asyncio loop refuses to run inside its own callback, unless
-        # nest_asyncio patched it (it marks the loop so).
-        return getattr(self.loop, "_nest_patched", False)
-
-    def _set_fd_interest(self, fd: int, read: bool, write: bool, old: tuple[bool, bool] | None) -> None:
-        # Only the side that changed; old None (a change failed): both.
-        old_read, old_write = (not read, not write) if old is None else old
-        loop = self.loop
-        if read != old_read:
-            if read:
-                loop.add_reader(fd, self._fd_ready, fd)
-            else:
-                loop.remove_reader(fd)
-        if write != old_write:
-            if write:
-                loop.add_writer(fd, self._fd_ready, fd)
-            else:
-                loop.remove_writer(fd)
-
-    def _run_loop(self) -> None:
-        if self.loop.is_closed():
-            raise ContextClosedError(f"{self.name}: the event loop is closed")
-        if self.loop.is_running():
-            raise TaskStateError(f"{self.name}: the event loop is already running")
-        self.loop.run_forever()
-
-    def _stop_loop(self) -> None:
-        self.loop.stop()
 
 
 class EmbeddedContext(AsyncioContext):
@@ -126,7 +147,9 @@ class EmbeddedContext(AsyncioContext):
             loop: asyncio.AbstractEventLoop = _uvloop.new_event_loop()
         else:
             loop = asyncio.new_event_loop()
-        super().__init__(loop, name=name or ("embedded uvloop" if uvloop else "embedded"), thread=thread)
+        super().__init__(
+            loop, name=name or ("embedded uvloop" if uvloop else "embedded"), thread=thread, _driver=EmbeddedDriver
+        )
         _remember(loop, self)
         _embedded.add(self)
 
@@ -136,9 +159,7 @@ class EmbeddedContext(AsyncioContext):
         Raises:
             RuntimeError: the loop is running (quit it first).
         """
-        if not self.loop.is_closed():
-            self.loop.close()
-        self._loop_gone()
+        super().close()
 
 
 _embedded: weakref.WeakSet[EmbeddedContext] = weakref.WeakSet()

@@ -94,7 +94,9 @@ import gi  # type: ignore[import-untyped]
 from gi.repository import GLib  # type: ignore[import-untyped]
 
 from .._adapters import Adapter, attach_once, register
-from .._context import NO_TIMER, MainContext, _TimerHandle
+from .._context import MainContext
+from .._driver import NO_TIMER
+from .._driver import TimerHandle as _TimerHandle
 from .._errors import ContextClosedError, TaskStateError
 
 __all__ = ["GLibContext"]

@@ -102,8 +102,10 @@ from PySide6.QtCore import (
 )
 
 from .._adapters import Adapter, attach_once, register
-from .._context import NO_TIMER, MainContext, _TimerHandle
+from .._context import MainContext
 from .._dispatch import Dispatchable
+from .._driver import NO_TIMER
+from .._driver import TimerHandle as _TimerHandle
 from .._errors import ContextClosedError, TaskStateError
 
 __all__ = ["QtContext"]

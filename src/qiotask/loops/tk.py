@@ -97,7 +97,8 @@ from collections.abc import Callable
 from typing import Any
 
 from .._adapters import Adapter, attach_once, register
-from .._context import MainContext, _TimerHandle
+from .._context import MainContext
+from .._driver import TimerHandle as _TimerHandle
 from .._errors import ContextClosedError, TaskStateError
 
 __all__ = ["POLL_INTERVAL_MS", "TkContext"]

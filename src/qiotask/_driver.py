@@ -1,0 +1,229 @@
+"""The loop side of a context: what a loop adapter implements, and the one
+object through which it reaches its context.
+
+A :class:`~qiotask.MainContext` holds a :class:`LoopDriver`: the few things
+the context needs of an event loop (wake it, call later, watch an fd, run
+and stop it, let it go), and no more.  The driver is made with a
+:class:`ContextPort` and reaches its context through it alone: it runs the
+queued batch, reports fd readiness, reports that its loop is gone, and says
+which thread runs the loop.  It never reads or writes a field of the
+context; the queue, the "closed" flag, the fd bookkeeping and the owner
+thread stay the context's (DESIGN §6).
+
+Which thread calls what:
+
+- ``wake()``: any thread (a worker posting a completion), at most once per
+  batch;
+- ``call_later()``, ``set_fd_interest()``, ``nests()``: the context thread;
+- ``run()``/``stop()``: ``qiotask.MainLoop`` on the thread that runs it;
+- ``close()``: any thread, once per ``MainContext.close()``;
+- ``adopt()``: the thread that completed a task after the loop went away;
+- ``confirm_owner()``: any thread, from ``MainContext.is_owner()``.
+
+Guarantees / assumes: a port holds its context weakly (a context holds its
+driver, and the driver its port: a strong reference back would make every
+context a reference cycle, freed with its loop only by the cyclic GC); a
+call through the port of a context that was freed does nothing.  The port's
+methods are the context's own locked steps (the dispatcher's post, dispatch
+and close), so a driver calling them from any thread needs no lock of its
+own for them.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
+
+from ._errors import TaskStateError
+
+if TYPE_CHECKING:
+    from ._context import MainContext
+    from ._dispatch import Dispatchable
+
+__all__ = ["NO_TIMER", "ContextPort", "LoopDriver", "TimerHandle"]
+
+
+class TimerHandle(Protocol):
+    """What ``LoopDriver.call_later`` returns."""
+
+    def cancel(self) -> None: ...
+
+
+class _NoTimer:
+    """The handle of a timer asked of a loop that is gone: nothing to cancel."""
+
+    __slots__ = ()
+
+    def cancel(self) -> None:
+        pass
+
+
+#: What a driver's ``call_later`` returns once its loop is gone (like a
+#: source of a destroyed GLib context, it never runs).
+NO_TIMER = _NoTimer()
+
+
+class ContextPort:
+    """A context's face to its driver: everything a driver may ask of it."""
+
+    __slots__ = ("_context", "shut")
+
+    def __init__(self, context: MainContext) -> None:
+        self._context = weakref.ref(context)
+        dispatcher = context._dispatcher
+        #: For a driver that must mark the loop gone under a lock of its
+        #: own: mark the context closed and take what is queued (None if it
+        #: was closed before); then :meth:`fail` it, after that lock.
+        self.shut: Callable[[], deque[Dispatchable] | None] = dispatcher.shut
+
+    @property
+    def name(self) -> str:
+        """The context's name, for the driver's errors and logs."""
+        context = self._context()
+        return "a freed context" if context is None else context.name
+
+    @property
+    def closed(self) -> bool:
+        """Whether the context is closed (its loop reported gone, or
+        ``close()`` was called).  Once True, always True."""
+        context = self._context()
+        return context is None or context._dispatcher.closed
+
+    def dispatch(self) -> None:
+        """On the loop's thread, from the loop's callback: run the batch
+        queued now (the thread running it becomes the context's thread)."""
+        context = self._context()
+        if context is not None:
+            context._dispatch()
+
+    def loop_gone(self) -> bool:
+        """The loop is gone for good: the context is closed and what is
+        queued fails here, in this thread.  True for the call that closed it."""
+        context = self._context()
+        return context is not None and context._dispatcher.close(context)
+
+    def fail(self, items: deque[Dispatchable]) -> None:
+        """Fail what :attr:`shut` returned, in this thread."""
+        context = self._context()
+        if context is not None:
+            context._dispatcher.fail(items, context)
+
+    def queued(self) -> int:
+        """How many items wait in the queue: a hint (a polling loop's tick
+        dispatches when it is not 0)."""
+        context = self._context()
+        return 0 if context is None else len(context._dispatcher)
+
+    def fd_ready(self, fd: int) -> None:
+        """On the context thread: ``fd`` may be ready for what was asked
+        (``set_fd_interest``); the context polls it and runs its watches."""
+        context = self._context()
+        if context is not None:
+            context._fd_ready(fd)
+
+    def fd_interest(self) -> dict[int, tuple[bool, bool]]:
+        """On the context thread: what the context asked to watch, as
+        ``{fd: (read, write)}`` (a copy), for a driver that polls the fds
+        itself or must register them again on a new run."""
+        context = self._context()
+        if context is None:
+            return {}
+        return {fd: mask for fd, mask in context._io_mask.items() if mask}
+
+    def forget_fds(self) -> None:
+        """The loop forgot every fd it watched (its run ended): the next
+        watch registers from scratch."""
+        context = self._context()
+        if context is not None:
+            context._io_mask.clear()
+
+    def runs_on(self, thread: threading.Thread | None) -> None:
+        """The loop runs on ``thread`` from now on; None: no thread is the
+        context's until the loop says which (everything is then posted)."""
+        context = self._context()
+        if context is None:
+            return
+        if thread is None:
+            context._owner = (None, context._owner[1])
+        else:
+            context._set_owner(thread)
+
+    def is_owner(self) -> bool:
+        """Whether the calling thread is the context's thread."""
+        context = self._context()
+        return context is not None and context.is_owner()
+
+    def report_exception(self, message: str, exc: BaseException) -> None:
+        """Hand an exception from a user callback to the context's handler."""
+        context = self._context()
+        if context is not None:
+            context.report_exception(message, exc)
+
+
+class LoopDriver:
+    """The base of every loop driver: the defaults of the optional parts.
+
+    A driver must implement :meth:`wake`, :meth:`call_later` and
+    :meth:`set_fd_interest`; the rest has a default here.
+    """
+
+    #: For a loop that can go away without a word (asyncio drops a closed
+    #: loop's callbacks): a cheap function, any thread, saying whether it
+    #: did; a post that finds a wake-up already on its way asks it.  None
+    #: for loops whose driver reports the loss (``port.loop_gone()``).
+    probe: Callable[[], bool] | None = None
+    #: Asked by ``MainContext.is_owner()`` when the calling thread is the
+    #: recorded one; may still say no (GLib: another thread runs the GLib
+    #: context now).  None: the recorded thread is the answer.
+    confirm_owner: Callable[[], bool] | None = None
+
+    def __init__(self, port: ContextPort) -> None:
+        self.port = port
+
+    def wake(self) -> None:
+        """From any thread: make the loop call ``port.dispatch()`` soon.
+
+        Raises:
+            ContextClosedError: the loop is gone.
+        """
+        raise NotImplementedError
+
+    def call_later(self, delay: float, fn: Callable[[], None]) -> TimerHandle:
+        """On the context thread: call ``fn()`` after ``delay`` seconds."""
+        raise NotImplementedError
+
+    def set_fd_interest(self, fd: int, read: bool, write: bool, old: tuple[bool, bool] | None) -> None:
+        """On the context thread: call ``port.fd_ready(fd)`` whenever ``fd``
+        is readable (if ``read``) or writable (if ``write``); both False
+        stops watching it.  ``old`` is what the loop was told before
+        ((False, False) for a new fd), or None if that is unknown (the last
+        change failed)."""
+        raise NotImplementedError
+
+    def nests(self) -> bool:
+        """Whether a callback may run a nested loop of this context (a modal
+        dialog): then items posted during a batch must wake the loop at once
+        (see ``_dispatch.Dispatcher.dispatch``).  Asked once per batch."""
+        return True
+
+    def run(self) -> None:
+        """``qiotask.MainLoop.run()``: run the loop on this thread until
+        :meth:`stop`."""
+        raise TaskStateError(f"{self.port.name} is run by its own toolkit, not by qiotask.MainLoop")
+
+    def stop(self) -> None:
+        """On the context thread: make :meth:`run` return."""
+        raise TaskStateError(f"{self.port.name} is run by its own toolkit, not by qiotask.MainLoop")
+
+    def close(self) -> None:
+        """``MainContext.close()``: let go of the loop and close the context
+        (``port.loop_gone()``, or ``port.shut()``/``port.fail()``)."""
+        self.port.loop_gone()
+
+    def adopt(self, refs: tuple[Any, ...]) -> None:
+        """Take the last references of a task completed off the context's
+        thread after the loop went away.  Dropping them here is right for
+        most loops; Tk must drop Tcl objects on the Tk thread."""
