@@ -311,6 +311,9 @@ def test_a_replaced_results_destroy_raising_does_not_strand_the_completion(kind:
         worker_task.run_in_thread(lambda t, o: "new")
         ctx.timeout_add(5000, loop.quit)
         loop.run()
+        # The pool thread logs the exception after it posted the completion,
+        # so "worker func" may run first: wait for the pool's threads.
+        qiotask.shutdown(5)
         done(events=events, raised=raised, finished=[task.done(), worker_task.done()],
              results=[task.get_result(), worker_task.get_result()], pending=qiotask.stats()["pending"])
         """

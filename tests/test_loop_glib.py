@@ -425,7 +425,7 @@ def test_timers_and_watches_attach_to_this_context_not_the_global_default(glib_c
     ctx = attach(glib_ctx)
     timer = ctx.timeout_add(1000, lambda: False)
     ctx.io_add_watch(pair[0], IO_IN, lambda fd, condition: False)
-    glib_sources = [timer._handle._source, *ctx._fd_sources.values()]  # type: ignore[union-attr]
+    glib_sources = [timer._handle._source, *ctx._driver._fd_sources.values()]  # type: ignore[union-attr]
     assert len(glib_sources) == 2
     assert all(source.get_context() == glib_ctx for source in glib_sources)
     assert all(source.get_context() != GLib.MainContext.default() for source in glib_sources)
@@ -442,7 +442,7 @@ def test_close_removes_qiotask_sources_and_leaves_glibs(glib_ctx: Any, pair: Soc
     ctx.io_add_watch(a, IO_IN, lambda fd, condition: fired.append("qiotask-io"))
     ctx.idle_add(lambda: fired.append("qiotask-idle"))  # a wake-up source is pending
     b.send(b"x")  # the watch would fire at once
-    ours = [ctx._wake_source, *ctx._fd_sources.values(), *(t._source for t in ctx._timers)]
+    ours = [ctx._driver._wake_source, *ctx._driver._fd_sources.values(), *(t._source for t in ctx._driver._timers)]
     assert len(ours) == 3
     ctx.close()
     assert ctx.closed

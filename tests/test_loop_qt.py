@@ -134,7 +134,7 @@ def flush_deferred_deletes() -> None:
 
 
 def notifiers(ctx: QtContext, *, enabled_only: bool = False) -> list[tuple[int, QSocketNotifier.Type]]:
-    found = ctx._receiver.findChildren(QSocketNotifier)
+    found = ctx._driver._receiver.findChildren(QSocketNotifier)
     return sorted(
         ((n.socket(), n.type()) for n in found if n.isEnabled() or not enabled_only), key=lambda x: (x[0], x[1].value)
     )
@@ -246,7 +246,7 @@ def test_context_made_in_another_thread_delivers_on_the_application_thread(app: 
     ctx = made[0]
     try:
         assert ctx.thread is threading.main_thread()
-        assert ctx._receiver.thread() is app.thread()
+        assert ctx._driver._receiver.thread() is app.thread()
         seen: list[threading.Thread] = []
 
         def func(source: Any, err: BaseException | None, opaque: Any) -> None:
@@ -257,7 +257,7 @@ def test_context_made_in_another_thread_delivers_on_the_application_thread(app: 
         join(start_thread(task.complete, "completer"))
         run_app(app)
         assert seen == [threading.main_thread()]
-        assert ctx._receiver.parent() is app  # adopted by the application in its thread
+        assert ctx._driver._receiver.parent() is app  # adopted by the application in its thread
     finally:
         ctx.close()
 
@@ -331,23 +331,23 @@ def test_timeout_add_is_a_precise_single_shot_qtimer_that_never_fires_early(runn
     for ms in (1, 7, 25):
         started[ms] = time.monotonic()
         ctx.timeout_add(ms, record, ms)
-    timers = ctx._receiver.findChildren(QTimer)
+    timers = ctx._driver._receiver.findChildren(QTimer)
     assert sorted(t.interval() for t in timers) == [1, 7, 25]
     assert all(t.isSingleShot() and t.timerType() == Qt.TimerType.PreciseTimer for t in timers)
     runner.run()
     for ms in (1, 7, 25):
         assert fired[ms] - started[ms] >= ms / 1000.0, (ms, fired[ms] - started[ms])
     flush_deferred_deletes()
-    assert ctx._receiver.findChildren(QTimer) == []  # fired timers are deleted
+    assert ctx._driver._receiver.findChildren(QTimer) == []  # fired timers are deleted
 
 
 def test_removed_timer_is_deleted_at_once(ctx: QtContext) -> None:
     calls: list[int] = []
     source = ctx.timeout_add(1000, calls.append, 1)
-    assert len(ctx._receiver.findChildren(QTimer)) == 1
+    assert len(ctx._driver._receiver.findChildren(QTimer)) == 1
     source.remove()
-    assert ctx._receiver.findChildren(QTimer) == []
-    assert ctx._timers == set()
+    assert ctx._driver._receiver.findChildren(QTimer) == []
+    assert ctx._driver._timers == set()
 
 
 # -- QSocketNotifier sources ----------------------------------------------------------
@@ -373,7 +373,7 @@ def test_io_watches_use_one_notifier_per_fd_and_direction(ctx: QtContext, pair: 
     assert notifiers(ctx, enabled_only=True) == [(fd, read)]
     w_in2.remove()
     assert notifiers(ctx) == []  # the last watch gone, the notifiers are deleted
-    assert ctx._notifiers == {}
+    assert ctx._driver._notifiers == {}
 
 
 def test_two_watches_on_one_fd_and_a_watch_returning_false_without_reading(
@@ -464,7 +464,7 @@ def test_close_fails_queued_completions_and_leaves_the_application(
     tasks = queue_completions(closing, recorder)
     timer_calls: list[int] = []
     closing.timeout_add(0, timer_calls.append, 1)
-    receiver = closing._receiver
+    receiver = closing._driver._receiver
     with caplog.at_level(logging.WARNING, logger="qiotask"):
         closing.close()
     assert_failed_in_close(tasks, recorder, caplog)
@@ -511,7 +511,7 @@ def test_close_from_another_thread_defers_the_receiver_deletion(app: QCoreApplic
     closer = start_thread(closing.close, "closer")
     join(closer)
     assert destroyed == [closer]
-    receiver = closing._receiver
+    receiver = closing._driver._receiver
     assert shiboken6.isValid(receiver)  # not in its thread: deleteLater
     # The queued wake-up is delivered to a closed context (or dropped with the
     # receiver): nothing runs either way.
@@ -556,7 +556,7 @@ def test_close_inside_a_callback(app: QCoreApplication) -> None:
     def close_here() -> None:
         closing.close()
         # The receiver's QTimer is delivering this call: deleted later.
-        seen["valid inside"] = shiboken6.isValid(closing._receiver)
+        seen["valid inside"] = shiboken6.isValid(closing._driver._receiver)
         app.exit(0)
 
     closing.timeout_add(0, close_here)
@@ -564,7 +564,7 @@ def test_close_inside_a_callback(app: QCoreApplication) -> None:
     run_app(app)
     flush_deferred_deletes()
     assert seen == {"valid inside": True}
-    assert not shiboken6.isValid(closing._receiver)
+    assert not shiboken6.isValid(closing._driver._receiver)
     assert later == []
 
 

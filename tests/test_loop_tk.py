@@ -314,7 +314,7 @@ def test_read_and_write_watches_share_one_file_handler(
 
     reader = ctx.io_add_watch(a, IO_IN, watch, "in")
     writer = ctx.io_add_watch(fd, IO_OUT, watch, "out")
-    assert ctx._fd_handlers == {fd}  # type: ignore[attr-defined]
+    assert ctx._driver._fd_handlers == {fd}  # type: ignore[attr-defined]
     assert ctx._io_mask[fd] == (True, True)
     b.send(b"ping")
     run_mainloop(root)
@@ -322,7 +322,7 @@ def test_read_and_write_watches_share_one_file_handler(
     assert all(s[1] & (IO_IN if s[0] == "in" else IO_OUT) for s in seen)
     assert {s[2] for s in seen} == {threading.current_thread()}
     assert reader.removed and writer.removed
-    assert ctx._fd_handlers == set()  # type: ignore[attr-defined]
+    assert ctx._driver._fd_handlers == set()  # type: ignore[attr-defined]
 
 
 @pytest.mark.parametrize("flood", ["idle-source", "thread"])
@@ -437,7 +437,7 @@ def test_polling_is_chosen_without_createfilehandler(root: tkinter.Tk) -> None:
 
 def test_polling_fallback(root: tkinter.Tk, poll_ctx: qiotask.MainContext, pair: Any) -> None:
     a, b = pair
-    assert poll_ctx.polling and poll_ctx._pipe is None  # type: ignore[attr-defined]
+    assert poll_ctx.polling and poll_ctx._driver._pipe is None  # type: ignore[attr-defined]
     assert qiotask.attach(root) is poll_ctx
     seen: list[tuple[str, threading.Thread]] = []
     wanted = {"worker", "completer", "io", "timeout"}
@@ -522,10 +522,10 @@ def test_root_destroyed_with_tasks_in_flight(
     queued = Task(object(), note("queued func"), None, note("queued destroy"), context=ctx, name="queued")
     in_thread(queued.complete)  # handed over, not yet dispatched: the Tk thread is busy here
     ctx.timeout_add(10, note("timer"))
-    ctx.io_add_watch(a, IO_OUT, note("io"))
+    io_watch = ctx.io_add_watch(a, IO_OUT, note("io"))
     assert started.wait(5)
     assert len(pending_afters(root)) == 1  # the timer (the batch's wake-up waits in the pipe)
-    pipe = ctx._pipe  # type: ignore[attr-defined]
+    pipe = ctx._driver._pipe  # type: ignore[attr-defined]
 
     with caplog.at_level(logging.WARNING, "qiotask"):
         root.destroy()
@@ -545,8 +545,11 @@ def test_root_destroyed_with_tasks_in_flight(
 
     # What was Tk's is gone: timers, the batch, the file handlers, the pipe.
     assert pending_afters(root) == ()
-    assert ctx._fd_handlers == set()  # type: ignore[attr-defined]
+    assert ctx._driver._fd_handlers == set()  # type: ignore[attr-defined]
     assert pipe.closed
+    # The watches are let go too: their functions may hold widgets, and the
+    # context lives on in the running task.
+    assert io_watch.removed and ctx._io == {}
     with pytest.raises(qiotask.ContextClosedError):
         ctx._wakeup()
     with pytest.raises(qiotask.ContextClosedError):

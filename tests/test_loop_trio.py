@@ -146,7 +146,7 @@ def test_close_an_attached_context_during_its_run(pair: SocketPair) -> None:
         living = trio.lowlevel.current_statistics().tasks_living
         ctx.close()
         ctx.close()  # more than once is fine
-        assert ctx.closed and not ctx._timers and not ctx._fd_scopes
+        assert ctx.closed and not ctx._driver._timers and not ctx._driver._fd_scopes
         await trio.testing.wait_all_tasks_blocked()
         # The timer, the fd watcher and the run watcher have ended: nothing
         # of qiotask is left in the run to fire.
@@ -388,7 +388,7 @@ def test_sources_in_an_attached_run(pair: SocketPair) -> None:
         # Removed at once: neither may ever run.
         ctx.timeout_add(1, never).remove()
         ctx.io_add_watch(a, IO_IN, never).remove()
-        assert not ctx._fd_scopes
+        assert not ctx._driver._fd_scopes
         ctx.timeout_add(2, tick)
         ctx.idle_add(idle)
         ctx.io_add_watch(b, IO_OUT, writable)
@@ -397,7 +397,7 @@ def test_sources_in_an_attached_run(pair: SocketPair) -> None:
             await done.wait()
         # Every source has ended: no timer or fd watcher task is left.
         await trio.testing.wait_all_tasks_blocked()
-        assert not ctx._timers and not ctx._fd_scopes and not ctx._io_mask
+        assert not ctx._driver._timers and not ctx._driver._fd_scopes and not ctx._io_mask
 
     trio.run(main)
     assert {t for _, _, t in seen} == {threading.current_thread()}
@@ -605,7 +605,7 @@ def test_standalone_fd_watch_pauses_between_runs(pair: SocketPair) -> None:
         watch = ctx.io_add_watch(a, IO_IN, readable)
         ctx.idle_add(loop.quit)
         loop.run()  # ends with the watch active: its watcher task is cancelled
-        assert not watch.removed and not ctx._fd_scopes and seen == []
+        assert not watch.removed and not ctx._driver._fd_scopes and seen == []
         b.send(b"after")
         guard = ctx.timeout_add(LIMIT * 1000, loop.quit)
         loop.run()  # the watch resumes and sees the data

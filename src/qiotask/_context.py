@@ -11,13 +11,15 @@ attached it) and offers, from any thread:
   source, with GLib's rule that a source repeats while its function returns
   True.
 
-Each loop adapter (``qiotask.loops.*``) subclasses :class:`MainContext` and
-implements the small protocol marked "adapter protocol" below; everything else
-is shared.  An adapter that learns its loop is gone says so with one call,
-:meth:`MainContext._loop_gone` -- or, where that must happen under a lock of
-the adapter's own (Qt, GLib, Tk, trio), with its two halves,
-``_dispatcher.shut()`` under that lock and ``_dispatcher.fail()`` after --
-and asks :attr:`MainContext.closed` afterwards; it keeps no flag of its own.
+A context holds the driver of its loop (``_driver.LoopDriver``, one per loop
+adapter in ``qiotask.loops.*``): wake the loop, call later, watch an fd,
+run, stop, let go.  The driver reaches the context only through the
+``_driver.ContextPort`` it is made with; everything else is shared here.  A
+driver that learns its loop is gone says so with one call,
+``port.loop_gone()`` -- or, where that must happen under a lock of the
+driver's own (Qt, GLib, Tk, trio), with its two halves, ``port.shut()``
+under that lock and ``port.fail()`` after -- and asks ``port.closed``
+afterwards; it keeps no flag of its own.
 
 The context's thread is one record, ``_owner`` = ``(ident, thread)``,
 replaced whole (by an attach, or by ``MainLoop.run()`` on another thread),
@@ -515,6 +517,12 @@ class MainContext:
             fired = revents & (watch._condition | _ALWAYS_BITS)
             if fired and watch._live():
                 watch._fire_io(_CONDITIONS[fired])
+
+    def _drop_fd_watches(self) -> None:
+        """Remove every fd watch at once (see ``ContextPort.drop_fd_watches``)."""
+        for watches in list(self._io.values()):
+            for watch in list(watches):
+                watch.remove()
 
     def _pause_reader(self, fd: int) -> None:
         old = self._io_mask.get(fd)

@@ -92,6 +92,15 @@ class ContextPort:
         context = self._context()
         return context is None or context._dispatcher.closed
 
+    def keepsake(self) -> object:
+        """An opaque object that keeps the context alive while it is held
+        (None if the context was freed already): for a driver to hand to
+        the loop with a pending callback, where the context must live until
+        the callback ran (GLib's sources, a trio run's watcher), as it did
+        when the callback was the context's own method.  The driver must
+        not keep it in a field of its own (that would be a cycle)."""
+        return self._context()
+
     def dispatch(self) -> None:
         """On the loop's thread, from the loop's callback: run the batch
         queued now (the thread running it becomes the context's thread)."""
@@ -132,6 +141,14 @@ class ContextPort:
         if context is None:
             return {}
         return {fd: mask for fd, mask in context._io_mask.items() if mask}
+
+    def drop_fd_watches(self) -> None:
+        """On the context thread, once the loop is gone: remove every fd
+        watch (their functions may hold what the loop's objects hold, Tk's
+        root through a widget; none can fire any more)."""
+        context = self._context()
+        if context is not None:
+            context._drop_fd_watches()
 
     def forget_fds(self) -> None:
         """The loop forgot every fd it watched (its run ended): the next

@@ -95,11 +95,10 @@ from gi.repository import GLib  # type: ignore[import-untyped]
 
 from .._adapters import Adapter, attach_once, register
 from .._context import MainContext
-from .._driver import NO_TIMER
-from .._driver import TimerHandle as _TimerHandle
+from .._driver import NO_TIMER, ContextPort, LoopDriver, TimerHandle
 from .._errors import ContextClosedError, TaskStateError
 
-__all__ = ["GLibContext"]
+__all__ = ["GLibContext", "GLibDriver"]
 
 
 def _fd_source_new() -> Callable[[int, Any], Any]:
@@ -155,66 +154,83 @@ _attach_lock = threading.RLock()
 
 
 class _Timer:
-    """The handle of a ``_call_later`` timer: a one-shot GLib timeout source."""
+    """The handle of a ``call_later`` timer: a one-shot GLib timeout source."""
 
-    __slots__ = ("_context", "_fn", "_source")
+    __slots__ = ("_driver", "_fn", "_source")
 
-    def __init__(self, context: GLibContext, fn: Callable[[], None], source: Any) -> None:
-        self._context = context
+    def __init__(self, driver: GLibDriver, fn: Callable[[], None], source: Any) -> None:
+        self._driver = driver
         self._fn = fn
         self._source = source
 
-    def _fire(self, _data: Any = None) -> bool:
-        context = self._context
-        with context._sources_lock:
-            context._timers.discard(self)
+    def _fire(self, _context: Any = None) -> bool:
+        driver = self._driver
+        with driver._sources_lock:
+            driver._timers.discard(self)
         try:
             self._fn()
         except BaseException as exc:
-            context._escaped(exc)
+            driver._escaped(exc)
         return False  # GLib.SOURCE_REMOVE: one shot
 
     def cancel(self) -> None:
-        with self._context._sources_lock:
-            self._context._timers.discard(self)
+        driver = self._driver
+        with driver._sources_lock:
+            driver._timers.discard(self)
         self._source.destroy()  # harmless if it fired or was destroyed already
 
 
-class GLibContext(MainContext):
-    """The qiotask context of a ``GLib.MainContext``.
+def _confirm_owner_of(glib_context: Any) -> Callable[[], bool]:
+    """The driver's ``confirm_owner``: asked by ``MainContext.is_owner()``
+    when the calling thread is the recorded one (see ``MainContext.thread``).
 
-    Made by ``qiotask.attach(glib_context)``, which returns the same one each
-    time for the same GLib context; construct it directly only for a context
-    not yet attached.
+    It is still the owner unless another thread runs the GLib context now:
+    GLib is asked, so that a loop run by a thread that has not yet
+    dispatched a completion is not mistaken.  (A closure over GLib's bound
+    methods rather than a method of the driver: kept on the driver, a bound
+    method of its own would make every driver a reference cycle.)
+    """
+    # Bound once: is_owner() asks them on every complete().
+    g_is_owner = glib_context.is_owner
+    g_acquire = glib_context.acquire
+    g_release = glib_context.release
+
+    def confirm_owner() -> bool:
+        if g_is_owner():
+            return True  # running it here: the common case in callbacks
+        if g_acquire():
+            # Nobody runs it: the recorded thread is still its thread.
+            g_release()
+            return True
+        return False
+
+    return confirm_owner
+
+
+class GLibDriver(LoopDriver):
+    """The loop side of a GLib context (see ``qiotask._driver``): the GLib
+    sources qiotask attaches to ``glib_context``.
 
     Args:
-        glib_context: the ``GLib.MainContext``, for example
-            ``GLib.MainContext.default()`` or one pushed as thread-default.
-        name: a name for logs and errors.
+        port: the context's port.
+        glib_context: the ``GLib.MainContext``.
 
-    Raises:
-        TypeError: ``glib_context`` is not a ``GLib.MainContext``.
-        ValueError: the GLib context is attached already (use
-            ``qiotask.attach()``).
+    Each GLib source the driver attaches holds ``port.keepsake()`` as its
+    user data for as long as it is pending: an attachment lives while a
+    pending qiotask source holds it (see the module docstring), and the port
+    holds the context only weakly.
     """
 
-    def __init__(self, glib_context: Any, *, name: str | None = None) -> None:
-        if not isinstance(glib_context, GLib.MainContext):
-            raise TypeError(f"GLibContext() needs a GLib.MainContext, not {type(glib_context).__name__}")
-        key = _key(glib_context)
-        is_default = key == _DEFAULT_KEY
-        super().__init__(name=name or ("GLib default context" if is_default else f"GLib context {key:#x}"))
-        #: The ``GLib.MainContext`` (one wrapper of it; there may be others).
+    def __init__(self, port: ContextPort, glib_context: Any) -> None:
+        super().__init__(port)
         self.glib_context = glib_context
-        self._key = key
-        # Bound once: is_owner() asks them on every complete().
+        # Bound once: _detect() asks it on every get_context() in a callback.
         self._g_is_owner = glib_context.is_owner
-        self._g_acquire = glib_context.acquire
-        self._g_release = glib_context.release
-        if is_default and not glib_context.is_owner():
+        self.confirm_owner = _confirm_owner_of(glib_context)
+        if _key(glib_context) == _DEFAULT_KEY and not glib_context.is_owner():
             # GLib's global default context belongs to the main thread until
             # a loop runs it elsewhere.
-            self._set_owner(threading.main_thread())
+            port.runs_on(threading.main_thread())
         # _sources_lock guards _wake_source, _timers, _fd_sources and _loops
         # against close() from another thread, and close() marks the context
         # closed while holding it, so a source is never attached after
@@ -225,64 +241,37 @@ class GLibContext(MainContext):
         self._timers: set[_Timer] = set()
         self._fd_sources: dict[int, Any] = {}
         self._loops: list[Any] = []
-        # What escaped a callback (KeyboardInterrupt, SystemExit) while
-        # _run_loop() ran: it quits the loop and is raised by _run_loop().
+        # What escaped a callback (KeyboardInterrupt, SystemExit) while run()
+        # ran: it quits the loop and is raised by run().
         self._escaped_exc: BaseException | None = None
-        global _default_attachment
-        with _attach_lock:
-            if _attached_to(key) is not None:
-                raise ValueError(f"{glib_context!r} is attached already: use qiotask.attach()")
-            if is_default:
-                _default_attachment = self
-            else:
-                _attached[key] = self
 
-    # -- threads ----------------------------------------------------------------
-
-    def is_owner(self) -> bool:
-        """Whether the calling thread is this context's thread.
-
-        That is the recorded thread (see :attr:`thread`), unless another
-        thread runs the GLib context now: GLib is asked, so that a loop run
-        by a thread that has not yet dispatched a completion is not mistaken.
-        """
-        if threading.get_ident() != self._owner[0]:
-            return False
-        if self._g_is_owner():
-            return True  # running it here: the common case in callbacks
-        if self._g_acquire():
-            # Nobody runs it: the recorded thread is still its thread.
-            self._g_release()
-            return True
-        return False
-
-    # -- adapter protocol -------------------------------------------------------
-
-    def _wakeup(self) -> None:
+    def wake(self) -> None:
         source = _idle_source_new()
         source.set_priority(_PRIORITY)
-        # (PyGObject before 3.51 passes the callback a None for the user data
-        # it was not given; later releases pass nothing.)
-        source.set_callback(self._on_wakeup)
+        # The user data keeps the context alive while the source is pending
+        # (see __init__).  (PyGObject before 3.51 passes the callback a None
+        # for user data it was not given, later releases nothing: hence the
+        # callbacks' defaults.)
+        source.set_callback(self._on_wakeup, self.port.keepsake())
         with self._sources_lock:
-            if self.closed:
-                raise ContextClosedError(f"{self.name} is closed")
+            if self.port.closed:
+                raise ContextClosedError(f"{self.port.name} is closed")
             self._wake_source = source
             # Thread-safe in GLib, and wakes the context's poll.
             source.attach(self.glib_context)
 
-    def _on_wakeup(self, _data: Any = None) -> bool:
-        # No lock: the next wake-up is sent only once _dispatch() began, after
+    def _on_wakeup(self, _context: Any = None) -> bool:
+        # No lock: the next wake-up is sent only once dispatch() began, after
         # this; close() destroying a spent source is harmless.
         self._wake_source = None
         try:
-            self._dispatch()
+            self.port.dispatch()
         except BaseException as exc:
             self._escaped(exc)
         return False  # GLib.SOURCE_REMOVE: the next batch brings its own
 
     def _escaped(self, exc: BaseException) -> None:
-        # Only KeyboardInterrupt and the like get out of _dispatch() and the
+        # Only KeyboardInterrupt and the like get out of dispatch() and the
         # sources.  PyGObject would print one escaping a callback and go on
         # looping; under qiotask.MainLoop it stops the loop instead, as it
         # stops an asyncio loop.  Under a GLib.MainLoop of the application,
@@ -295,20 +284,20 @@ class GLibContext(MainContext):
             self._escaped_exc = exc
         loop.quit()
 
-    def _call_later(self, delay: float, fn: Callable[[], None]) -> _TimerHandle:
+    def call_later(self, delay: float, fn: Callable[[], None]) -> TimerHandle:
         # Rounded up: a timer never fires early.
         ms = min(max(0, math.ceil(delay * 1000)), _MAX_MS)
         source = _timeout_source_new(ms)
         timer = _Timer(self, fn, source)
-        source.set_callback(timer._fire)
+        source.set_callback(timer._fire, self.port.keepsake())
         with self._sources_lock:
-            if self.closed:
+            if self.port.closed:
                 return NO_TIMER
             self._timers.add(timer)
             source.attach(self.glib_context)
         return timer
 
-    def _set_fd_interest(self, fd: int, read: bool, write: bool, old: tuple[bool, bool] | None) -> None:
+    def set_fd_interest(self, fd: int, read: bool, write: bool, old: tuple[bool, bool] | None) -> None:
         # A unix fd source watches a fixed condition: replace it when the
         # interest changes (rare: only when the union of watches changes).
         condition = _NO_CONDITION
@@ -318,26 +307,26 @@ class GLibContext(MainContext):
             condition |= _WRITE
         source = _unix_fd_source_new(fd, condition) if condition else None
         if source is not None:
-            source.set_callback(self._on_fd, fd)
+            source.set_callback(self._on_fd, (fd, self.port.keepsake()))
         with self._sources_lock:
             replaced = self._fd_sources.pop(fd, None)
-            if source is not None and not self.closed:
+            if source is not None and not self.port.closed:
                 self._fd_sources[fd] = source
                 source.attach(self.glib_context)
         if replaced is not None:
             replaced.destroy()
 
-    def _on_fd(self, fd: int) -> bool:
-        # GLib does not tell this callback what is ready: _fd_ready polls.
+    def _on_fd(self, data: tuple[int, object]) -> bool:
+        # GLib does not tell this callback what is ready: fd_ready() polls.
         try:
-            self._fd_ready(fd)
+            self.port.fd_ready(data[0])
         except BaseException as exc:
             self._escaped(exc)
         return True  # GLib.SOURCE_CONTINUE; interest changes replace the source
 
-    def _run_loop(self) -> None:
-        if not self._g_acquire():
-            raise TaskStateError(f"{self.name}: another thread runs this GLib context")
+    def run(self) -> None:
+        if not self.glib_context.acquire():
+            raise TaskStateError(f"{self.port.name}: another thread runs this GLib context")
         try:
             loop = GLib.MainLoop.new(self.glib_context, False)
             # close() quits the loops it finds; one that closes between this
@@ -347,8 +336,8 @@ class GLibContext(MainContext):
             guard.set_priority(GLib.PRIORITY_HIGH)
             guard.set_callback(self._quit_if_closed, loop)
             with self._sources_lock:
-                if self.closed:
-                    raise ContextClosedError(f"{self.name} is closed")
+                if self.port.closed:
+                    raise ContextClosedError(f"{self.port.name} is closed")
                 self._loops.append(loop)
             guard.attach(self.glib_context)
             self.glib_context.push_thread_default()
@@ -363,21 +352,80 @@ class GLibContext(MainContext):
             if escaped is not None:
                 raise escaped
         finally:
-            self._g_release()
+            self.glib_context.release()
 
     def _quit_if_closed(self, loop: Any) -> bool:
-        if self.closed:
+        if self.port.closed:
             loop.quit()
         return False
 
-    def _stop_loop(self) -> None:
+    def stop(self) -> None:
         # The innermost run: MainLoop.quit() comes from a callback of it.
         with self._sources_lock:
             loop = self._loops[-1] if self._loops else None
         if loop is not None:
             loop.quit()
 
-    # -- closing ------------------------------------------------------------------
+    def close(self) -> None:
+        # The context is marked closed under _sources_lock (see __init__);
+        # what was queued fails after it, in the calling thread.
+        with self._sources_lock:
+            queued = self.port.shut()  # closed from here on
+            sources = [*self._fd_sources.values(), *(timer._source for timer in self._timers)]
+            if self._wake_source is not None:
+                sources.append(self._wake_source)
+            self._wake_source = None
+            self._fd_sources.clear()
+            self._timers.clear()
+            loops = list(self._loops)
+        for source in sources:
+            source.destroy()
+        for loop in loops:
+            loop.quit()  # thread-safe in GLib
+        if queued is not None:
+            self.port.fail(queued)
+
+
+class GLibContext(MainContext):
+    """The qiotask context of a ``GLib.MainContext``.
+
+    Made by ``qiotask.attach(glib_context)``, which returns the same one each
+    time for the same GLib context; construct it directly only for a context
+    not yet attached.  Its loop side is a :class:`GLibDriver`.
+
+    Args:
+        glib_context: the ``GLib.MainContext``, for example
+            ``GLib.MainContext.default()`` or one pushed as thread-default.
+        name: a name for logs and errors.
+
+    Raises:
+        TypeError: ``glib_context`` is not a ``GLib.MainContext``.
+        ValueError: the GLib context is attached already (use
+            ``qiotask.attach()``).
+    """
+
+    _driver: GLibDriver
+
+    def __init__(self, glib_context: Any, *, name: str | None = None) -> None:
+        if not isinstance(glib_context, GLib.MainContext):
+            raise TypeError(f"GLibContext() needs a GLib.MainContext, not {type(glib_context).__name__}")
+        key = _key(glib_context)
+        is_default = key == _DEFAULT_KEY
+        super().__init__(
+            name=name or ("GLib default context" if is_default else f"GLib context {key:#x}"),
+            driver=lambda port: GLibDriver(port, glib_context),
+        )
+        #: The ``GLib.MainContext`` (one wrapper of it; there may be others).
+        self.glib_context = glib_context
+        self._key = key
+        global _default_attachment
+        with _attach_lock:
+            if _attached_to(key) is not None:
+                raise ValueError(f"{glib_context!r} is attached already: use qiotask.attach()")
+            if is_default:
+                _default_attachment = self
+            else:
+                _attached[key] = self
 
     def close(self) -> None:
         """Detach qiotask from the GLib context; safe from any thread, and
@@ -391,26 +439,17 @@ class GLibContext(MainContext):
         ``qiotask.attach()`` of the GLib context makes a new context.
         """
         global _default_attachment
-        with self._sources_lock:
-            queued = self._dispatcher.shut()  # closed from here on
-            sources = [*self._fd_sources.values(), *(timer._source for timer in self._timers)]
-            if self._wake_source is not None:
-                sources.append(self._wake_source)
-            self._wake_source = None
-            self._fd_sources.clear()
-            self._timers.clear()
-            loops = list(self._loops)
-        for source in sources:
-            source.destroy()
-        for loop in loops:
-            loop.quit()  # thread-safe in GLib
-        with _attach_lock:
-            if _default_attachment is self:
-                _default_attachment = None
-            elif _attached.get(self._key) is self:
-                del _attached[self._key]
-        if queued is not None:
-            self._dispatcher.fail(queued)
+        try:
+            super().close()  # the driver's: closed from its first step
+        finally:
+            # Last: _attached_to() passes a closed context over already, and
+            # an attachment made meanwhile (by a destroy notifier that close()
+            # ran) keeps its own entry.
+            with _attach_lock:
+                if _default_attachment is self:
+                    _default_attachment = None
+                elif _attached.get(self._key) is self:
+                    del _attached[self._key]
 
 
 def _attached_to(key: int) -> GLibContext | None:
@@ -432,7 +471,7 @@ def _after_fork_in_child() -> None:
     _attach_lock = threading.RLock()
     for ctx in [*_attached.values(), _default_attachment]:
         if ctx is not None:
-            ctx._sources_lock = threading.Lock()
+            ctx._driver._sources_lock = threading.Lock()
 
 
 if hasattr(os, "register_at_fork"):
@@ -453,7 +492,7 @@ def _detect() -> MainContext | None:
         # The global default: its attachment answers without a new wrapper.
         ctx = _default_attachment
         if ctx is not None and not ctx.closed:
-            return ctx if ctx._g_is_owner() else None
+            return ctx if ctx._driver._g_is_owner() else None
         glib_context = _default_glib_context()
     if not glib_context.is_owner():
         return None

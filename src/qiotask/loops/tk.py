@@ -98,10 +98,10 @@ from typing import Any
 
 from .._adapters import Adapter, attach_once, register
 from .._context import MainContext
-from .._driver import TimerHandle as _TimerHandle
+from .._driver import ContextPort, LoopDriver, TimerHandle
 from .._errors import ContextClosedError, TaskStateError
 
-__all__ = ["POLL_INTERVAL_MS", "TkContext"]
+__all__ = ["POLL_INTERVAL_MS", "TkContext", "TkDriver"]
 
 #: How often, in milliseconds, a polling context (no ``createfilehandler``)
 #: looks for work handed over by other threads and for ready fds.  20 ms is
@@ -168,31 +168,32 @@ class _Timer:
     """A ``root.after`` timer; ``cancel()`` is a no-op once it fired or the
     context closed."""
 
-    __slots__ = ("_context", "_fn", "_id")
+    __slots__ = ("_driver", "_fn", "_id")
 
-    def __init__(self, context: TkContext, delay: float, fn: Callable[[], None]) -> None:
-        self._context = context
+    def __init__(self, driver: TkDriver, delay: float, fn: Callable[[], None]) -> None:
+        self._driver = driver
         self._fn = fn
         self._id: str | None = None
-        root = context._root
-        if root is not None and not context.closed:
+        root = driver.root
+        if root is not None and not driver.port.closed:
             # Rounded up: a timer never fires before its delay.
             ms = max(0, math.ceil(round(delay * 1000.0, 6)))
             self._id = root.after(ms, self._fire)
-            context._timers.add(self)
+            driver._timers.add(self)
 
     def _fire(self) -> None:
         self._id = None
-        self._context._timers.discard(self)
+        self._driver._timers.discard(self)
         self._fn()
 
     def cancel(self) -> None:
         after_id, self._id = self._id, None
         if after_id is None:
             return
-        self._context._timers.discard(self)
-        root = self._context._root
-        if root is not None and not self._context.closed:
+        driver = self._driver
+        driver._timers.discard(self)
+        root = driver.root
+        if root is not None and not driver.port.closed:
             root.after_cancel(after_id)
 
 
@@ -229,45 +230,40 @@ def _tk_alive(root: tkinter.Tk) -> bool:
         return False
 
 
-class TkContext(MainContext):
-    """The context of a ``tkinter.Tk`` root; see the module docstring.
+class TkDriver(LoopDriver):
+    """The loop side of a Tk root's context (see ``qiotask._driver``).
 
-    Use ``qiotask.attach(root)``; construct one directly only to choose
-    ``polling=True`` (the fallback for Tcl without ``createfilehandler``),
-    once per root, before anything attaches it.
+    Made on the Tk thread; :meth:`start` then hooks it into the root.  Tcl
+    is called on the Tk thread only: other threads reach it through the wake
+    pipe (or, polling, through the context's queue, which the polling tick
+    reads).
 
     Args:
-        root: the root, on the thread that created it.
-        name: a name for logs and errors.
-        polling: poll for work from other threads (and for ready fds)
-            even where ``createfilehandler`` exists; without it, a context
-            always polls.
-
-    Raises:
-        TaskStateError: called off the root's thread, or the root already
-            has a context.
+        port: the context's port.
+        polling: poll for work from other threads and for ready fds (an
+            ``after`` tick) instead of watching the wake pipe and the fds
+            with ``createfilehandler``.
     """
 
-    def __init__(self, root: tkinter.Tk, *, name: str | None = None, polling: bool = False) -> None:
-        if root.__dict__.get(_ATTR) is not None:
-            raise TaskStateError(f"{root!r} already has a qiotask context: use qiotask.attach(root)")
-        _check_tk_thread(root)
-        super().__init__(name=name or f"tk root {id(root):#x}")
+    def __init__(self, port: ContextPort, *, polling: bool) -> None:
+        super().__init__(port)
         self._tk_ident = threading.get_ident()
-        self.polling = polling or not _has_filehandler(root.tk)
-        # When the root goes, _teardown closes the context (MainContext.closed,
-        # which any thread may read).  Everything below is touched on the Tk thread only.
+        #: Whether this driver polls (see the module docstring).
+        self.polling = polling
+        # When the root goes, _teardown closes the context (port.shut(),
+        # which any thread may read as port.closed).  Everything below is
+        # touched on the Tk thread only.
         #
-        # The root while it lives, None once destroyed.  The root keeps its
-        # context (attach() finds it there) but the context lets go of the
-        # root when it is destroyed: tasks finishing in worker threads hold
-        # the context, and the last reference to a Tk root must not go away
-        # outside the Tk thread (Tcl aborts the process when an interpreter
-        # is deleted from another thread).
-        self._root: tkinter.Tk | None = None
+        #: The root while it lives; None before :meth:`start` and once the
+        #: root is destroyed.  The root keeps its context (attach() finds it
+        #: there) but the driver lets go of the root when it is destroyed:
+        #: tasks finishing in worker threads hold the context, and through it
+        #: this driver, and the last reference to a Tk root must not go away
+        #: outside the Tk thread (Tcl aborts the process when an interpreter
+        #: is deleted from another thread).
+        self.root: tkinter.Tk | None = None
         self._timers: set[_Timer] = set()  # pending, so that teardown cancels them
         self._fd_handlers: set[int] = set()  # fds with a createfilehandler
-        self._polled_fds: dict[int, tuple[bool, bool]] = {}  # polling: fd -> (read, write)
         self._batch_id: str | None = None  # the "after" of the batch scheduled, if any
         self._batch_at_idle = True  # how the next batch runs: see _schedule_batch
         self._poll_id: str | None = None  # the pending polling tick
@@ -275,12 +271,20 @@ class TkContext(MainContext):
         self._commands: list[str] = []  # Tcl commands to delete at teardown
         self._idle_cmd = self._timer_cmd = self._poll_cmd = ""
 
-        root.__dict__[_ATTR] = self
+    def start(self, root: tkinter.Tk) -> bool:
+        """On the Tk thread, once: hook into ``root`` (its Tcl commands, the
+        wake pipe's file handler or the polling tick, the ``<Destroy>``
+        binding).
+
+        Returns:
+            False if the root is destroyed already: the context is then
+            closed from birth, like its root.
+        """
         if not _tk_alive(root):
             # Attached after destroy(): closed from birth, like its root.
-            self._loop_gone()
-            return
-        self._root = root
+            self.port.loop_gone()
+            return False
+        self.root = root
         tk = root.tk
         # Commands made with createcommand, not root.register: an exception
         # escaping them (KeyboardInterrupt; the dispatcher logs the others)
@@ -293,8 +297,10 @@ class TkContext(MainContext):
         else:
             pipe = _WakePipe()
             self._pipe = pipe
-            # Closes the fds of a context that is collected without its root
-            # having been destroyed (close() is idempotent).
+            # Closes the fds of a driver that is collected without its root
+            # having been destroyed (close() is idempotent).  Tcl holds the
+            # driver (its commands and file handler are bound methods of it)
+            # until the teardown or the interpreter's end.
             weakref.finalize(self, pipe.close).atexit = False
             tk.createfilehandler(pipe.rfd, tkinter.READABLE, self._on_wake)
         root.bindtags((_BIND_TAG, *root.bindtags()))
@@ -302,20 +308,14 @@ class TkContext(MainContext):
         # bind_class(..., callback): tkinter wraps such a callback in an
         # object that holds the widget it was bound on -- the root -- and
         # Python 3.10 never frees it, so the root would outlive destroy().
-        # The command holds the context weakly, so nothing in Tcl keeps
-        # either alive.  Not among the commands deleted at teardown: it is
-        # the one running then.
+        # The command holds the driver weakly (and the driver holds its
+        # context weakly, through the port), so nothing in Tcl keeps the
+        # root, the driver or the context alive.  Not among the commands
+        # deleted at teardown: it is the one running then.
         destroy_cmd = f"qiotask_destroy_{id(self):x}"
         tk.createcommand(destroy_cmd, functools.partial(_on_destroy, weakref.ref(self)))
         tk.call("bind", _BIND_TAG, "<Destroy>", f"+{destroy_cmd} %W")
-        _thread_state.current = self
-        _bury_the_dead()
-
-    def _adopt(self, refs: tuple[Any, ...]) -> None:
-        # A task completed off the Tk thread after the root went: what it
-        # held (widgets, closures over them) must not be freed here.
-        with _graves_lock:
-            _graves.setdefault(self._tk_ident, []).append(refs)
+        return True
 
     def _command(self, tk: Any, what: str, fn: Callable[[], None]) -> str:
         name = f"qiotask_{what}_{id(self):x}"
@@ -323,42 +323,30 @@ class TkContext(MainContext):
         self._commands.append(name)
         return name
 
-    @property
-    def root(self) -> tkinter.Tk:
-        """The root.
+    # -- the driver protocol ------------------------------------------------
 
-        Raises:
-            ContextClosedError: the root is destroyed.
-        """
-        root = self._root
-        if root is None:
-            raise ContextClosedError(f"{self.name}: the Tk root is destroyed")
-        return root
-
-    # -- adapter protocol ---------------------------------------------------
-
-    def _wakeup(self) -> None:
-        if self.closed:
-            raise ContextClosedError(f"{self.name}: the Tk root is destroyed")
+    def wake(self) -> None:
+        if self.port.closed:
+            raise ContextClosedError(f"{self.port.name}: the Tk root is destroyed")
         if threading.get_ident() == self._tk_ident:
             # On the Tk thread Tcl is ours to call: no round trip through
             # the pipe and Tcl's notifier thread.
             self._schedule_batch()
         elif self._pipe is not None:
             if not self._pipe.wake():
-                raise ContextClosedError(f"{self.name}: the Tk root is destroyed")
+                raise ContextClosedError(f"{self.port.name}: the Tk root is destroyed")
         # Polling: nothing to send; the next tick finds the queue non-empty
-        # (the dispatcher's queue is the one record, read with len()).
+        # (the context's queue is the one record, read with port.queued()).
 
-    def _call_later(self, delay: float, fn: Callable[[], None]) -> _TimerHandle:
+    def call_later(self, delay: float, fn: Callable[[], None]) -> TimerHandle:
         return _Timer(self, delay, fn)
 
-    def _set_fd_interest(self, fd: int, read: bool, write: bool, old: tuple[bool, bool] | None) -> None:
-        root = self._root
-        if root is None or self.closed:
+    def set_fd_interest(self, fd: int, read: bool, write: bool, old: tuple[bool, bool] | None) -> None:
+        root = self.root
+        if root is None or self.port.closed:
             return
         if self.polling:
-            return  # _poll_fds reads self._io_mask
+            return  # _poll_fds reads port.fd_interest()
         tk = root.tk
         if old is None or any(old):
             # Replacing a handler in place would leave tkinter's record of the
@@ -370,20 +358,26 @@ class TkContext(MainContext):
             tk.createfilehandler(fd, mask, self._on_fd)
             self._fd_handlers.add(fd)
 
-    def _run_loop(self) -> None:
+    def run(self) -> None:
         if threading.get_ident() != self._tk_ident:
-            raise TaskStateError(f"{self.name}: a Tk root's mainloop runs on the thread that created it")
-        root = self._root
-        if root is not None and not self.closed and not _tk_alive(root):
+            raise TaskStateError(f"{self.port.name}: a Tk root's mainloop runs on the thread that created it")
+        root = self.root
+        if root is not None and not self.port.closed and not _tk_alive(root):
             self._teardown()  # destroyed without our binding hearing of it
-        if root is None or self.closed:
-            raise ContextClosedError(f"{self.name}: the Tk root is destroyed")
+        if root is None or self.port.closed:
+            raise ContextClosedError(f"{self.port.name}: the Tk root is destroyed")
         root.mainloop()
 
-    def _stop_loop(self) -> None:
-        root = self._root
-        if root is not None and not self.closed:
+    def stop(self) -> None:
+        root = self.root
+        if root is not None and not self.port.closed:
             root.quit()
+
+    def adopt(self, refs: tuple[Any, ...]) -> None:
+        # A task completed off the Tk thread after the root went: what it
+        # held (widgets, closures over them) must not be freed here.
+        with _graves_lock:
+            _graves.setdefault(self._tk_ident, []).append(refs)
 
     # -- the Tk thread --------------------------------------------------------
 
@@ -392,8 +386,8 @@ class TkContext(MainContext):
         # event: a chain of events keeps Tcl from ever going idle (no
         # redraw), and a chain of idle handlers keeps update_idletasks()
         # from returning (see the module docstring).
-        root = self._root
-        if self._batch_id is not None or root is None or self.closed:
+        root = self.root
+        if self._batch_id is not None or root is None or self.port.closed:
             return
         if self._batch_at_idle:
             self._batch_id = root.tk.call("after", "idle", self._idle_cmd)
@@ -409,8 +403,8 @@ class TkContext(MainContext):
     def _run_batch(self, next_at_idle: bool) -> None:
         self._batch_id = None
         self._batch_at_idle = next_at_idle
-        if not self.closed:
-            self._dispatch()
+        if not self.port.closed:
+            self.port.dispatch()
 
     def _on_wake(self, fd: int, mask: int) -> None:
         # Called by tkinter's file handler: an exception here would end
@@ -421,24 +415,24 @@ class TkContext(MainContext):
 
     def _on_fd(self, fd: int, mask: int) -> None:
         try:
-            self._fd_ready(fd)
+            self.port.fd_ready(fd)
         except Exception as exc:  # would end mainloop(): see _on_wake
-            self.report_exception(f"exception in an fd watch of {self.name}", exc)
+            self.port.report_exception(f"exception in an fd watch of {self.port.name}", exc)
 
     def _poll_tick(self) -> None:
         self._poll_id = None
         try:
-            if self._io_mask:
-                self._poll_fds()
-            if len(self._dispatcher):
+            polled = self.port.fd_interest()
+            if polled:
+                self._poll_fds(polled)
+            if self.port.queued():
                 self._schedule_batch()
         finally:
-            root = self._root
-            if root is not None and not self.closed:
+            root = self.root
+            if root is not None and not self.port.closed:
                 self._poll_id = root.tk.call("after", POLL_INTERVAL_MS, self._poll_cmd)
 
-    def _poll_fds(self) -> None:
-        polled = {fd: m for fd, m in self._io_mask.items() if m}
+    def _poll_fds(self, polled: dict[int, tuple[bool, bool]]) -> None:
         readers = [fd for fd, (read, _) in polled.items() if read]
         writers = [fd for fd, (_, write) in polled.items() if write]
         ready: list[int]
@@ -447,24 +441,25 @@ class TkContext(MainContext):
             ready = [*readable, *writable]
         except (OSError, ValueError):
             # A closed fd among them: let every watch look at its own fd
-            # (the base polls it and reports IO_ERR for the bad one).
+            # (the context polls it and reports IO_ERR for the bad one).
             ready = list(polled)
         for fd in dict.fromkeys(ready):
-            if fd in self._io_mask and not self.closed:
+            # Asked again for each: a watch that ran may have removed another.
+            if not self.port.closed and fd in self.port.fd_interest():
                 try:
-                    self._fd_ready(fd)
+                    self.port.fd_ready(fd)
                 except Exception as exc:
-                    self.report_exception(f"exception in an fd watch of {self.name}", exc)
+                    self.port.report_exception(f"exception in an fd watch of {self.port.name}", exc)
 
     def _teardown(self) -> None:
         """The root is going: release what is ours in Tcl, let go of the
         root, and fail what is queued."""
-        root = self._root
+        root = self.root
         if root is None:
             return
-        # First: from here on posts fail their items at once, and _wakeup
+        # First: from here on posts fail their items at once, and wake()
         # refuses; what was queued before is failed at the end.
-        queued = self._dispatcher.shut()
+        queued = self.port.shut()
         tk = root.tk
         # The interpreter outlives the root, and its timers and the thread's
         # file handlers would fire in the next mainloop() of any root here.
@@ -487,7 +482,6 @@ class TkContext(MainContext):
             except (tkinter.TclError, ValueError):
                 pass
         self._fd_handlers.clear()
-        self._polled_fds.clear()
         if self._pipe is not None:
             self._pipe.close()
         for name in self._commands:
@@ -498,19 +492,64 @@ class TkContext(MainContext):
         self._commands.clear()
         # Watches can no longer fire; their functions may hold widgets, and
         # through them the root.
-        for watches in list(self._io.values()):
-            for watch in list(watches):
-                watch.remove()
-        self._root = None
+        self.port.drop_fd_watches()
+        self.root = None
         if queued is not None:
-            self._dispatcher.fail(queued)
+            self.port.fail(queued)
 
 
-def _on_destroy(context_ref: weakref.ref[TkContext], widget: str) -> None:
+def _on_destroy(driver_ref: weakref.ref[TkDriver], widget: str) -> None:
     """Tcl's <Destroy> binding of the root's tag: the root is going."""
-    context = context_ref()
-    if context is not None and context._root is not None and widget == str(context._root):
-        context._teardown()
+    driver = driver_ref()
+    if driver is not None and driver.root is not None and widget == str(driver.root):
+        driver._teardown()
+
+
+class TkContext(MainContext):
+    """The context of a ``tkinter.Tk`` root; see the module docstring.
+
+    Use ``qiotask.attach(root)``; construct one directly only to choose
+    ``polling=True`` (the fallback for Tcl without ``createfilehandler``),
+    once per root, before anything attaches it.
+
+    Args:
+        root: the root, on the thread that created it.
+        name: a name for logs and errors.
+        polling: poll for work from other threads (and for ready fds)
+            even where ``createfilehandler`` exists; without it, a context
+            always polls.
+
+    Raises:
+        TaskStateError: called off the root's thread, or the root already
+            has a context.
+    """
+
+    _driver: TkDriver
+
+    def __init__(self, root: tkinter.Tk, *, name: str | None = None, polling: bool = False) -> None:
+        if root.__dict__.get(_ATTR) is not None:
+            raise TaskStateError(f"{root!r} already has a qiotask context: use qiotask.attach(root)")
+        _check_tk_thread(root)
+        polling = polling or not _has_filehandler(root.tk)
+        super().__init__(name=name or f"tk root {id(root):#x}", driver=lambda port: TkDriver(port, polling=polling))
+        #: Whether the context polls (asked for, or no ``createfilehandler``).
+        self.polling = polling
+        root.__dict__[_ATTR] = self
+        if self._driver.start(root):
+            _thread_state.current = self
+            _bury_the_dead()
+
+    @property
+    def root(self) -> tkinter.Tk:
+        """The root.
+
+        Raises:
+            ContextClosedError: the root is destroyed.
+        """
+        root = self._driver.root
+        if root is None:
+            raise ContextClosedError(f"{self.name}: the Tk root is destroyed")
+        return root
 
 
 # References adopted from tasks that finished off their Tk thread, by thread

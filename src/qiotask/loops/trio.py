@@ -78,12 +78,13 @@ import trio.lowlevel as _lowlevel
 
 from .._adapters import Adapter, attach_once, register
 from .._context import HANGUP_POLL_INTERVAL, MainContext
+from .._driver import ContextPort, LoopDriver
 from .._errors import ContextClosedError, TaskStateError
 
 if TYPE_CHECKING:
     from .._task import Task
 
-__all__ = ["TrioContext"]
+__all__ = ["TrioContext", "TrioDriver"]
 
 _in_trio_run = _lowlevel.in_trio_run
 _current_trio_token = _lowlevel.current_trio_token
@@ -96,16 +97,43 @@ _contexts: weakref.WeakValueDictionary[_lowlevel.TrioToken, TrioContext] = weakr
 _attach_lock = threading.Lock()
 
 
+class _Entry:
+    """A context's place in the attach table (``_contexts``), for its driver:
+    a standalone run enters it there for the run's token, and the run's end
+    or ``close()`` takes it out.  Holds the context weakly, as the port does;
+    the driver never sees the context itself."""
+
+    __slots__ = ("_ref",)
+
+    def __init__(self, context: TrioContext) -> None:
+        self._ref = weakref.ref(context)
+
+    def enter(self, token: _lowlevel.TrioToken) -> None:
+        """``get_context()`` inside the run of ``token`` finds the context."""
+        context = self._ref()
+        if context is not None:
+            with _attach_lock:
+                _contexts[token] = context
+
+    def leave(self, token: _lowlevel.TrioToken) -> None:
+        """The context no longer serves the run of ``token`` (if it did)."""
+        context = self._ref()
+        if context is not None:
+            with _attach_lock:
+                if _contexts.get(token) is context:
+                    del _contexts[token]
+
+
 class _Timer:
-    """A ``_call_later`` handle: a system task sleeping in a CancelScope.
+    """A ``call_later`` handle: a system task sleeping in a CancelScope.
 
     Touched on the context thread only, like every handle of the protocol.
     """
 
-    __slots__ = ("_context", "_deadline", "_fn", "_scope")
+    __slots__ = ("_deadline", "_driver", "_fn", "_scope")
 
-    def __init__(self, context: TrioContext, delay: float, fn: Callable[[], None]) -> None:
-        self._context = context
+    def __init__(self, driver: TrioDriver, delay: float, fn: Callable[[], None]) -> None:
+        self._driver = driver
         self._fn = fn
         # time.monotonic() based, so that a timer created outside a run (or
         # paused by the end of one) knows how long it has left.
@@ -114,38 +142,31 @@ class _Timer:
         self._scope: trio.CancelScope | None = None
 
     def cancel(self) -> None:
-        self._context._timers.discard(self)
+        self._driver._timers.discard(self)
         scope, self._scope = self._scope, None
         if scope is not None:
             scope.cancel()
 
 
-class TrioContext(MainContext):
-    """The context of a trio run.
+class TrioDriver(LoopDriver):
+    """The loop side of a trio context (see ``qiotask._driver``): of an
+    attached run (``token`` given), or of a standalone context whose every
+    :meth:`run` is one ``trio.run``."""
 
-    ``TrioContext()`` makes a standalone context that :class:`qiotask.MainLoop`
-    runs (each ``run()`` is one ``trio.run`` on the calling thread); contexts
-    of runs started elsewhere come from ``qiotask.attach(token)`` or
-    ``qiotask.get_context()`` inside the run.
-
-    Its thread is the thread running trio; before a standalone context runs,
-    the thread that made it.
-    """
-
-    def __init__(self, *, name: str | None = None, _token: _lowlevel.TrioToken | None = None) -> None:
-        attached = _token is not None
-        super().__init__(name=name or (f"trio run {id(_token):#x}" if attached else "trio"))
-        self._attached = attached
+    def __init__(self, port: ContextPort, token: _lowlevel.TrioToken | None, entry: _Entry) -> None:
+        super().__init__(port)
+        self._attached = token is not None
+        self._entry = entry
         # The token of the run delivering completions now; None while a
         # standalone context is not running.  Set and cleared on the trio
-        # thread, read by _wakeup from any thread.  The context is closed
-        # (MainContext.closed) when the attached run ends, or by close().
-        self._token = _token
+        # thread, read by wake() from any thread.  The context is closed
+        # (port.closed) when the attached run ends, or by close().
+        self._token = token
         # Whether system tasks may be spawned: a run is active and not yet
         # shutting down.  Context thread only, like the two tables below.
         self._active = False
         # Sources survive the end of a standalone run: live timers, and the
-        # fd interest (read, write) the base class asked for.
+        # fd interest (read, write) the context asked for (port.fd_interest).
         self._timers: set[_Timer] = set()
         # The watcher system task of each (fd, writable), by its scope.
         self._fd_scopes: dict[tuple[int, bool], trio.CancelScope] = {}
@@ -158,51 +179,35 @@ class TrioContext(MainContext):
         self._run_lock = threading.Lock()
         self._running = False
         self._stop_event: trio.Event | None = None
-        if attached:
-            assert _token is not None
-            if _in_trio_run() and _current_trio_token() is _token:
-                self._bind_attached()
-            else:
-                # Attached from another thread: the trio thread is not known
-                # until the run answers; meanwhile no thread counts as the
-                # context's, so everything is handed over through the queue,
-                # behind this binding call (run_sync_soon is FIFO).
-                self._owner = (None, self._owner[1])
-                try:
-                    _token.run_sync_soon(self._bind_attached)
-                except trio.RunFinishedError:
-                    self._loop_gone()
-        else:
-            _standalone.add(self)
 
-    # -- adapter protocol ---------------------------------------------------
+    # -- the driver protocol ------------------------------------------------
 
-    def _wakeup(self) -> None:
-        if self.closed:
-            raise ContextClosedError(f"{self.name} is closed")
+    def wake(self) -> None:
+        if self.port.closed:
+            raise ContextClosedError(f"{self.port.name} is closed")
         token = self._token
         if token is None:
             return  # standalone, no run active: the next run dispatches the batch
         try:
-            token.run_sync_soon(self._dispatch)
+            token.run_sync_soon(self.port.dispatch)
         except trio.RunFinishedError as exc:
-            if not self._attached and not self.closed:
+            if not self._attached and not self.port.closed:
                 # The run this token belonged to just ended; the batch stays
                 # queued for the next run (_main dispatches it first thing).
                 return
-            raise ContextClosedError(f"{self.name}: the trio run has finished") from exc
+            raise ContextClosedError(f"{self.port.name}: the trio run has finished") from exc
 
-    def _loop_nests(self) -> bool:
+    def nests(self) -> bool:
         return False  # trio.run() cannot run inside a run
 
-    def _call_later(self, delay: float, fn: Callable[[], None]) -> _Timer:
+    def call_later(self, delay: float, fn: Callable[[], None]) -> _Timer:
         timer = _Timer(self, delay, fn)
         self._timers.add(timer)
         if self._active:
             self._start_timer(timer, delay)
         return timer
 
-    def _set_fd_interest(self, fd: int, read: bool, write: bool, old: tuple[bool, bool] | None) -> None:
+    def set_fd_interest(self, fd: int, read: bool, write: bool, old: tuple[bool, bool] | None) -> None:
         for writable, wanted in ((False, read), (True, write)):
             key = (fd, writable)
             scope = self._fd_scopes.get(key)
@@ -216,16 +221,16 @@ class TrioContext(MainContext):
                 del self._fd_scopes[key]
                 scope.cancel()
 
-    def _run_loop(self) -> None:
+    def run(self) -> None:
         if self._attached:
-            raise TaskStateError(f"{self.name} is run by its own trio.run(), not by qiotask.MainLoop")
+            raise TaskStateError(f"{self.port.name} is run by its own trio.run(), not by qiotask.MainLoop")
         if _in_trio_run():
-            raise TaskStateError(f"{self.name}: MainLoop.run() cannot start a trio run inside a trio run")
+            raise TaskStateError(f"{self.port.name}: MainLoop.run() cannot start a trio run inside a trio run")
         with self._run_lock:
-            if self.closed:
-                raise ContextClosedError(f"{self.name} is closed")
+            if self.port.closed:
+                raise ContextClosedError(f"{self.port.name} is closed")
             if self._running:
-                raise TaskStateError(f"{self.name} is already running")
+                raise TaskStateError(f"{self.port.name} is already running")
             self._running = True
         try:
             trio.run(self._main)
@@ -233,12 +238,49 @@ class TrioContext(MainContext):
             with self._run_lock:
                 self._running = False
 
-    def _stop_loop(self) -> None:
+    def stop(self) -> None:
         if self._attached:
-            super()._stop_loop()
+            super().stop()
         event = self._stop_event
         if event is not None:
             event.set()
+
+    def close(self) -> None:
+        """``TrioContext.close()``: close the context and stop what qiotask
+        runs in trio (see there); any thread, more than once."""
+        with self._run_lock:  # see _main
+            queued = self.port.shut()
+            token = self._token
+        if queued is not None:
+            if token is None:
+                # A standalone context between runs: nothing runs in trio.
+                self._timers.clear()
+                self.port.forget_fds()
+            else:
+                self._entry.leave(token)
+                if _in_trio_run() and _current_trio_token() is token:
+                    self._release()
+                else:
+                    try:
+                        token.run_sync_soon(self._release)
+                    except trio.RunFinishedError:
+                        pass  # the run is over, and its system tasks with it
+            self.port.fail(queued)
+
+    def _release(self) -> None:
+        """On the trio thread: stop the system tasks qiotask runs there."""
+        self._active = False
+        scopes = [timer._scope for timer in self._timers]
+        scopes += self._fd_scopes.values()
+        scopes.append(self._watch_scope)
+        self._timers.clear()
+        self.port.forget_fds()
+        self._fd_scopes.clear()
+        for scope in scopes:
+            if scope is not None:
+                scope.cancel()
+        if self._stop_event is not None:
+            self._stop_event.set()  # a standalone run ends
 
     # -- standalone runs ------------------------------------------------------
 
@@ -246,18 +288,17 @@ class TrioContext(MainContext):
         """The main task of a standalone run: deliver what waited, then idle."""
         token = _current_trio_token()
         self._stop_event = stop = trio.Event()
-        with _attach_lock:
-            _contexts[token] = self  # get_context() inside the run finds us
+        self._entry.enter(token)  # get_context() inside the run finds the context
         self._active = True
         try:
             with self._run_lock:  # see close()
                 self._token = token
-                if self.closed:
+                if self.port.closed:
                     return
             self._resume_sources()
             # Completions posted before the run (their wake-up found no run
             # to wake) are delivered first.
-            self._dispatch()
+            self.port.dispatch()
             await stop.wait()
         finally:
             # From here on, posts wait for the next run; wake-ups already
@@ -267,79 +308,53 @@ class TrioContext(MainContext):
             self._active = False
             self._token = None
             self._stop_event = None
-            with _attach_lock:
-                if _contexts.get(token) is self:
-                    del _contexts[token]
+            self._entry.leave(token)
 
     def _resume_sources(self) -> None:
         now = time.monotonic()
         for timer in list(self._timers):
             if timer._scope is None:
                 self._start_timer(timer, max(0.0, timer._deadline - now))
-        for fd, (read, write) in [(f, m) for f, m in self._io_mask.items() if m]:
-            self._set_fd_interest(fd, read, write, None)
-
-    def close(self) -> None:
-        """Close the context for good; safe from any thread, more than once.
-
-        Completions queued now fail with ``ContextClosedError`` in the
-        calling thread, later ones in the thread that completes them
-        (``func`` is not called; destroy notifiers run once).  The timers and
-        fd watches qiotask runs in trio are cancelled; a running standalone
-        context's ``MainLoop.run()`` returns.  An attached trio run goes on
-        without qiotask: a later ``attach(token)`` or ``get_context()`` in
-        it makes a new context.
-        """
-        with self._run_lock:  # see _main
-            queued = self._dispatcher.shut()
-            token = self._token
-        if queued is not None:
-            with _attach_lock:
-                if token is not None and _contexts.get(token) is self:
-                    del _contexts[token]
-            if token is None:
-                # A standalone context between runs: nothing runs in trio.
-                self._timers.clear()
-                self._io_mask.clear()
-            elif _in_trio_run() and _current_trio_token() is token:
-                self._release()
-            else:
-                try:
-                    token.run_sync_soon(self._release)
-                except trio.RunFinishedError:
-                    pass  # the run is over, and its system tasks with it
-            self._dispatcher.fail(queued)
-
-    def _release(self) -> None:
-        """On the trio thread: stop the system tasks qiotask runs there."""
-        self._active = False
-        scopes = [timer._scope for timer in self._timers]
-        scopes += self._fd_scopes.values()
-        scopes.append(self._watch_scope)
-        self._timers.clear()
-        self._io_mask.clear()
-        self._fd_scopes.clear()
-        for scope in scopes:
-            if scope is not None:
-                scope.cancel()
-        if self._stop_event is not None:
-            self._stop_event.set()  # a standalone run ends
+        for fd, (read, write) in self.port.fd_interest().items():
+            self.set_fd_interest(fd, read, write, None)
 
     # -- attached runs --------------------------------------------------------
 
-    def _bind_attached(self) -> None:
+    def bind(self) -> None:
+        """An attached context's start: bind it to its run, at once if
+        called in the run, else through the run (``run_sync_soon``).  The
+        run keeps the context alive while it lasts (``port.keepsake()``):
+        nothing else may hold it, and the port holds it only weakly."""
+        keep = self.port.keepsake()
+        token = self._token
+        assert token is not None
+        if _in_trio_run() and _current_trio_token() is token:
+            self._bind_attached(keep)
+        else:
+            # Attached from another thread: the trio thread is not known
+            # until the run answers; meanwhile no thread counts as the
+            # context's, so everything is handed over through the queue,
+            # behind this binding call (run_sync_soon is FIFO).
+            self.port.runs_on(None)
+            try:
+                token.run_sync_soon(self._bind_attached, keep)
+            except trio.RunFinishedError:
+                self.port.loop_gone()
+
+    def _bind_attached(self, keep: object) -> None:
         """On the trio thread, in the run: adopt the thread, watch the run."""
-        if self.closed:
+        if self.port.closed:
             return  # closed before the run got to this
-        self._set_owner(threading.current_thread())
+        self.port.runs_on(threading.current_thread())
         self._active = True
         scope = self._watch_scope = trio.CancelScope()
-        if not self._spawn(self._watch_run, scope):
-            self._loop_gone()
+        if not self._spawn(self._watch_run, scope, keep):
+            self.port.loop_gone()
 
-    async def _watch_run(self, scope: trio.CancelScope) -> None:
+    async def _watch_run(self, scope: trio.CancelScope, keep: object) -> None:
         # A system task: cancelled when the main task has returned, or by
-        # close().  It also keeps the context alive while the run lasts.
+        # close().  It also keeps the context (keep) alive while the run
+        # lasts.
         try:
             with scope:
                 await trio.sleep_forever()
@@ -348,13 +363,13 @@ class TrioContext(MainContext):
             # is queued or completes from now on fails with
             # ContextClosedError (the wake-ups already sent find nothing).
             self._active = False
-            self._loop_gone()
+            self.port.loop_gone()
 
     # -- system tasks ----------------------------------------------------------
 
     def _spawn(self, fn: Callable[..., Awaitable[object]], *args: Any) -> bool:
         try:
-            _lowlevel.spawn_system_task(fn, *args, name=f"qiotask {self.name}: {getattr(fn, '__name__', fn)}")
+            _lowlevel.spawn_system_task(fn, *args, name=f"qiotask {self.port.name}: {getattr(fn, '__name__', fn)}")
         except RuntimeError:
             # The system nursery is closed: the run is shutting down.
             self._active = False
@@ -392,27 +407,68 @@ class TrioContext(MainContext):
                         # trio cannot wait on this fd: a regular file (epoll
                         # says EPERM), an fd closed behind our back, or one a
                         # trio task already waits on.  Poll it instead, as
-                        # GLib would: _fd_ready reports what poll() sees.
+                        # GLib would: port.fd_ready reports what poll() sees.
                         if isinstance(exc, trio.BusyResourceError) and not reported:
                             reported = True
-                            self.report_exception(
-                                f"{self.name}: another trio task waits on fd {fd}; "
+                            self.port.report_exception(
+                                f"{self.port.name}: another trio task waits on fd {fd}; "
                                 f"qiotask polls it every {HANGUP_POLL_INTERVAL} s instead",
                                 exc,
                             )
-                        self._fd_ready(fd)
+                        self.port.fd_ready(fd)
                         if scope.cancel_called:
                             break
                         await trio.sleep(HANGUP_POLL_INTERVAL)
                         continue
-                    self._fd_ready(fd)
+                    self.port.fd_ready(fd)
                     if scope.cancel_called:
-                        # The interest changed inside _fd_ready; waiting
+                        # The interest changed inside fd_ready; waiting
                         # again could collide with a new watcher of fd.
                         break
         finally:
             if self._fd_scopes.get((fd, writable)) is scope:
                 del self._fd_scopes[(fd, writable)]
+
+
+class TrioContext(MainContext):
+    """The context of a trio run.
+
+    ``TrioContext()`` makes a standalone context that :class:`qiotask.MainLoop`
+    runs (each ``run()`` is one ``trio.run`` on the calling thread); contexts
+    of runs started elsewhere come from ``qiotask.attach(token)`` or
+    ``qiotask.get_context()`` inside the run.
+
+    Its thread is the thread running trio; before a standalone context runs,
+    the thread that made it.
+    """
+
+    _driver: TrioDriver
+
+    def __init__(self, *, name: str | None = None, _token: _lowlevel.TrioToken | None = None) -> None:
+        attached = _token is not None
+        entry = _Entry(self)
+        super().__init__(
+            name=name or (f"trio run {id(_token):#x}" if attached else "trio"),
+            driver=lambda port: TrioDriver(port, _token, entry),
+        )
+        if attached:
+            # The run keeps an attached context alive while it lasts.
+            self._driver.bind()
+        else:
+            _standalone.add(self)
+
+    def close(self) -> None:
+        """Close the context for good; safe from any thread, more than once.
+
+        Completions queued now fail with ``ContextClosedError`` in the
+        calling thread, later ones in the thread that completes them
+        (``func`` is not called; destroy notifiers run once).  The timers and
+        fd watches qiotask runs in trio are cancelled; a running standalone
+        context's ``MainLoop.run()`` returns.  An attached trio run goes on
+        without qiotask: a later ``attach(token)`` or ``get_context()`` in
+        it makes a new context.
+        """
+        super().close()
 
 
 # Standalone contexts, closed at exit unless running (like embedded asyncio
@@ -423,7 +479,7 @@ _standalone: weakref.WeakSet[TrioContext] = weakref.WeakSet()
 @atexit.register
 def _close_standalone() -> None:
     for ctx in list(_standalone):
-        if not ctx._running and not ctx.closed:
+        if not ctx._driver._running and not ctx.closed:
             ctx.close()
 
 
