@@ -1136,3 +1136,41 @@ def test_a_context_collected_with_completions_queued_fails_them() -> None:
         warnings.simplefilter("ignore", ResourceWarning)  # the unclosed loop's own warning
         gc.collect()
     assert destroyed == ["opaque"]
+
+
+def test_contexts_of_qiotasks_own_loops_are_closed_at_exit() -> None:
+    # An embedded asyncio context and a standalone trio context that no loop
+    # ran: at exit, before the interpreter starts tearing down, they are
+    # closed (the loop's fds with them, so no "unclosed" ResourceWarning),
+    # and the completion still queued on each fails, running its destroy
+    # notifier; func never runs.
+    import subprocess
+    import sys
+    import textwrap
+
+    from .conftest import STRICT_WARNINGS
+
+    script = textwrap.dedent(
+        """
+        import atexit
+        atexit.register(lambda: print("last exit handler", flush=True))  # runs after qiotask's
+        import threading, qiotask
+        from qiotask.loops.trio import TrioContext
+
+        contexts = [qiotask.MainContext(name="embedded"), TrioContext(name="standalone")]
+        for ctx in contexts:
+            task = qiotask.Task(None, lambda s, e, o: print("func ran"), ctx.name,
+                                lambda name: print("destroyed", name, flush=True), context=ctx)
+            thread = threading.Thread(target=task.complete)  # posted: not the context's thread
+            thread.start()
+            thread.join()
+        print("exiting", flush=True)
+        """
+    )
+    out = subprocess.run([sys.executable, *STRICT_WARNINGS, "-c", script], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0] == "exiting"
+    assert sorted(lines[1:3]) == ["destroyed embedded", "destroyed standalone"]
+    assert lines[3:] == ["last exit handler"]
+    assert "ResourceWarning" not in out.stderr

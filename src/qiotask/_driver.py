@@ -31,6 +31,7 @@ own for them.
 
 from __future__ import annotations
 
+import atexit
 import threading
 import weakref
 from collections import deque
@@ -43,7 +44,7 @@ if TYPE_CHECKING:
     from ._context import MainContext
     from ._dispatch import Dispatchable
 
-__all__ = ["NO_TIMER", "ContextPort", "LoopDriver", "TimerHandle"]
+__all__ = ["NO_TIMER", "ClosedAtExit", "ContextPort", "Graves", "LoopDriver", "TimerHandle"]
 
 
 class TimerHandle(Protocol):
@@ -244,3 +245,61 @@ class LoopDriver:
         """Take the last references of a task completed off the context's
         thread after the loop went away.  Dropping them here is right for
         most loops; Tk must drop Tcl objects on the Tk thread."""
+
+
+# -- what several drivers need, written once ------------------------------------
+
+
+class Graves:
+    """The last references of tasks completed off a loop's thread after the
+    loop went away (``LoopDriver.adopt``), kept to be dropped on that thread:
+    Qt's and Tk's objects must die on their own thread.
+
+    :meth:`bury` from any thread, :meth:`free` on the loop's thread; the
+    lock guards the list between them.
+    """
+
+    __slots__ = ("_lock", "_refs")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._refs: list[tuple[Any, ...]] = []
+
+    def bury(self, refs: tuple[Any, ...]) -> bool:
+        """Keep ``refs``; True for the first since the last :meth:`free` (the
+        caller then arranges a free on the loop's thread)."""
+        with self._lock:
+            self._refs.append(refs)
+            return len(self._refs) == 1
+
+    def free(self) -> None:
+        """On the loop's thread: drop what was buried (after the lock: what
+        dies may run any code)."""
+        with self._lock:
+            refs, self._refs = self._refs, []
+        del refs
+
+
+class ClosedAtExit:
+    """Contexts whose loop is qiotask's own (an embedded asyncio loop, a
+    standalone trio context), closed at interpreter exit unless their loop
+    is running then: their fds are not reported as leaked, and what they
+    still hold queued fails, running its destroy notifiers.
+
+    Args:
+        running: ``running(context)``, whether its loop runs now.
+    """
+
+    def __init__(self, running: Callable[[Any], bool]) -> None:
+        self._contexts: weakref.WeakSet[MainContext] = weakref.WeakSet()
+        self._running = running
+        atexit.register(self._close_all)
+
+    def add(self, context: MainContext) -> None:
+        """Close ``context`` at exit (held weakly: one freed before is not)."""
+        self._contexts.add(context)
+
+    def _close_all(self) -> None:
+        for context in list(self._contexts):
+            if not context.closed and not self._running(context):
+                context.close()

@@ -12,16 +12,14 @@ default context is one, run by ``qiotask.MainLoop().run()``.
 from __future__ import annotations
 
 import asyncio
-import atexit
 import functools
 import threading
-import weakref
 from collections.abc import Callable, Generator
 from typing import Any
 
 from .._adapters import Adapter, attach_once, register
 from .._context import MainContext
-from .._driver import ContextPort, LoopDriver, TimerHandle
+from .._driver import ClosedAtExit, ContextPort, LoopDriver, TimerHandle
 from .._errors import ContextClosedError, TaskStateError
 
 __all__ = ["AsyncioContext", "AsyncioDriver", "EmbeddedContext", "resolve_soon"]
@@ -162,16 +160,8 @@ class EmbeddedContext(AsyncioContext):
         super().close()
 
 
-_embedded: weakref.WeakSet[EmbeddedContext] = weakref.WeakSet()
-
-
-@atexit.register
-def _close_embedded() -> None:
-    # Embedded loops are qiotask's own: close those not running at exit, so
-    # their selector and self-pipe are not reported as leaked.
-    for ctx in list(_embedded):
-        if not ctx.loop.is_running() and not ctx.loop.is_closed():
-            ctx.close()
+# Embedded loops are qiotask's own: those not running at exit are closed.
+_embedded = ClosedAtExit(lambda ctx: ctx.loop.is_running())
 
 
 def _remember(loop: asyncio.AbstractEventLoop, ctx: AsyncioContext) -> None:

@@ -104,7 +104,7 @@ from PySide6.QtCore import (
 from .._adapters import Adapter, attach_once, register
 from .._context import MainContext
 from .._dispatch import Dispatchable
-from .._driver import NO_TIMER, ContextPort, LoopDriver, TimerHandle
+from .._driver import NO_TIMER, ContextPort, Graves, LoopDriver, TimerHandle
 from .._errors import ContextClosedError, TaskStateError
 
 __all__ = ["QtContext", "QtDriver"]
@@ -536,25 +536,18 @@ class _AppRecord(QObject):
     def __init__(self, app: QCoreApplication) -> None:
         super().__init__()
         self.drivers: weakref.WeakSet[QtDriver] = weakref.WeakSet()
-        # _lock guards _graves, filled by any thread, emptied by _free.
-        self._lock = threading.Lock()
-        self._graves: list[tuple[Any, ...]] = []
+        self._graves = Graves()
         if QThread.currentThread() is not app.thread():
             self.moveToThread(app.thread())
 
     def bury(self, refs: tuple[Any, ...]) -> None:
         """Any thread, holding _registry_lock (so the application is alive)."""
-        with self._lock:
-            self._graves.append(refs)
-            first = len(self._graves) == 1
-        if first:
+        if self._graves.bury(refs):
             _invoke(self, "_free", _QUEUED)
 
     @Slot()
     def _free(self) -> None:
-        with self._lock:
-            graves, self._graves = self._graves, []
-        del graves  # the last references, dropped on the application's thread
+        self._graves.free()  # on the application's thread
 
 
 # Keyed by id(app): the application's shared context (attach()) and its

@@ -98,7 +98,7 @@ from typing import Any
 
 from .._adapters import Adapter, attach_once, register
 from .._context import MainContext
-from .._driver import ContextPort, LoopDriver, TimerHandle
+from .._driver import ContextPort, Graves, LoopDriver, TimerHandle
 from .._errors import ContextClosedError, TaskStateError
 
 __all__ = ["POLL_INTERVAL_MS", "TkContext", "TkDriver"]
@@ -376,8 +376,10 @@ class TkDriver(LoopDriver):
     def adopt(self, refs: tuple[Any, ...]) -> None:
         # A task completed off the Tk thread after the root went: what it
         # held (widgets, closures over them) must not be freed here.
+        # Under _graves_lock, so that _bury_the_dead() cannot take the
+        # thread's graves between the lookup and the burial.
         with _graves_lock:
-            _graves.setdefault(self._tk_ident, []).append(refs)
+            _graves.setdefault(self._tk_ident, Graves()).bury(refs)
 
     # -- the Tk thread --------------------------------------------------------
 
@@ -555,14 +557,15 @@ class TkContext(MainContext):
 # References adopted from tasks that finished off their Tk thread, by thread
 # ident; dropped on that thread (_bury_the_dead) when a root is attached
 # there again, or at exit.  _graves_lock guards the dict.
-_graves: dict[int, list[tuple[Any, ...]]] = {}
+_graves: dict[int, Graves] = {}
 _graves_lock = threading.Lock()
 
 
 def _bury_the_dead() -> None:
     with _graves_lock:
-        dead = _graves.pop(threading.get_ident(), None)
-    del dead  # the last references go here, on their own Tk thread
+        graves = _graves.pop(threading.get_ident(), None)
+    if graves is not None:
+        graves.free()  # the last references go here, on their own Tk thread
 
 
 atexit.register(_bury_the_dead)

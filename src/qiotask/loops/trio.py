@@ -66,7 +66,6 @@ pause with a run and resume with the next one.  Only :meth:`TrioContext.close`
 
 from __future__ import annotations
 
-import atexit
 import threading
 import time
 import weakref
@@ -78,7 +77,7 @@ import trio.lowlevel as _lowlevel
 
 from .._adapters import Adapter, attach_once, register
 from .._context import HANGUP_POLL_INTERVAL, MainContext
-from .._driver import ContextPort, LoopDriver
+from .._driver import ClosedAtExit, ContextPort, LoopDriver
 from .._errors import ContextClosedError, TaskStateError
 
 if TYPE_CHECKING:
@@ -473,14 +472,7 @@ class TrioContext(MainContext):
 
 # Standalone contexts, closed at exit unless running (like embedded asyncio
 # contexts), so that completions left in their queue run their notifiers.
-_standalone: weakref.WeakSet[TrioContext] = weakref.WeakSet()
-
-
-@atexit.register
-def _close_standalone() -> None:
-    for ctx in list(_standalone):
-        if not ctx._driver._running and not ctx.closed:
-            ctx.close()
+_standalone = ClosedAtExit(lambda ctx: ctx._driver._running)
 
 
 def _attach_token(token: _lowlevel.TrioToken) -> TrioContext:
