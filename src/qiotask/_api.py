@@ -9,7 +9,7 @@ from collections.abc import Callable
 from typing import Any, ParamSpec, TypeVar
 
 from . import _trace
-from ._checks import check_callable, check_duration, wait_timeout
+from ._checks import ASYNC_FLAGS, check_callable, check_duration, check_sync, wait_timeout
 from ._context import all_contexts
 from ._pool import all_pools
 from ._task import Task
@@ -33,11 +33,15 @@ async def to_thread(fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) ->
     thread cannot be interrupted) and its result is dropped.
 
     Raises:
-        TypeError: ``fn`` is not callable.
+        TypeError: ``fn`` is not callable, or is an async function (at
+            the await), or returned an awaitable.
         Exception: whatever ``fn`` raised, with its traceback.
     """
     if not callable(fn):
         check_callable(fn, "to_thread")
+    code = getattr(fn, "__code__", None)  # check_sync(), inlined for a plain function
+    if code is None or code.co_flags & ASYNC_FLAGS:
+        check_sync(fn, "to_thread")
     task: Task[R] = Task(None)
     task.run_in_thread(_call, functools.partial(fn, *args, **kwargs) if args or kwargs else fn)
     return await task

@@ -8,15 +8,40 @@ on Linux), ``math.inf`` included, means *no limit*: it is accepted and
 becomes ``math.inf``, which every consumer treats as "never" (a wait without
 a timeout, a timer that never fires), rather than a number that overflows a
 lock's wait.
+
+Workers are synchronous: an ``async def`` function (or a
+``functools.partial`` of one, or a bound method of one) handed to a thread
+would only make a coroutine there, never run it.  :func:`check_sync` refuses
+one at the call; :func:`refuse_awaitable` turns an awaitable a worker
+returned into an error.  The call's check reads the function's code flags
+(an attribute load and a test, cheap enough for every job) rather than
+calling ``inspect.iscoroutinefunction``, which costs a tenth of a job.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
 import threading
 from typing import Any, Literal, overload
 
-__all__ = ["LONGEST_WAIT", "check_callable", "check_duration", "check_fd", "wait_timeout"]
+__all__ = [
+    "ASYNC_FLAGS",
+    "LONGEST_WAIT",
+    "check_callable",
+    "check_duration",
+    "check_fd",
+    "awaitable_type",
+    "check_sync",
+    "refuse_awaitable",
+    "wait_timeout",
+]
+
+#: The code flags of an ``async def`` function and of an async generator
+#: function: what neither a worker nor a call on the loop may be.
+ASYNC_FLAGS = inspect.CO_COROUTINE | inspect.CO_ASYNC_GENERATOR
+_partial = functools.partial
 
 _PER_SECOND = {"seconds": 1, "milliseconds": 1000}
 
@@ -27,6 +52,60 @@ def check_callable(value: Any, where: str, what: str = "fn", *, optional: bool =
         return
     allowed = "callable or None" if optional else "callable"
     raise TypeError(f"{_prefix(where)}{what} must be {allowed}, not {type(value).__name__}")
+
+
+def check_sync(fn: Any, where: str, what: str = "fn") -> None:
+    """Raise TypeError if ``fn`` is an async function (or a partial or a
+    bound method of one): ``where`` runs it in a thread or on the loop as a
+    plain call, which would only make a coroutine."""
+    code = getattr(fn, "__code__", None)  # a function, or a method (it lends its function's)
+    if code is not None:
+        if not code.co_flags & ASYNC_FLAGS:
+            return
+    elif type(fn) is _partial or isinstance(fn, _partial):
+        check_sync(fn.func, where, what)
+        return
+    else:
+        return  # a builtin, a class, a callable object: not an async function
+    name = getattr(fn, "__qualname__", None) or repr(fn)
+    raise TypeError(
+        f"{_prefix(where)}{what} {name} is an async function: called as a plain function it would only "
+        f"make a coroutine, never run it; pass a synchronous function (or await {name}() on the loop)"
+    )
+
+
+def awaitable_type(kind: type) -> bool:
+    """Whether objects of ``kind`` are awaitable (have ``__await__``).
+    Remembered per type: ``getattr`` of a missing attribute costs a raised
+    and caught AttributeError, a quarter of a microsecond on every result."""
+    known = _awaitable_types.get(kind)
+    if known is None:
+        if len(_awaitable_types) >= _MAX_REMEMBERED:
+            _awaitable_types.clear()  # classes made on the fly: start over
+        known = _awaitable_types[kind] = getattr(kind, "__await__", None) is not None
+    return known
+
+
+# Type -> is it awaitable; filled by any thread (a dict's get and set are
+# each atomic, with the GIL and on the free-threaded build; two threads
+# storing the same answer is harmless).
+_awaitable_types: dict[type, bool] = {}
+_MAX_REMEMBERED = 1024
+
+
+def refuse_awaitable(value: Any, where: str) -> TypeError | None:
+    """A TypeError if a worker returned an awaitable (a coroutine, a
+    future): nothing will ever await it.  A coroutine is closed here, so
+    that it is not kept and never warns that it was not awaited."""
+    if not awaitable_type(type(value)):
+        return None
+    close = getattr(value, "close", None)
+    if inspect.iscoroutine(value) and close is not None:
+        close()
+    return TypeError(
+        f"{_prefix(where)}the worker returned an awaitable ({type(value).__name__}) that nothing will "
+        "await: a worker runs in a thread and must be a synchronous function"
+    )
 
 
 def _prefix(where: str) -> str:

@@ -17,7 +17,7 @@ import concurrent.futures
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from ._checks import check_callable
+from ._checks import check_callable, check_sync
 from ._delivery import hand_over
 from ._errors import TaskCancelled
 from ._threadjob import ThreadJob
@@ -36,6 +36,7 @@ def run_in_executor(
     if not callable(getattr(executor, "submit", None)):
         raise TypeError(f"run_in_executor: executor must have submit(), not {type(executor).__name__}")
     check_callable(fn, "run_in_executor")
+    check_sync(fn, "run_in_executor")
     job = ThreadJob(task, fn, None, None, None, False)
     if task._move_submit(job, "run_in_executor", running=True):
         hand_over(task)  # cancelled before: the call is never submitted

@@ -462,6 +462,7 @@ class Task(TaskCore, Generic[T]):
         deadlock.
 
         Raises:
+            TypeError: ``fn`` is not callable, or is an async function.
             TaskStateError: called on the context thread itself.
             ContextClosedError: the context's loop is gone.
             Exception: whatever ``fn`` raised.
@@ -479,7 +480,8 @@ class Task(TaskCore, Generic[T]):
         :class:`TaskCancelled` when it ends (cancel wins).
 
         Raises:
-            TypeError: ``executor`` has no ``submit``, ``fn`` not callable.
+            TypeError: ``executor`` has no ``submit``, ``fn`` not callable or
+                an async function.
             TaskStateError: the task already runs a worker or was completed.
             Exception: whatever ``executor.submit`` raises (e.g. shut down).
         """

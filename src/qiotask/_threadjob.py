@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from . import _deadline, _points, _trace
 from . import _pool as _pool_module
-from ._checks import check_callable, check_duration
+from ._checks import ASYNC_FLAGS, awaitable_type, check_callable, check_duration, check_sync, refuse_awaitable
 from ._delivery import deliver, hand_over, notify, reraise, time_out
 from ._errors import ContextClosedError, TaskStateError
 from ._limiter import Limiter
@@ -94,8 +94,12 @@ class ThreadJob(JobCore):
 
     def done(self, result: Any, exc: BaseException | None) -> None:
         """On the pool thread, right after the worker returned or raised."""
-        if result is NEVER_RAN:
-            return
+        if result is not None:
+            if result is NEVER_RAN:
+                return
+            if awaitable_type(type(result)):
+                exc = refuse_awaitable(result, "")
+                result = None
         task = self.task
         if task._traced:
             _trace.emit("qio_task_thread_exit", task, result=result, err=exc)
@@ -172,7 +176,8 @@ def run_in_thread(
     queued, for a slot (no pool thread waits).
 
     Raises:
-        TypeError: ``worker``/``destroy`` not callable, ``pool`` not a
+        TypeError: ``worker``/``destroy`` not callable, ``worker`` an
+            async function (see ``_checks.check_sync``), ``pool`` not a
             WorkerPool, ``timeout`` not a number, ``priority`` not an
             int, ``limiter`` not a Limiter.
         ValueError: ``timeout`` negative or NaN.
@@ -182,6 +187,9 @@ def run_in_thread(
     if not callable(worker) or (destroy is not None and not callable(destroy)):
         check_callable(worker, "run_in_thread", "worker")
         check_callable(destroy, "run_in_thread", "destroy", optional=True)
+    code = getattr(worker, "__code__", None)  # check_sync(), inlined for a plain function
+    if code is None or code.co_flags & ASYNC_FLAGS:
+        check_sync(worker, "run_in_thread", "worker")
     if pool is None:
         pool = _pool_module._default_pool
         if pool is None or pool._shutdown:
@@ -294,6 +302,7 @@ class _MainCall:
 def call_in_main(task: TaskCore, fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
     """``Task.call_in_main`` (see its docstring)."""
     check_callable(fn, "call_in_main")
+    check_sync(fn, "call_in_main")
     context = task._context
     if context.is_owner():
         raise TaskStateError(
