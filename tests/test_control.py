@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import itertools
 import os
 import threading
 import time
@@ -64,7 +65,7 @@ def test_a_million_reports_do_not_flood_the_loop(runner: LoopRunner, monkeypatch
         order.append("progress")
 
     task = Task(None, lambda s, e, o: order.append("func"))
-    task.connect_progress(on_progress)
+    task.connect_progress(on_progress, max_rate=None)  # no time limit: once per loop iteration
     task.add_done_callback(runner.quit)
     task.run_in_thread(worker)
     runner.run()
@@ -76,6 +77,106 @@ def test_a_million_reports_do_not_flood_the_loop(runner: LoopRunner, monkeypatch
     assert order[-1] == "func" and order[-2] == "progress"  # ... before the completion
     assert {s[3] for s in seen} == {threading.current_thread().name}
     assert [s[0] for s in seen] == sorted(s[0] for s in seen)  # never older than the one before
+
+
+def test_progress_is_delivered_at_most_max_rate_times_a_second(runner: LoopRunner) -> None:
+    # The worker reports without a pause until the callback has had six
+    # reports; each came at least 1/max_rate s after the one before.
+    max_rate = 20.0
+    stop = threading.Event()
+    times: list[float] = []
+    order: list[Any] = []
+
+    def worker(task: Task[Any], opaque: Any) -> int:
+        i = 0
+        while not stop.is_set() and i < 50_000_000:  # bounded: about a minute at worst
+            i += 1
+            task.report_progress(i)
+        return i
+
+    def on_progress(task: Task[Any], done: float, total: float | None, message: str | None) -> None:
+        times.append(time.monotonic())
+        order.append(("progress", done))
+        if len(times) == 6:
+            stop.set()
+
+    task = Task(None, lambda s, e, o: order.append("func"))
+    task.connect_progress(on_progress, max_rate=max_rate)
+    task.add_done_callback(runner.quit)
+    task.run_in_thread(worker)
+    runner.run(timeout=60)
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    assert len(times) >= 6
+    # (less 5 ms: each time is read a little after the delivery was decided)
+    assert all(gap >= 1 / max_rate - 0.005 for gap in gaps[:5]), gaps
+    assert order[-2:] == [("progress", task.get_result()), "func"]  # the last report, then func
+
+
+def test_a_report_held_back_by_the_rate_arrives_without_another_report(runner: LoopRunner) -> None:
+    # The second report comes right after the first was delivered, and the
+    # worker then waits for the callback to see it: only the rate's timer
+    # can deliver it (no report follows, and the completion, which would,
+    # waits for it).
+    seen: list[tuple[float, float]] = []
+    got = {1: threading.Event(), 2: threading.Event()}
+
+    def worker(task: Task[Any], opaque: Any) -> bool:
+        task.report_progress(1)
+        if not got[1].wait(20):
+            return False
+        task.report_progress(2)
+        return got[2].wait(20)
+
+    def on_progress(task: Task[Any], done: float, total: float | None, message: str | None) -> None:
+        seen.append((done, time.monotonic()))
+        got[int(done)].set()
+
+    task = Task(None, runner.quit)
+    task.connect_progress(on_progress, max_rate=10)
+    task.run_in_thread(worker)
+    runner.run(timeout=30)
+    assert task.get_result() is True  # the second report came while the worker waited
+    assert [done for done, _ in seen] == [1, 2]
+    assert seen[1][1] - seen[0][1] >= 0.1 - 0.005  # it waited out the rate (10 a second)
+
+
+def test_each_callback_has_its_own_rate(runner: LoopRunner) -> None:
+    fast: list[float] = []
+    slow: list[float] = []
+    stop = threading.Event()
+
+    def worker(task: Task[Any], opaque: Any) -> int:
+        i = 0
+        while not stop.is_set() and i < 50_000_000:
+            i += 1
+            task.report_progress(i)
+        return i
+
+    def on_slow(task: Task[Any], done: float, total: float | None, message: str | None) -> None:
+        slow.append(done)
+        if len(slow) == 3:
+            stop.set()
+
+    task = Task(None)
+    task.connect_progress(lambda t, done, total, message: fast.append(done), max_rate=None)
+    task.connect_progress(on_slow, max_rate=4)
+    task.add_done_callback(runner.quit)
+    task.run_in_thread(worker)
+    runner.run(timeout=60)
+    # Three slow deliveries take at least half a second (4 a second), in
+    # which the unlimited callback got one per loop iteration.
+    assert len(fast) > len(slow) >= 3
+    assert fast[-1] == slow[-1] == task.get_result()  # both get the last report
+
+
+def test_connect_progress_bad_max_rate(ctx: qiotask.MainContext) -> None:
+    task = Task(None)
+    with pytest.raises(TypeError, match="max_rate must be a number or None"):
+        task.connect_progress(print, max_rate="fast")  # type: ignore[arg-type]
+    for bad in (0, -1, float("nan")):
+        with pytest.raises(ValueError, match="max_rate must be positive"):
+            task.connect_progress(print, max_rate=bad)
+    task.complete()
 
 
 def test_progress_on_a_glib_loop() -> None:

@@ -155,7 +155,7 @@ class Control:
     shares ``NO_CONTROL`` (never written) until one of them is first used;
     its fields are guarded by the task's lock."""
 
-    __slots__ = ("cancel", "cancel_hooks", "main_calls", "progress", "progress_fns")
+    __slots__ = ("cancel", "cancel_hooks", "main_calls", "progress", "progress_fns", "progress_pending", "progress_seq")
 
     def __init__(self) -> None:
         # The exception a cancel asked for: once set, it is what the
@@ -165,9 +165,13 @@ class Control:
         # call_in_main() requests not yet answered (each withdrawn by its
         # call_in_main; wait_thread serves those still unserved).
         self.main_calls: list[Any] | None = None
-        # The latest progress report not yet delivered, and the listeners.
+        # The latest progress report and its number (1 for the first), the
+        # listeners (``_progress.Listener``), and whether a delivery is on
+        # its way (posted, or waiting for a listener's rate limit).
         self.progress: tuple[float, float | None, str | None] | None = None
-        self.progress_fns: list[Callable[..., Any]] | None = None
+        self.progress_seq = 0
+        self.progress_fns: list[Any] | None = None
+        self.progress_pending = False
 
 
 NO_CONTROL = Control()

@@ -70,7 +70,7 @@ from ._errors import TaskStateError
 from ._limiter import Limiter
 from ._outcome import DestroyNotify as DestroyNotify
 from ._pool import WorkerPool
-from ._progress import ProgressFunc
+from ._progress import DEFAULT_MAX_RATE, ProgressFunc
 from ._state import (
     COMPLETING,
     DELIVERING,
@@ -494,9 +494,11 @@ class Task(TaskCore, Generic[T]):
     def report_progress(self, done: float, total: float | None = None, message: str | None = None) -> None:
         """From the worker (any thread): tell the loop how far the work is.
 
-        Deliveries are coalesced: the latest report wins, at most one
-        delivery per loop iteration, and the last report is always delivered
-        before the completion.  Cheap to call often.
+        Deliveries are coalesced: the latest report wins, each callback
+        gets at most one delivery per loop iteration and at most its
+        ``max_rate`` per second (see :meth:`connect_progress`), and the last
+        report is always delivered before the completion.  Cheap to call
+        often.
 
         Raises:
             TypeError: ``done``/``total`` not numbers, ``message`` not a str.
@@ -504,14 +506,20 @@ class Task(TaskCore, Generic[T]):
         """
         _progress.report(self, done, total, message)
 
-    def connect_progress(self, fn: ProgressFunc) -> None:
+    def connect_progress(self, fn: ProgressFunc, max_rate: float | None = DEFAULT_MAX_RATE) -> None:
         """Call ``fn(task, done, total, message)`` on the context thread for
-        the progress reports (coalesced, see :meth:`report_progress`).
+        the progress reports: the latest one, at most once per loop
+        iteration and at most ``max_rate`` times a second (25 by default,
+        as Qt's ``QFutureInterface``: a GUI repainted more often only loses
+        its time; None: once per iteration, no time limit).  A report held
+        back by the rate arrives when the callback is due again, and the
+        last report arrives before the completion whatever the rate.
 
         Raises:
-            TypeError: ``fn`` is not callable.
+            TypeError: ``fn`` is not callable, ``max_rate`` not a number.
+            ValueError: ``max_rate`` is not positive.
         """
-        _progress.connect(self, fn)
+        _progress.connect(self, fn, max_rate)
 
     # -- awaiting -------------------------------------------------------------
 
