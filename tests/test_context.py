@@ -1174,3 +1174,27 @@ def test_contexts_of_qiotasks_own_loops_are_closed_at_exit() -> None:
     assert sorted(lines[1:3]) == ["destroyed embedded", "destroyed standalone"]
     assert lines[3:] == ["last exit handler"]
     assert "ResourceWarning" not in out.stderr
+
+
+def test_a_closed_attached_context_stops_watching_its_fd_even_once_freed(pair: SocketPair) -> None:
+    # The fd watch of a closed context goes the next time the fd is ready,
+    # on the loop's thread; the loop's reader keeps the context alive until
+    # then, even after attach() made the loop a new context and nothing
+    # else holds the old one (before, a freed context left a reader that
+    # did nothing, and a ready fd spun the loop).
+    r, w = pair
+
+    async def main() -> bool:
+        loop = asyncio.get_running_loop()
+        ctx = qiotask.attach(loop)
+        ctx.io_add_watch(r.fileno(), qiotask.IO_IN, lambda fd, cond: True)
+        ctx.close()
+        assert qiotask.attach(loop) is not ctx
+        del ctx
+        gc.collect()
+        w.send(b"x")
+        for _ in range(3):  # loop iterations with the fd ready
+            await asyncio.sleep(0)
+        return loop.remove_reader(r.fileno())  # True: a reader was still there
+
+    assert asyncio.run(main()) is False

@@ -714,3 +714,24 @@ def test_widgets_of_a_late_task_are_freed_on_the_tk_thread(tmp_path: Any) -> Non
     out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "survived"
+
+
+def test_a_closed_context_stops_watching_its_fd_while_the_root_lives(root: tkinter.Tk) -> None:
+    # close() with the root alive: the watch of a ready fd goes the next time
+    # Tk reports it, and its Tcl file handler with it (before, the handler
+    # stayed: a ready fd nobody watches spun the mainloop).
+    import socket
+
+    ctx = qiotask.attach(root)
+    r, w = socket.socketpair()
+    try:
+        watch = ctx.io_add_watch(r.fileno(), qiotask.IO_IN, lambda fd, cond: True)
+        ctx.close()
+        w.send(b"x")
+        for _ in range(3):  # Tk event loop passes with the fd ready
+            root.update()
+        assert watch.removed
+        assert ctx._driver._fd_handlers == set()
+    finally:
+        r.close()
+        w.close()

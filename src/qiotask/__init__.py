@@ -8,7 +8,9 @@ cleanup runs exactly once.  See ``qiotask._task`` for the manual.
 
 from __future__ import annotations
 
+from . import from_thread as from_thread
 from . import trace as trace
+from ._api import run_sync as run_sync
 from ._api import shutdown as shutdown
 from ._api import to_thread as to_thread
 from ._context import IO_ERR as IO_ERR
@@ -63,7 +65,9 @@ __all__ = [
     "__version__",
     "attach",
     "default_context",
+    "from_thread",
     "get_context",
+    "run_sync",
     "shutdown",
     "stats",
     "to_thread",

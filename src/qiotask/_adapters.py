@@ -122,6 +122,20 @@ class Adapter:
     wait_group: Callable[[Any, bool], Awaitable[BaseException | None]] | None = None
     #: Whether an exception is this framework's cancellation.
     is_cancellation: Callable[[BaseException], bool] | None = None
+    #: ``run_sync``'s first step: an awaitable that delivers the awaiting
+    #: coroutine's cancellation if one is pending (the worker then never
+    #: starts), or None when there is nothing to await.
+    cancel_point: Callable[[], Awaitable[None] | None] | None = None
+    #: ``run_sync``'s wait: ``wait_worker(task, abandon)`` waits for the
+    #: completion and returns ``task._outcome()``; if the awaiting coroutine
+    #: is cancelled meanwhile, it cancels the task and, unless ``abandon``
+    #: (or the cancel completed the task), still waits for the worker, then
+    #: raises the framework's cancellation.
+    wait_worker: Callable[[Any, bool], Awaitable[Any]] | None = None
+    #: Whether ``qiotask.to_thread``'s await ends at once when cancelled
+    #: (asyncio's ``to_thread`` does), rather than waiting for the worker
+    #: (trio's default).
+    to_thread_abandons: bool = False
 
 
 _lock = threading.Lock()

@@ -32,6 +32,7 @@ own for them.
 from __future__ import annotations
 
 import atexit
+import contextvars
 import threading
 import weakref
 from collections import deque
@@ -245,6 +246,16 @@ class LoopDriver:
         """Take the last references of a task completed off the context's
         thread after the loop went away.  Dropping them here is right for
         most loops; Tk must drop Tcl objects on the Tk thread."""
+
+    def run_coroutine(self, async_fn: Callable[..., Any], args: tuple[Any, ...], context: contextvars.Context) -> Any:
+        """From a worker thread (``qiotask.from_thread.run``): run
+        ``async_fn(*args)`` on the loop, in a copy of ``context``, blocking
+        the calling thread until it is done; its result, or raise its
+        exception.  Only loops that run coroutines can."""
+        raise RuntimeError(
+            f"from_thread.run(): {self.port.name} does not run coroutines; it needs an asyncio loop or a trio run "
+            "(from_thread.run_sync() works on every loop)"
+        )
 
 
 # -- what several drivers need, written once ------------------------------------

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextvars
 import math
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -41,7 +42,7 @@ if TYPE_CHECKING:
     from ._outcome import Held
     from ._state import TaskCore
 
-__all__ = ["ThreadJob", "call_in_main", "run_in_thread", "wait_thread"]
+__all__ = ["ThreadJob", "call_in_main", "current_task", "run_in_thread", "wait_thread"]
 
 _copy_context = contextvars.copy_context
 _ZERO = 0  # priority's default, tested by identity (an IntEnum 0 is checked)
@@ -133,6 +134,27 @@ class ThreadJob(JobCore):
     def time_out(self) -> None:
         """On the deadline thread: the timeout, a cancel with a reason."""
         time_out(self.task, thread_job=True)
+
+
+_RUN_CODE = ThreadJob.run.__code__
+
+
+def current_task() -> TaskCore | None:
+    """The task whose worker runs in this thread now, or None.
+
+    Found by walking up the calling thread's frames to :meth:`ThreadJob.run`,
+    which calls every worker (through ``Context.run``, a C call with no frame
+    of its own), and reading its ``task``: nothing is recorded per job, so
+    the hot path pays nothing for a question few workers ask.  A worker's own
+    threads are not workers: their frames do not lead there.  The frames are
+    the calling thread's own, so this holds without the GIL too.
+    """
+    frame = sys._getframe(1)
+    while frame is not None:
+        if frame.f_code is _RUN_CODE:
+            return frame.f_locals["task"]  # type: ignore[no-any-return]
+        frame = frame.f_back  # type: ignore[assignment]
+    return None
 
 
 def _late_destroy(task: TaskCore, destroy: Callable[[Any], Any], opaque: Any) -> None:

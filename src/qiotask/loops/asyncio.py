@@ -12,9 +12,12 @@ default context is one, run by ``qiotask.MainLoop().run()``.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextvars
 import functools
 import threading
-from collections.abc import Callable, Generator
+import types
+from collections.abc import Awaitable, Callable, Generator
 from typing import Any
 
 from .._adapters import Adapter, attach_once, register
@@ -70,17 +73,53 @@ class AsyncioDriver(LoopDriver):
         # Only the side that changed; old None (a change failed): both.
         old_read, old_write = (not read, not write) if old is None else old
         loop = self.loop
-        fd_ready = self.port.fd_ready
+        # The callback holds the context (port.keepsake()) while the fd is
+        # watched: a closed context stops watching the fd the next time it
+        # is ready (MainContext._fd_ready); freed before that, it could
+        # not, and the loop would call a no-op for ever on a ready fd.
+        port = self.port
         if read != old_read:
             if read:
-                loop.add_reader(fd, fd_ready, fd)
+                loop.add_reader(fd, _fd_ready, port, fd, port.keepsake())
             else:
                 loop.remove_reader(fd)
         if write != old_write:
             if write:
-                loop.add_writer(fd, fd_ready, fd)
+                loop.add_writer(fd, _fd_ready, port, fd, port.keepsake())
             else:
                 loop.remove_writer(fd)
+
+    def run_coroutine(self, async_fn: Callable[..., Any], args: tuple[Any, ...], context: contextvars.Context) -> Any:
+        # As asyncio.run_coroutine_threadsafe, but the coroutine is made and
+        # its task created in the worker's context (create_task copies the
+        # current one), so that it sees the worker's contextvars.
+        done: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        loop = self.loop
+
+        def start() -> None:
+            try:
+                task = context.run(lambda: loop.create_task(async_fn(*args)))
+            except BaseException as exc:
+                done.set_exception(exc)
+                return
+
+            def finished(task: asyncio.Task[Any]) -> None:
+                if task.cancelled():
+                    done.set_exception(asyncio.CancelledError(f"from_thread.run(): {async_fn!r} was cancelled"))
+                elif task.exception() is not None:
+                    done.set_exception(task.exception())
+                else:
+                    done.set_result(task.result())
+
+            task.add_done_callback(finished)
+
+        try:
+            loop.call_soon_threadsafe(start)
+        except RuntimeError as exc:
+            if loop.is_closed():
+                raise ContextClosedError(f"from_thread.run(): {self.port.name}: the event loop is closed") from exc
+            raise
+        return done.result()
 
     def run(self) -> None:
         if self.loop.is_closed():
@@ -91,6 +130,10 @@ class AsyncioDriver(LoopDriver):
 
     def stop(self) -> None:
         self.loop.stop()
+
+
+def _fd_ready(port: ContextPort, fd: int, _keepsake: object) -> None:
+    port.fd_ready(fd)
 
 
 class EmbeddedDriver(AsyncioDriver):
@@ -230,6 +273,45 @@ def _await_task(task: Any) -> Generator[Any, None, Any]:
     return task._outcome()
 
 
+def _cancel_point() -> Awaitable[None] | None:
+    """``run_sync``'s first step: a cancel asked of the current asyncio task
+    before this call is delivered now, before anything is submitted (as
+    trio's and anyio's ``run_sync`` check first).  asyncio throws it into
+    the coroutine at its next suspension (``Task._must_cancel``, set by
+    ``cancel()`` while the task runs), so suspend once, only then."""
+    current = asyncio.current_task()
+    if current is not None and getattr(current, "_must_cancel", False):
+        return asyncio.sleep(0)
+    return None
+
+
+@types.coroutine
+def _wait_worker(task: Any, abandon: bool) -> Generator[Any, None, Any]:
+    """``run_sync``'s wait under asyncio (see ``_adapters.Adapter``)."""
+    loop = _get_running_loop()
+    assert loop is not None
+    future = loop.create_future()
+    if task._move_add_callback((resolve_soon, future)):
+        try:
+            yield from future
+        except asyncio.CancelledError:
+            task.cancel()  # refused start if queued; told (hooks) if running
+            if not abandon:
+                # Wait for the worker, through further cancels: asyncio has
+                # no shielded scope, so each one is caught and waited past.
+                while True:
+                    future = loop.create_future()
+                    if not task._move_add_callback((resolve_soon, future)):
+                        break
+                    try:
+                        yield from future
+                        break
+                    except asyncio.CancelledError:
+                        continue
+            raise
+    return task._outcome()
+
+
 def resolve_soon(future: asyncio.Future[Any]) -> None:
     """Wake an awaiting coroutine: at once on its own loop's thread, else
     through ``call_soon_threadsafe``."""
@@ -288,5 +370,8 @@ register(
         await_task=_await_task,
         wait_group=_wait_group,
         is_cancellation=_is_cancellation,
+        cancel_point=_cancel_point,
+        wait_worker=_wait_worker,
+        to_thread_abandons=True,
     ),
 )

@@ -343,7 +343,9 @@ class TkDriver(LoopDriver):
 
     def set_fd_interest(self, fd: int, read: bool, write: bool, old: tuple[bool, bool] | None) -> None:
         root = self.root
-        if root is None or self.port.closed:
+        if root is None or (self.port.closed and (read or write)):
+            # (Closed with the root alive: watches may still go, so that a
+            # ready fd nobody watches does not spin the mainloop.)
             return
         if self.polling:
             return  # _poll_fds reads port.fd_interest()

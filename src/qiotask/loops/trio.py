@@ -66,6 +66,7 @@ pause with a run and resume with the next one.  Only :meth:`TrioContext.close`
 
 from __future__ import annotations
 
+import contextvars
 import threading
 import time
 import weakref
@@ -195,6 +196,14 @@ class TrioDriver(LoopDriver):
                 # queued for the next run (_main dispatches it first thing).
                 return
             raise ContextClosedError(f"{self.port.name}: the trio run has finished") from exc
+
+    def run_coroutine(self, async_fn: Callable[..., Any], args: tuple[Any, ...], context: contextvars.Context) -> Any:
+        token = self._token
+        if token is None or self.port.closed:
+            raise ContextClosedError(f"from_thread.run(): {self.port.name}: no trio run is active")
+        # trio runs it in a system task of the run, in the calling thread's
+        # context: the worker's, here.
+        return context.run(trio.from_thread.run, async_fn, *args, trio_token=token)
 
     def nests(self) -> bool:
         return False  # trio.run() cannot run inside a run
@@ -496,7 +505,7 @@ def _detect() -> MainContext | None:
 
 # A waiter's states.  They change on the awaiting trio thread only (a wake-up
 # from another thread is sent there first), so they need no lock.
-_NOT_PARKED, _PARKED, _WOKEN, _ABORTED = range(4)
+_NOT_PARKED, _PARKED, _WOKEN, _ABORTED, _ABORTING = range(5)
 
 
 class _Waiter:
@@ -527,9 +536,10 @@ class _Waiter:
             trio_task, self._trio_task = self._trio_task, None
             assert trio_task is not None
             _lowlevel.reschedule(trio_task)
-        elif self._state == _NOT_PARKED:
-            # Called from inside add_done_callback: the task had already
-            # finished (its context was closed); do not park at all.
+        elif self._state in (_NOT_PARKED, _ABORTING):
+            # Called from inside add_done_callback (the task had already
+            # finished: its context was closed), or by the completion a
+            # worker wait's cancel ran: do not park (again).
             self._state = _WOKEN
 
     def _abort(self, raise_cancel: _lowlevel.RaiseCancelT) -> _lowlevel.Abort:
@@ -538,6 +548,57 @@ class _Waiter:
         self._state = _ABORTED
         self._trio_task = None
         return _lowlevel.Abort.SUCCEEDED
+
+
+class _WorkerWaiter(_Waiter):
+    """Parks one trio task until a ``run_sync`` worker's task has finished;
+    a cancel of the trio task cancels the qiotask task and, unless the
+    worker is abandoned (or the cancel completed the task), keeps waiting
+    for it, as ``trio.to_thread.run_sync`` does."""
+
+    __slots__ = ("abandon", "hook_error", "raise_cancel", "task")
+
+    def __init__(self, task: Task[Any], abandon: bool) -> None:
+        super().__init__()
+        self.task = task
+        self.abandon = abandon
+        self.raise_cancel: _lowlevel.RaiseCancelT | None = None
+        self.hook_error: BaseException | None = None
+
+    def _abort(self, raise_cancel: _lowlevel.RaiseCancelT) -> _lowlevel.Abort:
+        self._state = _ABORTING  # a completion the cancel runs here wakes nobody
+        try:
+            self.task.cancel()  # refused start if queued; told (hooks) if running
+        except BaseException as exc:  # a hook's KeyboardInterrupt: raised once awake
+            self.hook_error = exc
+        if self.abandon or self._state == _WOKEN or self.task.done():
+            self._state = _ABORTED
+            self._trio_task = None
+            return _lowlevel.Abort.SUCCEEDED
+        self._state = _PARKED
+        self.raise_cancel = raise_cancel  # the Cancelled comes once the worker is back
+        return _lowlevel.Abort.FAILED
+
+
+async def _wait_worker(task: Task[Any], abandon: bool) -> Any:
+    """``run_sync``'s wait under trio (see ``_adapters.Adapter``)."""
+    if task.done():
+        await _lowlevel.checkpoint()
+        return task._outcome()
+    waiter = _WorkerWaiter(task, abandon)
+    task.add_done_callback(waiter.done_callback)
+    if waiter._state != _WOKEN:
+        waiter._state = _PARKED
+        await _lowlevel.wait_task_rescheduled(waiter._abort)
+    if waiter.hook_error is not None:
+        raise waiter.hook_error
+    if waiter.raise_cancel is not None:
+        waiter.raise_cancel()  # cancelled while the worker ran: it is back now
+    return task._outcome()
+
+
+def _cancel_point() -> Awaitable[None]:
+    return _lowlevel.checkpoint_if_cancelled()
 
 
 async def _wait_task(task: Task[Any]) -> None:
@@ -612,5 +673,7 @@ register(
         await_task=_await_task,
         wait_group=_wait_group,
         is_cancellation=_is_cancellation,
+        cancel_point=_cancel_point,
+        wait_worker=_wait_worker,
     ),
 )

@@ -1,0 +1,218 @@
+"""qiotask.from_thread: a worker calls back into its loop with no handle."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import threading
+from typing import Any
+
+import pytest
+
+import qiotask
+from qiotask import Task, TaskCancelled, TaskGroup, from_thread
+
+from .backends import open_backend
+from .conftest import LoopRunner
+
+var: contextvars.ContextVar[str] = contextvars.ContextVar("var", default="unset")
+
+
+def where() -> tuple[str, str]:
+    """The thread a call runs on, and the contextvar it sees."""
+    return threading.current_thread().name, var.get()
+
+
+# -- run_sync ---------------------------------------------------------------------------
+
+
+def test_run_sync_from_to_thread_runs_on_the_loop_thread_in_the_workers_context() -> None:
+    def work(x: int) -> tuple[Any, ...]:
+        var.set("worker's")
+        return (threading.current_thread().name, *from_thread.run_sync(where), from_thread.run_sync(pow, x, 2))
+
+    async def main() -> tuple[Any, ...]:
+        var.set("caller's")
+        return await qiotask.to_thread(work, 7)
+
+    worker_thread, thread, seen, square = asyncio.run(main())
+    assert thread == threading.current_thread().name != worker_thread
+    assert seen == "worker's"  # the worker's contextvars, as trio's from_thread
+    assert square == 49
+
+
+def test_run_sync_raises_what_fn_raised(runner: LoopRunner) -> None:
+    def worker(task: Task[Any], opaque: Any) -> str:
+        with pytest.raises(ZeroDivisionError):
+            from_thread.run_sync(lambda: 1 / 0)
+        return "went on"
+
+    task = Task(None, runner.quit)
+    task.run_in_thread(worker)
+    runner.run()
+    assert task.get_result() == "went on"
+
+
+def test_run_sync_is_served_while_the_loop_thread_waits_in_wait_thread(ctx: qiotask.MainContext) -> None:
+    task = Task(None)
+    task.run_in_thread(lambda t, o: from_thread.run_sync(where)[0])
+    task.wait_thread()  # the loop is not running: wait_thread serves the call
+    assert task.get_result() == threading.current_thread().name
+
+
+def test_run_sync_from_a_task_group_worker() -> None:
+    async def main() -> Any:
+        async with TaskGroup() as group:
+            task = group.run_in_thread(lambda t, o: from_thread.run_sync(where)[0])
+        return task.get_result()
+
+    assert asyncio.run(main()) == threading.current_thread().name
+
+
+def test_run_sync_refuses_an_async_function(runner: LoopRunner) -> None:
+    async def coro() -> None:
+        pass
+
+    def worker(task: Task[Any], opaque: Any) -> None:
+        from_thread.run_sync(coro)
+
+    task = Task(None, runner.quit)
+    task.run_in_thread(worker)
+    runner.run()
+    assert isinstance(task.exception(), TypeError)
+    assert "from_thread.run_sync: fn" in str(task.exception())
+
+
+# -- run ----------------------------------------------------------------------------------
+
+
+async def on_the_loop(x: int) -> tuple[str, str, int]:
+    await asyncio.sleep(0)
+    return (*where(), x + 1)
+
+
+def test_run_awaits_a_coroutine_on_the_asyncio_loop() -> None:
+    def work() -> Any:
+        var.set("worker's")
+        return from_thread.run(on_the_loop, 41)
+
+    async def main() -> Any:
+        return await qiotask.to_thread(work)
+
+    assert asyncio.run(main()) == (threading.current_thread().name, "worker's", 42)
+
+
+def test_run_raises_what_the_coroutine_raised() -> None:
+    async def failing() -> None:
+        await asyncio.sleep(0)
+        raise KeyError("on the loop")
+
+    async def main() -> None:
+        with pytest.raises(KeyError, match="on the loop"):
+            await qiotask.to_thread(from_thread.run, failing)
+
+    asyncio.run(main())
+
+
+def test_run_awaits_a_coroutine_in_the_trio_run() -> None:
+    trio = pytest.importorskip("trio")
+
+    async def in_trio(x: int) -> tuple[str, str, int]:
+        await trio.sleep(0)
+        return (*where(), x * 3)
+
+    def work() -> Any:
+        var.set("worker's")
+        return from_thread.run(in_trio, 5)
+
+    async def main() -> Any:
+        return await qiotask.to_thread(work)
+
+    assert trio.run(main) == (threading.current_thread().name, "worker's", 15)
+
+
+def test_run_on_a_loop_without_coroutines_says_what_it_needs() -> None:
+    backend = open_backend("glib")
+    try:
+        runner = LoopRunner(backend.context)
+
+        def worker(task: Task[Any], opaque: Any) -> None:
+            from_thread.run(on_the_loop, 1)
+
+        task = Task(None, runner.quit, context=backend.context)
+        task.run_in_thread(worker)
+        runner.run()
+        err = task.exception()
+        assert isinstance(err, RuntimeError)
+        assert "needs an asyncio loop or a trio run" in str(err)
+    finally:
+        backend.cleanup()
+
+
+# -- check_cancelled ------------------------------------------------------------------------
+
+
+def test_check_cancelled_raises_once_the_task_is_cancelled(runner: LoopRunner) -> None:
+    before_cancel = threading.Event()
+    cancelled = threading.Event()
+    checks: list[str] = []
+
+    def worker(task: Task[Any], opaque: Any) -> None:
+        from_thread.check_cancelled()  # not cancelled yet: nothing
+        checks.append("passed")
+        before_cancel.set()
+        assert cancelled.wait(10)
+        from_thread.check_cancelled()
+        checks.append("not raised")
+
+    task = Task(None, runner.quit)
+    task.run_in_thread(worker)
+    assert before_cancel.wait(10)
+    task.cancel()
+    cancelled.set()
+    runner.run()
+    assert checks == ["passed"]
+    assert isinstance(task.exception(), TaskCancelled)
+
+
+# -- outside a worker -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("call", [lambda: from_thread.run_sync(print), from_thread.check_cancelled])
+def test_outside_a_worker_raises_runtime_error(call: Any) -> None:
+    with pytest.raises(RuntimeError, match="must be called from inside a qiotask worker"):
+        call()  # the main thread, which runs the loop here
+
+    errors: list[BaseException] = []
+
+    def own_thread() -> None:
+        try:
+            call()
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=own_thread)
+    thread.start()
+    thread.join(10)
+    assert len(errors) == 1 and isinstance(errors[0], RuntimeError)
+
+
+def test_a_thread_the_worker_starts_is_not_a_worker(runner: LoopRunner) -> None:
+    def worker(task: Task[Any], opaque: Any) -> str:
+        errors: list[BaseException] = []
+
+        def inner() -> None:
+            try:
+                from_thread.run_sync(print)
+            except BaseException as exc:
+                errors.append(exc)
+
+        thread = threading.Thread(target=inner)
+        thread.start()
+        thread.join(10)
+        return type(errors[0]).__name__
+
+    task = Task(None, runner.quit)
+    task.run_in_thread(worker)
+    runner.run()
+    assert task.get_result() == "RuntimeError"
