@@ -46,5 +46,8 @@ bench: $(STAMP)
 bench-net: $(STAMP)
 	$(PY) benchmarks/net.py
 
+bench-stream: $(STAMP)
+	$(PY) benchmarks/streaming.py
+
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build dist

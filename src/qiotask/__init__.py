@@ -34,6 +34,7 @@ from ._group import TaskGroupError as TaskGroupError
 from ._limiter import Limiter as Limiter
 from ._pool import DEFAULT_MAX_WORKERS as DEFAULT_MAX_WORKERS
 from ._pool import WorkerPool as WorkerPool
+from ._stream import iterate_in_thread as iterate_in_thread
 from ._task import Task as Task
 from ._task import TaskState as TaskState
 from ._trace import stats as stats
@@ -67,6 +68,7 @@ __all__ = [
     "default_context",
     "from_thread",
     "get_context",
+    "iterate_in_thread",
     "run_sync",
     "shutdown",
     "stats",

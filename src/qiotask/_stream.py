@@ -1,0 +1,217 @@
+"""Streaming: the items a generator yields in a worker, handed to the loop.
+
+``qiotask.iterate_in_thread(gen_fn, *args, buffer=16)`` is an async
+iterator (asyncio, trio) over what ``gen_fn(*args)`` yields, run in a worker
+thread::
+
+    async for line in qiotask.iterate_in_thread(read_lines, path):
+        show(line)
+
+- **In order, in batches.** The worker appends to a queue; the loop takes
+  everything queued at once and hands it out item by item, so a fast
+  producer costs one wake-up of the loop per batch, not per item.
+- **Bounded.** The worker blocks once ``buffer`` items are waiting, counting
+  those the loop took and has not handed out yet: memory stays bounded
+  whatever the producer's speed.
+- **Errors.** An exception from the generator is raised from ``__anext__``
+  after the items yielded before it.
+- **Closing.** ``aclose()``, a cancel of the waiting coroutine, or dropping
+  the iterator (``break`` out of ``async for``, once nothing else holds it)
+  closes the generator *in its worker thread* -- its ``finally`` runs there
+  -- and frees the thread.  Use ``contextlib.aclosing`` where "at once" must
+  not depend on the iterator being dropped.
+
+Who decides what: the queue, the count of items out, "closed" and the
+consumer's waiter are guarded by the stream's lock; the worker blocks on a
+condition of that lock while the buffer is full.  The loop waits for items
+by awaiting a qiotask task (``Task.__await__``: asyncio and trio alike) that
+the worker completes when it queues the first item after the loop started
+waiting, or when it ends.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+from collections.abc import Callable, Iterable
+from typing import Any, Generic, TypeVar
+
+from ._checks import ASYNC_FLAGS, check_callable, check_sync
+
+__all__ = ["ItemStream", "iterate_in_thread"]
+
+T = TypeVar("T")
+
+
+class ItemStream(Generic[T]):
+    """The worker's side and the loop's side of a bounded stream of items."""
+
+    def __init__(self, buffer: int) -> None:
+        self.buffer = buffer
+        self._lock = threading.Lock()
+        self._room = threading.Condition(self._lock)  # the worker waits here while full
+        self._queue: collections.deque[T] = collections.deque()
+        self._out = 0  # items queued or taken by the loop and not yet handed out
+        self._closed = False  # the loop is done with the stream
+        self._ended = False  # the worker is done producing
+        self._waiter: Any = None  # the task the loop awaits for items, if it waits
+
+    # -- the worker's side ---------------------------------------------------------
+
+    def put(self, item: T) -> bool:
+        """From the worker: queue ``item``, blocking while ``buffer`` items
+        are out; False once the loop closed the stream (stop producing)."""
+        with self._lock:
+            while self._out >= self.buffer and not self._closed:
+                self._room.wait()
+            if self._closed:
+                return False
+            self._queue.append(item)
+            self._out += 1
+            waiter, self._waiter = self._waiter, None
+        if waiter is not None:
+            waiter.complete()  # the loop waits for items: wake it (once per batch)
+        return True
+
+    def end(self) -> None:
+        """From the worker, last: nothing more comes."""
+        with self._lock:
+            self._ended = True
+            waiter, self._waiter = self._waiter, None
+        if waiter is not None:
+            waiter.complete()
+
+    @property
+    def closed(self) -> bool:
+        """Whether the loop closed the stream (a hint; put() decides)."""
+        return self._closed
+
+    # -- the loop's side --------------------------------------------------------------
+
+    def take(self, handed_out: int, make_waiter: Callable[[], Any]) -> tuple[collections.deque[T], bool, Any]:
+        """On the loop: give back ``handed_out`` items (handed out since the
+        last take) and take what is queued: ``(items, ended, waiter)``.  With
+        nothing queued and the worker not done, ``waiter`` is a new task to
+        await, completed when items come."""
+        with self._lock:
+            if handed_out:
+                self._out -= handed_out
+                self._room.notify()
+            items, self._queue = self._queue, collections.deque()
+            waiter = None
+            if not items and not self._ended:
+                waiter = self._waiter = make_waiter()
+            return items, self._ended, waiter
+
+    def close(self) -> Any:
+        """On the loop: done with the stream; the worker stops at its next
+        item (or at once, if it waits for room).  Returns the loop's waiter
+        if one was pending (the caller completes it: nobody else will)."""
+        with self._lock:
+            self._closed = True
+            self._queue.clear()
+            self._room.notify()
+            waiter, self._waiter = self._waiter, None
+            return waiter
+
+
+class _Iterator(Generic[T]):
+    """What ``iterate_in_thread`` returns: an async iterator over the items."""
+
+    def __init__(self, stream: ItemStream[T], task: Any) -> None:
+        self._stream = stream
+        self._task = task  # the worker's task: its outcome is the generator's end
+        self._batch: collections.deque[T] = collections.deque()
+        self._handed = 0  # items of the batch handed out, given back at the next take
+        self._done = False
+
+    def __aiter__(self) -> _Iterator[T]:
+        return self
+
+    async def __anext__(self) -> T:
+        batch = self._batch
+        if batch:
+            self._handed += 1
+            return batch.popleft()
+        while True:
+            if self._done:
+                raise StopAsyncIteration
+            from ._task import Task
+
+            items, ended, waiter = self._stream.take(self._handed, lambda: Task(None))
+            self._handed = 0
+            if items:
+                self._batch = batch = items
+                self._handed = 1
+                return batch.popleft()
+            if ended:
+                self._done = True
+                await self._task  # the generator's exception, if it raised
+                raise StopAsyncIteration
+            try:
+                await waiter
+            except BaseException:
+                self._finish()
+                raise
+
+    async def aclose(self) -> None:
+        """Close the generator, in its worker thread, and wait for it."""
+        if self._done:
+            return
+        self._finish()
+        try:
+            await self._task
+        except Exception:
+            pass  # the generator's own error on its way out: closing is what was asked
+
+    def _finish(self) -> None:
+        self._done = True
+        self._batch.clear()
+        waiter = self._stream.close()
+        if waiter is not None:
+            waiter.complete()  # taken from the stream under its lock: nobody else completes it
+
+    def __del__(self) -> None:
+        if not self._done:
+            self._stream.close()  # dropped mid-way (a break): the worker stops
+
+
+def _produce(task: Any, job: tuple[Callable[..., Iterable[Any]], tuple[Any, ...], ItemStream[Any]]) -> None:
+    gen_fn, args, stream = job
+    iterator: Any = None
+    try:
+        iterator = iter(gen_fn(*args))
+        for item in iterator:
+            if not stream.put(item):
+                break  # the loop closed the stream
+    finally:
+        stream.end()
+        close = getattr(iterator, "close", None)
+        if close is not None:
+            close()  # here, in the worker: the generator's finally runs in its thread
+
+
+def iterate_in_thread(gen_fn: Callable[..., Iterable[T]], /, *args: Any, buffer: int = 16) -> _Iterator[T]:
+    """An async iterator over the items ``gen_fn(*args)`` yields in a worker
+    thread (see the module docstring): ``async for item in ...`` under
+    asyncio or trio.
+
+    Raises:
+        TypeError: ``gen_fn`` not callable, or an async function; ``buffer``
+            not an int.
+        ValueError: ``buffer`` below 1.
+    """
+    check_callable(gen_fn, "iterate_in_thread", "gen_fn")
+    code = getattr(gen_fn, "__code__", None)
+    if code is None or code.co_flags & ASYNC_FLAGS:
+        check_sync(gen_fn, "iterate_in_thread", "gen_fn")
+    if not isinstance(buffer, int) or isinstance(buffer, bool):
+        raise TypeError(f"iterate_in_thread: buffer must be an int, not {type(buffer).__name__}")
+    if buffer < 1:
+        raise ValueError(f"iterate_in_thread: buffer must be at least 1, got {buffer}")
+    from ._task import Task
+
+    stream: ItemStream[T] = ItemStream(buffer)
+    task: Task[None] = Task(None, name=f"iterate_in_thread({getattr(gen_fn, '__qualname__', gen_fn)})")
+    task.run_in_thread(_produce, (gen_fn, args, stream))
+    return _Iterator(stream, task)
