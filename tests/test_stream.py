@@ -12,6 +12,9 @@ import pytest
 
 import qiotask
 
+from .backends import open_backend, thread_default
+from .conftest import LoopRunner
+
 MAIN = threading.current_thread().name
 
 
@@ -159,3 +162,71 @@ def test_under_trio() -> None:
     assert items == list(range(50))
     assert got == [0]
     assert gen.finally_thread != MAIN
+
+
+# -- the callback form: connect_items / send_item, on every loop --------------------------------
+
+
+@pytest.fixture(params=["asyncio", "glib", "qt", "tk"])
+def loop_runner(request: pytest.FixtureRequest) -> Iterator[LoopRunner]:
+    with thread_default(open_backend(request.param)) as backend:
+        yield LoopRunner(backend.context)
+
+
+@pytest.mark.parametrize("buffer", [1, 4])
+def test_items_reach_the_loop_in_order_before_func(loop_runner: LoopRunner, buffer: int) -> None:
+    seen: list[tuple[Any, str]] = []
+    handed = [0]
+    ahead: list[int] = []
+
+    def worker(task: qiotask.Task[Any], opaque: Any) -> str:
+        for made in range(1, 201):
+            ahead.append(made - handed[0])
+            task.send_item(made)
+        return "sent"
+
+    def on_item(task: qiotask.Task[Any], item: int) -> None:
+        seen.append((item, threading.current_thread().name))
+        handed[0] += 1
+
+    task = qiotask.Task(None, lambda s, e, o: seen.append(("func", threading.current_thread().name)))
+    task.connect_items(on_item, buffer=buffer)
+    task.add_done_callback(loop_runner.quit)
+    task.run_in_thread(worker)
+    loop_runner.run()
+    assert [item for item, _ in seen] == [*range(1, 201), "func"]  # every item, in order, then func
+    assert {thread for _, thread in seen} == {threading.current_thread().name}  # on the loop thread
+    assert max(ahead) <= buffer + 1
+
+
+def test_send_item_raises_once_the_loop_is_gone() -> None:
+    ctx = qiotask.MainContext(name="items")  # its loop never runs: items stay out
+    errors: list[BaseException] = []
+
+    def worker(task: qiotask.Task[Any], opaque: Any) -> None:
+        try:
+            for item in range(10):
+                task.send_item(item)  # blocks at the second: the buffer is 1
+        except qiotask.ContextClosedError as exc:
+            errors.append(exc)
+
+    task = qiotask.Task(None, context=ctx)
+    task.connect_items(lambda t, item: None, buffer=1)
+    task.run_in_thread(worker)
+    ctx.close()  # the pending hand-over fails: the stream closes, the worker is told
+    assert task.wait(10)
+    assert len(errors) == 1 and "is gone" in str(errors[0])
+
+
+def test_connect_items_misuse(ctx: qiotask.MainContext) -> None:
+    task = qiotask.Task(None)
+    with pytest.raises(qiotask.TaskStateError, match="needs a connect_items"):
+        task.send_item(1)
+    with pytest.raises(TypeError, match="connect_items: fn must be callable"):
+        task.connect_items("nope")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="buffer must be at least 1"):
+        task.connect_items(print, buffer=0)
+    task.connect_items(print)
+    with pytest.raises(qiotask.TaskStateError, match="may be called once"):
+        task.connect_items(print)
+    task.complete()

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 from . import _points, _trace
 from ._errors import ContextClosedError, TaskCancelled, TaskTimeout
 from ._progress import deliver_latest
-from ._state import PENDING, QUEUED
+from ._state import NO_CONTROL, PENDING, QUEUED
 
 if TYPE_CHECKING:
     from ._context import MainContext
@@ -111,7 +111,7 @@ def deliver(task: TaskCore, closed: ContextClosedError | None = None) -> None:
         return
     callbacks, err, job = plan
     pending: BaseException | None = None
-    if closed is not None or task._traced or task._ctl.progress is not None:
+    if closed is not None or task._traced or task._ctl is not NO_CONTROL:
         pending = _before_func(task, err, closed)
     func = task._func
     if func is not None and closed is None:
@@ -160,14 +160,18 @@ def deliver(task: TaskCore, closed: ContextClosedError | None = None) -> None:
 
 def _before_func(task: TaskCore, err: BaseException | None, closed: ContextClosedError | None) -> BaseException | None:
     """What a completion does before ``func`` in the rarer cases: say that
-    the loop is gone, deliver the last progress report, trace."""
+    the loop is gone, hand over the items still queued, deliver the last
+    progress report, trace."""
     pending = None
     if closed is not None and err is closed:  # (a cancel asked before wins)
         logger.warning(
             "task %r finished with ContextClosedError: its context %r is gone", task.name, task._context.name
         )
-    if task._ctl.progress is not None:
-        pending = deliver_latest(task)  # the last report comes before the completion
+    ctl = task._ctl
+    if ctl.items is not None:
+        pending = ctl.items.finish(closed is None)  # the items still queued, before func
+    if ctl.progress is not None:
+        pending = first(pending, deliver_latest(task))  # the last report comes before the completion
     if task._traced:
         if task._job is not None:
             _trace.emit("qio_task_thread_result", task, err=err)

@@ -155,7 +155,16 @@ class Control:
     shares ``NO_CONTROL`` (never written) until one of them is first used;
     its fields are guarded by the task's lock."""
 
-    __slots__ = ("cancel", "cancel_hooks", "main_calls", "progress", "progress_fns", "progress_pending", "progress_seq")
+    __slots__ = (
+        "cancel",
+        "cancel_hooks",
+        "items",
+        "main_calls",
+        "progress",
+        "progress_fns",
+        "progress_pending",
+        "progress_seq",
+    )
 
     def __init__(self) -> None:
         # The exception a cancel asked for: once set, it is what the
@@ -172,6 +181,8 @@ class Control:
         self.progress_seq = 0
         self.progress_fns: list[Any] | None = None
         self.progress_pending = False
+        # The connect_items() callback and its stream (``_stream.Items``).
+        self.items: Any = None
 
 
 NO_CONTROL = Control()
@@ -488,8 +499,8 @@ class TaskCore:
                 # Hooks, listeners and requests may hold what the task was
                 # about (run_in_executor's hook holds the future); the cancel's
                 # exception stays, for cancelled().
-                dropped = (dropped, ctl.cancel_hooks, ctl.progress_fns, ctl.main_calls)
-                ctl.cancel_hooks = ctl.progress_fns = ctl.main_calls = None
+                dropped = (dropped, ctl.cancel_hooks, ctl.progress_fns, ctl.main_calls, ctl.items)
+                ctl.cancel_hooks = ctl.progress_fns = ctl.main_calls = ctl.items = None
             self._s = FINISHED
             if self._event is not None:
                 self._event.set()

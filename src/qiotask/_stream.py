@@ -21,6 +21,13 @@ thread::
   -- and frees the thread.  Use ``contextlib.aclosing`` where "at once" must
   not depend on the iterator being dropped.
 
+The callback form, for loops that run no coroutines (GLib, Qt, Tk) and for
+the callback style anywhere: ``task.connect_items(fn, buffer=16)`` before
+the worker starts, ``task.send_item(item)`` in the worker (blocking while
+``buffer`` items are out), and ``fn(task, item)`` runs on the context
+thread once per item, in order, in batches, before ``func``.  If the loop
+goes away, ``send_item`` raises ``ContextClosedError`` in the worker.
+
 Who decides what: the queue, the count of items out, "closed" and the
 consumer's waiter are guarded by the stream's lock; the worker blocks on a
 condition of that lock while the buffer is full.  The loop waits for items
@@ -37,8 +44,9 @@ from collections.abc import Callable, Iterable
 from typing import Any, Generic, TypeVar
 
 from ._checks import ASYNC_FLAGS, check_callable, check_sync
+from ._errors import ContextClosedError, TaskStateError
 
-__all__ = ["ItemStream", "iterate_in_thread"]
+__all__ = ["ItemStream", "Items", "connect_items", "iterate_in_thread", "send_item"]
 
 T = TypeVar("T")
 
@@ -54,7 +62,9 @@ class ItemStream(Generic[T]):
         self._out = 0  # items queued or taken by the loop and not yet handed out
         self._closed = False  # the loop is done with the stream
         self._ended = False  # the worker is done producing
-        self._waiter: Any = None  # the task the loop awaits for items, if it waits
+        # How to wake the loop when it waits for items: set by take() when it
+        # found none, called (once) by the put or end that comes next.
+        self._waiter: Callable[[], Any] | None = None
 
     # -- the worker's side ---------------------------------------------------------
 
@@ -70,7 +80,7 @@ class ItemStream(Generic[T]):
             self._out += 1
             waiter, self._waiter = self._waiter, None
         if waiter is not None:
-            waiter.complete()  # the loop waits for items: wake it (once per batch)
+            waiter()  # the loop waits for items: wake it (once per batch)
         return True
 
     def end(self) -> None:
@@ -79,7 +89,7 @@ class ItemStream(Generic[T]):
             self._ended = True
             waiter, self._waiter = self._waiter, None
         if waiter is not None:
-            waiter.complete()
+            waiter()
 
     @property
     def closed(self) -> bool:
@@ -88,25 +98,24 @@ class ItemStream(Generic[T]):
 
     # -- the loop's side --------------------------------------------------------------
 
-    def take(self, handed_out: int, make_waiter: Callable[[], Any]) -> tuple[collections.deque[T], bool, Any]:
+    def take(self, handed_out: int, wake: Callable[[], Any] | None) -> tuple[collections.deque[T], bool]:
         """On the loop: give back ``handed_out`` items (handed out since the
-        last take) and take what is queued: ``(items, ended, waiter)``.  With
-        nothing queued and the worker not done, ``waiter`` is a new task to
-        await, completed when items come."""
+        last take) and take what is queued: ``(items, ended)``.  With nothing
+        queued and the worker not done, ``wake()`` is called when items
+        come (or the worker ends)."""
         with self._lock:
             if handed_out:
                 self._out -= handed_out
                 self._room.notify()
             items, self._queue = self._queue, collections.deque()
-            waiter = None
             if not items and not self._ended:
-                waiter = self._waiter = make_waiter()
-            return items, self._ended, waiter
+                self._waiter = wake
+            return items, self._ended
 
-    def close(self) -> Any:
+    def close(self) -> Callable[[], Any] | None:
         """On the loop: done with the stream; the worker stops at its next
-        item (or at once, if it waits for room).  Returns the loop's waiter
-        if one was pending (the caller completes it: nobody else will)."""
+        item (or at once, if it waits for room).  Returns the loop's wake-up
+        if one was pending (the caller calls it: nobody else will)."""
         with self._lock:
             self._closed = True
             self._queue.clear()
@@ -138,8 +147,17 @@ class _Iterator(Generic[T]):
                 raise StopAsyncIteration
             from ._task import Task
 
-            items, ended, waiter = self._stream.take(self._handed, lambda: Task(None))
+            items, ended = self._stream.take(self._handed, None)
             self._handed = 0
+            waiter: Task[None] | None = None
+            if not items and not ended:
+                # Nothing yet: ask to be woken (taking again in the same
+                # step, in case items came meanwhile).
+                waiter = Task(None)
+                items, ended = self._stream.take(0, waiter.complete)
+                if items or ended:
+                    waiter.complete()  # not needed after all: nobody awaits it
+                    waiter = None
             if items:
                 self._batch = batch = items
                 self._handed = 1
@@ -148,6 +166,7 @@ class _Iterator(Generic[T]):
                 self._done = True
                 await self._task  # the generator's exception, if it raised
                 raise StopAsyncIteration
+            assert waiter is not None
             try:
                 await waiter
             except BaseException:
@@ -167,9 +186,9 @@ class _Iterator(Generic[T]):
     def _finish(self) -> None:
         self._done = True
         self._batch.clear()
-        waiter = self._stream.close()
-        if waiter is not None:
-            waiter.complete()  # taken from the stream under its lock: nobody else completes it
+        wake = self._stream.close()
+        if wake is not None:
+            wake()  # taken from the stream under its lock: nobody else calls it
 
     def __del__(self) -> None:
         if not self._done:
@@ -191,6 +210,83 @@ def _produce(task: Any, job: tuple[Callable[..., Iterable[Any]], tuple[Any, ...]
             close()  # here, in the worker: the generator's finally runs in its thread
 
 
+class Items:
+    """A task's ``connect_items`` callback and its stream."""
+
+    def __init__(self, task: Any, fn: Callable[[Any, Any], Any], buffer: int) -> None:
+        self.task = task
+        self.fn = fn
+        self.stream: ItemStream[Any] = ItemStream(buffer)
+        self.stream.take(0, self.wake)  # the first item posts a hand-over
+
+    def wake(self) -> None:
+        """From the worker: items wait; hand them over on the context thread
+        (or, if the loop is gone, close the stream: the worker is told)."""
+        from ._context import _CallOnce
+
+        self.task._context.post(_CallOnce(self.deliver, (), on_closed=self.stream.close))
+
+    def deliver(self) -> None:
+        """On the context thread: every item queued now, one callback each."""
+        _reraise(self._hand_over(self.wake))
+
+    def finish(self, run: bool) -> BaseException | None:
+        """The completion, before ``func``: the items still queued (``run``:
+        on the context thread; else the loop is gone and they are dropped).
+        Returns a KeyboardInterrupt/SystemExit a callback raised."""
+        if not run:
+            self.stream.close()
+            return None
+        return self._hand_over(None)
+
+    def _hand_over(self, wake: Callable[[], Any] | None) -> BaseException | None:
+        from ._delivery import first, notify
+
+        pending: BaseException | None = None
+        handed = 0
+        while True:
+            items, _ = self.stream.take(handed, wake)
+            if not items:
+                return pending  # (wake is registered for the next item)
+            for item in items:
+                pending = first(pending, notify(self.task, self.fn, "item callback", self.task, item))
+            handed = len(items)
+
+
+def _reraise(pending: BaseException | None) -> None:
+    if pending is not None:
+        raise pending
+
+
+def connect_items(task: Any, fn: Callable[[Any, Any], Any], buffer: int) -> None:
+    """``Task.connect_items`` (see its docstring)."""
+    check_callable(fn, "connect_items")
+    _check_buffer(buffer, "connect_items")
+    ctl = task._own_ctl()
+    with task._lock:
+        if ctl.items is not None:
+            raise TaskStateError(f"task {task.name!r}: connect_items() may be called once")
+        if task.done():
+            raise TaskStateError(f"task {task.name!r} is finished; connect_items() must come before")
+        ctl.items = Items(task, fn, buffer)
+
+
+def send_item(task: Any, item: Any) -> None:
+    """``Task.send_item`` (see its docstring)."""
+    items = task._ctl.items
+    if items is None:
+        raise TaskStateError(f"task {task.name!r}: send_item() needs a connect_items() callback first")
+    if not items.stream.put(item):
+        raise ContextClosedError(f"task {task.name!r}: send_item(): context {task.context.name!r} is gone")
+
+
+def _check_buffer(buffer: Any, where: str) -> None:
+    if not isinstance(buffer, int) or isinstance(buffer, bool):
+        raise TypeError(f"{where}: buffer must be an int, not {type(buffer).__name__}")
+    if buffer < 1:
+        raise ValueError(f"{where}: buffer must be at least 1, got {buffer}")
+
+
 def iterate_in_thread(gen_fn: Callable[..., Iterable[T]], /, *args: Any, buffer: int = 16) -> _Iterator[T]:
     """An async iterator over the items ``gen_fn(*args)`` yields in a worker
     thread (see the module docstring): ``async for item in ...`` under
@@ -205,10 +301,7 @@ def iterate_in_thread(gen_fn: Callable[..., Iterable[T]], /, *args: Any, buffer:
     code = getattr(gen_fn, "__code__", None)
     if code is None or code.co_flags & ASYNC_FLAGS:
         check_sync(gen_fn, "iterate_in_thread", "gen_fn")
-    if not isinstance(buffer, int) or isinstance(buffer, bool):
-        raise TypeError(f"iterate_in_thread: buffer must be an int, not {type(buffer).__name__}")
-    if buffer < 1:
-        raise ValueError(f"iterate_in_thread: buffer must be at least 1, got {buffer}")
+    _check_buffer(buffer, "iterate_in_thread")
     from ._task import Task
 
     stream: ItemStream[T] = ItemStream(buffer)

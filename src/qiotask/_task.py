@@ -61,7 +61,7 @@ import warnings
 from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from . import _executor, _points, _progress, _threadjob, _trace
+from . import _executor, _points, _progress, _stream, _threadjob, _trace
 from ._adapters import async_adapter
 from ._checks import check_callable, check_duration, wait_timeout
 from ._context import MainContext, attach, get_context, supported_loops
@@ -520,6 +520,32 @@ class Task(TaskCore, Generic[T]):
             ValueError: ``max_rate`` is not positive.
         """
         _progress.connect(self, fn, max_rate)
+
+    # -- streaming items ------------------------------------------------------
+
+    def connect_items(self, fn: Callable[[Task[T], Any], Any], buffer: int = 16) -> None:
+        """Call ``fn(task, item)`` on the context thread for each item the
+        worker sends with :meth:`send_item`: once per item, in order, in
+        batches, all of them before ``func``.  The worker blocks while
+        ``buffer`` items are out.  Call it before the worker starts.
+
+        Raises:
+            TypeError: ``fn`` is not callable, ``buffer`` not an int.
+            ValueError: ``buffer`` below 1.
+            TaskStateError: called twice, or after the completion.
+        """
+        _stream.connect_items(self, fn, buffer)
+
+    def send_item(self, item: Any) -> None:
+        """From the worker: hand ``item`` to the :meth:`connect_items`
+        callback on the context thread; blocks while ``buffer`` items are
+        out (the loop is behind).
+
+        Raises:
+            TaskStateError: no :meth:`connect_items` callback.
+            ContextClosedError: the context's loop is gone (stop sending).
+        """
+        _stream.send_item(self, item)
 
     # -- awaiting -------------------------------------------------------------
 
