@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -278,3 +279,70 @@ def test_trio_run_sync_result() -> None:
         return await qiotask.run_sync(pow, 3, 3)
 
     assert trio.run(main) == 27
+
+
+# -- a cancel reaches a coroutine the worker awaits through from_thread.run ----------------------
+
+
+def test_asyncio_cancel_reaches_from_thread_run() -> None:
+    started = threading.Event()
+
+    def work() -> str:
+        started.set()
+        try:
+            from_thread.run(asyncio.sleep, 3600)
+        except TaskCancelled:
+            return "told"
+        return "slept"
+
+    async def main() -> None:
+        call = asyncio.ensure_future(qiotask.run_sync(work))
+        assert await asyncio.get_running_loop().run_in_executor(None, started.wait, 10)
+        await asyncio.sleep(0)  # (the worker may still be on its way into from_thread.run: either way)
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await call  # ends: the coroutine was cancelled with the task, the worker returned
+
+    run_asyncio(main)
+
+
+def test_trio_cancel_reaches_from_thread_run() -> None:
+    started = threading.Event()
+    outcome: list[str] = []
+
+    def work() -> None:
+        started.set()
+        try:
+            from_thread.run(trio.sleep_forever)
+        except TaskCancelled:
+            outcome.append("told")
+
+    async def main() -> None:
+        with trio.move_on_after(30) as deadline:  # a bound, not the cancel under test
+            async with trio.open_nursery() as nursery:
+                scope = trio.CancelScope()
+
+                async def call() -> None:
+                    with scope:
+                        await qiotask.run_sync(work)
+
+                nursery.start_soon(call)
+                await qiotask.to_thread(started.wait, 10)
+                scope.cancel()
+        assert not deadline.cancelled_caught
+
+    trio.run(main)
+    assert outcome == ["told"]
+
+
+def test_bad_arguments_leave_no_task_behind() -> None:
+    async def main() -> None:
+        with pytest.raises(TypeError, match="priority must be an int"):
+            await qiotask.run_sync(print, priority="high")  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match="pool must be a WorkerPool"):
+            await qiotask.run_sync(print, pool="default")  # type: ignore[arg-type]
+
+    pending = qiotask.stats()["pending"]
+    run_asyncio(main)
+    gc.collect()
+    assert qiotask.stats()["pending"] == pending  # settled, not left to warn at collection

@@ -141,6 +141,8 @@ def test_iterate_in_thread_misuse() -> None:
         qiotask.iterate_in_thread(range, 3, buffer=0)
     with pytest.raises(TypeError, match="buffer must be an int"):
         qiotask.iterate_in_thread(range, 3, buffer=1.5)  # type: ignore[arg-type]
+    with pytest.raises(RuntimeError, match="no asyncio event loop or trio run"):
+        qiotask.iterate_in_thread(range, 3)  # made outside the loop that would iterate it
 
 
 def test_under_trio() -> None:

@@ -61,9 +61,13 @@ async def to_thread(fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) ->
     if pending is not None:
         await pending
     task: Task[R] = Task(None)
-    task.run_in_thread(
-        _call, functools.partial(fn, *args, **kwargs) if args or kwargs else fn, abandon_on_cancel=abandon
-    )
+    try:
+        task.run_in_thread(
+            _call, functools.partial(fn, *args, **kwargs) if args or kwargs else fn, abandon_on_cancel=abandon
+        )
+    except BaseException as exc:
+        settle_unsubmitted(task, exc)
+        raise
     return await adapter.wait_worker(task, abandon)  # type: ignore[misc,no-any-return]
 
 
@@ -114,16 +118,29 @@ async def run_sync(
         await pending
     call = functools.partial(fn, *args) if args else fn
     task: Task[R] = Task(None)
-    task.run_in_thread(
-        _call if thread_name is None else _call_named,
-        call if thread_name is None else (call, thread_name),
-        abandon_on_cancel=abandon_on_cancel,
-        limiter=limiter,
-        priority=priority,
-        pool=pool,
-        timeout=timeout,
-    )
+    try:
+        task.run_in_thread(
+            _call if thread_name is None else _call_named,
+            call if thread_name is None else (call, thread_name),
+            abandon_on_cancel=abandon_on_cancel,
+            limiter=limiter,
+            priority=priority,
+            pool=pool,
+            timeout=timeout,
+        )
+    except BaseException as exc:
+        settle_unsubmitted(task, exc)
+        raise
     return await adapter.wait_worker(task, abandon_on_cancel)  # type: ignore[misc,no-any-return]
+
+
+def settle_unsubmitted(task: Task[Any], exc: BaseException) -> None:
+    """``run_in_thread`` refused a task made for one call (a bad argument, a
+    pool shut down): complete it with the error, seen, so that it neither
+    warns that it never completed nor reports an error nobody retrieved;
+    the caller raises the error itself."""
+    task.abort(exc)
+    task.exception()
 
 
 def _framework(where: str) -> Adapter:

@@ -232,10 +232,12 @@ class MainContext:
     def _set_fd_interest(self, fd: int, read: bool, write: bool, old: tuple[bool, bool] | None) -> None:
         self._driver.set_fd_interest(fd, read, write, old)
 
-    def _run_coroutine(self, async_fn: Callable[..., Any], args: tuple[Any, ...], context: Any) -> Any:
+    def _run_coroutine(
+        self, async_fn: Callable[..., Any], args: tuple[Any, ...], context: Any, on_cancel: Callable[..., None]
+    ) -> Any:
         """From a worker thread: ``async_fn(*args)`` on the loop (see
         ``LoopDriver.run_coroutine``)."""
-        return self._driver.run_coroutine(async_fn, args, context)
+        return self._driver.run_coroutine(async_fn, args, context, on_cancel)
 
     def _run_loop(self) -> None:
         """Run the loop on this thread until ``_stop_loop()``."""

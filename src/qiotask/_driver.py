@@ -45,7 +45,7 @@ if TYPE_CHECKING:
     from ._context import MainContext
     from ._dispatch import Dispatchable
 
-__all__ = ["NO_TIMER", "ClosedAtExit", "ContextPort", "Graves", "LoopDriver", "TimerHandle"]
+__all__ = ["NO_TIMER", "CancelLatch", "ClosedAtExit", "ContextPort", "Graves", "LoopDriver", "TimerHandle"]
 
 
 class TimerHandle(Protocol):
@@ -247,11 +247,20 @@ class LoopDriver:
         thread after the loop went away.  Dropping them here is right for
         most loops; Tk must drop Tcl objects on the Tk thread."""
 
-    def run_coroutine(self, async_fn: Callable[..., Any], args: tuple[Any, ...], context: contextvars.Context) -> Any:
+    def run_coroutine(
+        self,
+        async_fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        context: contextvars.Context,
+        on_cancel: Callable[[Callable[[], None]], None],
+    ) -> Any:
         """From a worker thread (``qiotask.from_thread.run``): run
         ``async_fn(*args)`` on the loop, in a copy of ``context``, blocking
         the calling thread until it is done; its result, or raise its
-        exception.  Only loops that run coroutines can."""
+        exception.  ``on_cancel(stop)`` registers ``stop``, called from any
+        thread if the worker's task is cancelled: it must cancel the
+        coroutine, which then raises ``TaskCancelled`` here.  Only loops
+        that run coroutines can."""
         raise RuntimeError(
             f"from_thread.run(): {self.port.name} does not run coroutines; it needs an asyncio loop or a trio run "
             "(from_thread.run_sync() works on every loop)"
@@ -314,3 +323,27 @@ class ClosedAtExit:
         for context in list(self._contexts):
             if not context.closed and not self._running(context):
                 context.close()
+
+
+class CancelLatch:
+    """Cancels what a driver started for ``from_thread.run`` (an asyncio
+    task, a trio cancel scope: anything with ``cancel()``), whether the
+    cancel comes before or after it started.  The loop thread's alone: the
+    worker's cancel hook posts :meth:`cancel` to the loop."""
+
+    __slots__ = ("asked", "target")
+
+    def __init__(self) -> None:
+        self.asked = False
+        self.target: Any = None
+
+    def attach(self, target: Any) -> None:
+        """``target`` started; cancelled at once if that was asked already."""
+        self.target = target
+        if self.asked:
+            target.cancel()
+
+    def cancel(self) -> None:
+        self.asked = True
+        if self.target is not None:
+            self.target.cancel()

@@ -296,15 +296,29 @@ def iterate_in_thread(gen_fn: Callable[..., Iterable[T]], /, *args: Any, buffer:
         TypeError: ``gen_fn`` not callable, or an async function; ``buffer``
             not an int.
         ValueError: ``buffer`` below 1.
+        RuntimeError: no asyncio event loop or trio run runs in this thread.
     """
     check_callable(gen_fn, "iterate_in_thread", "gen_fn")
     code = getattr(gen_fn, "__code__", None)
     if code is None or code.co_flags & ASYNC_FLAGS:
         check_sync(gen_fn, "iterate_in_thread", "gen_fn")
     _check_buffer(buffer, "iterate_in_thread")
+    from ._adapters import async_adapter
+    from ._api import settle_unsubmitted
     from ._task import Task
 
+    if async_adapter() is None:
+        # The stream's task belongs to the loop running here: made anywhere
+        # else, its end would be delivered to a loop that never runs.
+        raise RuntimeError(
+            "iterate_in_thread: no asyncio event loop or trio run is running in this thread; "
+            "call it in the coroutine that iterates"
+        )
     stream: ItemStream[T] = ItemStream(buffer)
     task: Task[None] = Task(None, name=f"iterate_in_thread({getattr(gen_fn, '__qualname__', gen_fn)})")
-    task.run_in_thread(_produce, (gen_fn, args, stream))
+    try:
+        task.run_in_thread(_produce, (gen_fn, args, stream))
+    except BaseException as exc:
+        settle_unsubmitted(task, exc)
+        raise
     return _Iterator(stream, task)

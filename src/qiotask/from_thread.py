@@ -78,11 +78,19 @@ def run(async_fn: Callable[..., Awaitable[R]], *args: Any) -> R:
             :func:`run_sync`).
         TypeError: ``async_fn`` is not callable.
         ContextClosedError: the loop is gone.
+        TaskCancelled: the worker's task was cancelled meanwhile (the
+            coroutine is cancelled with it).
         Exception: whatever the coroutine raised.
     """
     task = _worker_task("run")
     check_callable(async_fn, "from_thread.run", "async_fn")
-    return task.context._run_coroutine(async_fn, args, contextvars.copy_context())  # type: ignore[no-any-return]
+
+    def on_cancel(stop: Callable[[], None]) -> None:
+        task.on_cancel(lambda _task: stop())  # the task cancelled: so is the coroutine
+
+    return task.context._run_coroutine(  # type: ignore[no-any-return]
+        async_fn, args, contextvars.copy_context(), on_cancel
+    )
 
 
 def check_cancelled() -> None:

@@ -22,8 +22,8 @@ from typing import Any
 
 from .._adapters import Adapter, attach_once, register
 from .._context import MainContext
-from .._driver import ClosedAtExit, ContextPort, LoopDriver, TimerHandle
-from .._errors import ContextClosedError, TaskStateError
+from .._driver import CancelLatch, ClosedAtExit, ContextPort, LoopDriver, TimerHandle
+from .._errors import ContextClosedError, TaskCancelled, TaskStateError
 
 __all__ = ["AsyncioContext", "AsyncioDriver", "EmbeddedContext", "resolve_soon"]
 
@@ -89,23 +89,36 @@ class AsyncioDriver(LoopDriver):
             else:
                 loop.remove_writer(fd)
 
-    def run_coroutine(self, async_fn: Callable[..., Any], args: tuple[Any, ...], context: contextvars.Context) -> Any:
+    def run_coroutine(
+        self,
+        async_fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        context: contextvars.Context,
+        on_cancel: Callable[[Callable[[], None]], None],
+    ) -> Any:
         # As asyncio.run_coroutine_threadsafe, but the coroutine is made and
         # its task created in the worker's context (create_task copies the
-        # current one), so that it sees the worker's contextvars.
+        # current one), so that it sees the worker's contextvars; and a
+        # cancel of the worker's task cancels it.
         done: concurrent.futures.Future[Any] = concurrent.futures.Future()
         loop = self.loop
+        latch = CancelLatch()
 
         def start() -> None:
+            if latch.asked:
+                done.set_exception(TaskCancelled(f"from_thread.run(): cancelled before {async_fn!r} started"))
+                return
             try:
                 task = context.run(lambda: loop.create_task(async_fn(*args)))
             except BaseException as exc:
                 done.set_exception(exc)
                 return
+            latch.attach(task)
 
             def finished(task: asyncio.Task[Any]) -> None:
                 if task.cancelled():
-                    done.set_exception(asyncio.CancelledError(f"from_thread.run(): {async_fn!r} was cancelled"))
+                    reason = "the worker's task was cancelled" if latch.asked else f"{async_fn!r} was cancelled"
+                    done.set_exception(TaskCancelled(f"from_thread.run(): {reason}"))
                 elif task.exception() is not None:
                     done.set_exception(task.exception())
                 else:
@@ -113,12 +126,20 @@ class AsyncioDriver(LoopDriver):
 
             task.add_done_callback(finished)
 
+        def stop() -> None:  # any thread: the worker's task was cancelled
+            try:
+                loop.call_soon_threadsafe(latch.cancel)
+            except RuntimeError:  # the loop is closed: nothing will run the coroutine
+                if not done.done():
+                    done.set_exception(ContextClosedError(f"from_thread.run(): {self.port.name}: the loop is closed"))
+
         try:
             loop.call_soon_threadsafe(start)
         except RuntimeError as exc:
             if loop.is_closed():
                 raise ContextClosedError(f"from_thread.run(): {self.port.name}: the event loop is closed") from exc
             raise
+        on_cancel(stop)
         return done.result()
 
     def run(self) -> None:

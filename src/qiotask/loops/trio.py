@@ -78,8 +78,8 @@ import trio.lowlevel as _lowlevel
 
 from .._adapters import Adapter, attach_once, register
 from .._context import HANGUP_POLL_INTERVAL, MainContext
-from .._driver import ClosedAtExit, ContextPort, LoopDriver
-from .._errors import ContextClosedError, TaskStateError
+from .._driver import CancelLatch, ClosedAtExit, ContextPort, LoopDriver
+from .._errors import ContextClosedError, TaskCancelled, TaskStateError
 
 if TYPE_CHECKING:
     from .._task import Task
@@ -197,13 +197,36 @@ class TrioDriver(LoopDriver):
                 return
             raise ContextClosedError(f"{self.port.name}: the trio run has finished") from exc
 
-    def run_coroutine(self, async_fn: Callable[..., Any], args: tuple[Any, ...], context: contextvars.Context) -> Any:
+    def run_coroutine(
+        self,
+        async_fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        context: contextvars.Context,
+        on_cancel: Callable[[Callable[[], None]], None],
+    ) -> Any:
         token = self._token
         if token is None or self.port.closed:
             raise ContextClosedError(f"from_thread.run(): {self.port.name}: no trio run is active")
+        latch = CancelLatch()
+
+        async def in_a_scope() -> Any:
+            with trio.CancelScope() as scope:
+                latch.attach(scope)
+                result = await async_fn(*args)
+            if scope.cancelled_caught:
+                raise TaskCancelled("from_thread.run(): the worker's task was cancelled")
+            return result
+
+        def stop() -> None:  # any thread: the worker's task was cancelled
+            try:
+                token.run_sync_soon(latch.cancel)
+            except trio.RunFinishedError:
+                pass  # the run is over: from_thread.run raises RunFinishedError itself
+
+        on_cancel(stop)
         # trio runs it in a system task of the run, in the calling thread's
         # context: the worker's, here.
-        return context.run(trio.from_thread.run, async_fn, *args, trio_token=token)
+        return context.run(trio.from_thread.run, in_a_scope, trio_token=token)  # type: ignore[arg-type]
 
     def nests(self) -> bool:
         return False  # trio.run() cannot run inside a run
