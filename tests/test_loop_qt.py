@@ -577,8 +577,9 @@ def test_contexts_come_and_go_without_miscounting_none_or_true(app: QCoreApplica
     def counts() -> tuple[int, int, int]:
         return sys.getrefcount(None), sys.getrefcount(True), sys.getrefcount(False)
 
+    rounds = 400
     before = counts()
-    for _ in range(200):
+    for _ in range(rounds):
         context = QtContext(app)
         context.timeout_add(1000, lambda: None)
         context.timeout_add(1000, lambda: None).remove()
@@ -589,8 +590,13 @@ def test_contexts_come_and_go_without_miscounting_none_or_true(app: QCoreApplica
         context.close()
     flush_deferred_deletes()
     after = counts()
-    # A call that miscounts does so every time: 200 rounds would show.
-    assert all(was - now < 50 for now, was in zip(after, before, strict=True)), (before, after)
+    # A call that miscounts does so every time: each round would lose one at
+    # least.  (Python 3.12 counts None's references only where an abi3
+    # extension such as shiboken changes them by hand; there the count also
+    # drifts by a few dozen per hundred rounds with the timing of the queued
+    # slot calls that the deletes discard -- measured 86 and 144 in 200
+    # rounds -- so the bar is one per round, not a fixed few.)
+    assert all(was - now < rounds for now, was in zip(after, before, strict=True)), (before, after)
 
 
 # -- the application goes away; QApplication -----------------------------------------
