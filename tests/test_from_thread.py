@@ -216,3 +216,22 @@ def test_a_thread_the_worker_starts_is_not_a_worker(runner: LoopRunner) -> None:
     task.run_in_thread(worker)
     runner.run()
     assert task.get_result() == "RuntimeError"
+
+
+def test_run_keeps_no_cancel_hook_once_it_returned() -> None:
+    # A worker may call run() many times: each call's cancel hook goes with it.
+    async def one() -> int:
+        return 1
+
+    def work() -> Any:
+        total = sum(from_thread.run(one) for _ in range(50))
+        task = qiotask._threadjob.current_task()
+        assert task is not None
+        return total, task._ctl.cancel_hooks
+
+    async def main() -> Any:
+        return await qiotask.to_thread(work)
+
+    total, hooks = asyncio.run(main())
+    assert total == 50
+    assert not hooks

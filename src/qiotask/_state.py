@@ -433,6 +433,14 @@ class TaskCore:
                 ctl.cancel_hooks.append(fn)
             return True
 
+    def _move_remove_cancel_hook(self, fn: Callable[[Any], Any]) -> None:
+        """Forget a hook kept by ``_move_add_cancel_hook`` (if the cancel has
+        not taken it already): for hooks that guard one call, not the task."""
+        with self._lock:
+            hooks = self._ctl.cancel_hooks
+            if hooks is not None and fn in hooks:
+                hooks.remove(fn)
+
     def _control_locked(self) -> Control:
         """Under the lock: the task's own Control, made on first use."""
         ctl = self._ctl

@@ -84,13 +84,19 @@ def run(async_fn: Callable[..., Awaitable[R]], *args: Any) -> R:
     """
     task = _worker_task("run")
     check_callable(async_fn, "from_thread.run", "async_fn")
+    hooks: list[Callable[[Any], None]] = []
 
     def on_cancel(stop: Callable[[], None]) -> None:
-        task.on_cancel(lambda _task: stop())  # the task cancelled: so is the coroutine
+        hooks.append(lambda _task: stop())  # the task cancelled: so is the coroutine
+        task.on_cancel(hooks[0])
 
-    return task.context._run_coroutine(  # type: ignore[no-any-return]
-        async_fn, args, contextvars.copy_context(), on_cancel
-    )
+    try:
+        return task.context._run_coroutine(  # type: ignore[no-any-return]
+            async_fn, args, contextvars.copy_context(), on_cancel
+        )
+    finally:
+        if hooks:  # this call's hook, not the task's: a worker may call run() a million times
+            task._move_remove_cancel_hook(hooks[0])
 
 
 def check_cancelled() -> None:
