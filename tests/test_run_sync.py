@@ -186,6 +186,8 @@ def test_run_sync_names_the_thread_while_its_call_runs() -> None:
     async def main() -> tuple[Any, Any, Any]:
         before = await qiotask.run_sync(names, pool=pool)
         during = await qiotask.run_sync(names, pool=pool, thread_name="resolver: example.org")
+        with pytest.raises(ZeroDivisionError):  # the names come back after an error too
+            await qiotask.run_sync(lambda: 1 / 0, pool=pool, thread_name="failing")
         after = await qiotask.run_sync(names, pool=pool)
         return before, during, after
 

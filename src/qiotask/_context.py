@@ -273,14 +273,9 @@ class MainContext:
         probe = dispatcher.probe
         if probe is not None and probe():
             # The loop went away without telling us (asyncio has no hook).
-            self._loop_gone()
+            dispatcher.close()
             return True
         return False
-
-    def _loop_gone(self) -> bool:
-        """Adapters: the loop is gone for good.  Marks the context closed and
-        fails what is queued, in this thread; True for the call that did."""
-        return self._dispatcher.close()
 
     # -- the batching dispatcher ----------------------------------------------
 

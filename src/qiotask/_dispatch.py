@@ -91,7 +91,7 @@ class Dispatcher:
         #: For a loop that can go away without a word (asyncio drops a closed
         #: loop's callbacks): a cheap function saying whether it did, asked
         #: by a post that finds a wake-up already on its way.  None for loops
-        #: whose adapter reports the loss (see ``MainContext._loop_gone``).
+        #: whose driver reports the loss (``ContextPort.loop_gone``).
         self.probe: Callable[[], bool] | None = None
 
     def __len__(self) -> int:

@@ -43,7 +43,7 @@ import threading
 from collections.abc import Callable, Iterable
 from typing import Any, Generic, TypeVar
 
-from ._checks import ASYNC_FLAGS, check_callable, check_sync
+from ._checks import check_callable, check_sync
 from ._errors import ContextClosedError, TaskStateError
 
 __all__ = ["ItemStream", "Items", "connect_items", "iterate_in_thread", "send_item"]
@@ -91,11 +91,6 @@ class ItemStream(Generic[T]):
         if waiter is not None:
             waiter()
 
-    @property
-    def closed(self) -> bool:
-        """Whether the loop closed the stream (a hint; put() decides)."""
-        return self._closed
-
     # -- the loop's side --------------------------------------------------------------
 
     def take(self, handed_out: int, wake: Callable[[], Any] | None) -> tuple[collections.deque[T], bool]:
@@ -142,11 +137,11 @@ class _Iterator(Generic[T]):
         if batch:
             self._handed += 1
             return batch.popleft()
+        from ._task import Task  # (a cycle: _task imports this module)
+
         while True:
             if self._done:
                 raise StopAsyncIteration
-            from ._task import Task
-
             items, ended = self._stream.take(self._handed, None)
             self._handed = 0
             waiter: Task[None] | None = None
@@ -299,9 +294,7 @@ def iterate_in_thread(gen_fn: Callable[..., Iterable[T]], /, *args: Any, buffer:
         RuntimeError: no asyncio event loop or trio run runs in this thread.
     """
     check_callable(gen_fn, "iterate_in_thread", "gen_fn")
-    code = getattr(gen_fn, "__code__", None)
-    if code is None or code.co_flags & ASYNC_FLAGS:
-        check_sync(gen_fn, "iterate_in_thread", "gen_fn")
+    check_sync(gen_fn, "iterate_in_thread", "gen_fn")
     _check_buffer(buffer, "iterate_in_thread")
     from ._adapters import async_adapter
     from ._api import settle_unsubmitted
