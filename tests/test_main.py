@@ -1,9 +1,13 @@
-"""`python -m qiotask demo|info|bench`, run as a user would."""
+"""The ``qiotask`` command line (``python -m qiotask``): info, bench, help,
+version, program name.  The demo's own tests are in test_demo.py."""
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -11,41 +15,126 @@ import qiotask.__main__ as cli
 
 from .conftest import STRICT_WARNINGS
 
+#: The console script pip installed beside this interpreter (Makefile's
+#: editable install); a missing one is a broken entry point, so no skip.
+SCRIPT = Path(sys.executable).with_name("qiotask")
 
-def run(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-X", "dev", *STRICT_WARNINGS, "-m", "qiotask", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+#: The two ways to run the command, and the program name each should show.
+WAYS = {
+    "console script": ([str(SCRIPT)], "qiotask"),
+    "python -m": ([sys.executable, "-X", "dev", *STRICT_WARNINGS, "-m", "qiotask"], "python -m qiotask"),
+}
 
 
-def test_demo_runs_the_seed_examples_and_exits_0() -> None:
-    result = run("demo")
-    assert result.returncode == 0, result.stdout + result.stderr
-    out = result.stdout
-    assert out.count("poll ") == 3
-    assert "resolved 'localhost' and bound" in out
-    assert "client read b'hello from the main loop\\n'" in out
-    assert "demo finished: all steps ran" in out
-    # Step 4, qiotask.net: a name resolved in a worker, TLS on the loop, echo.
-    assert "resolved 'localhost': [" in out
-    assert "made a CA and a certificate for localhost" in out  # a worker step: checked below
-    assert "echo server listening on " in out
-    assert "client TLS handshake done: TLSv1." in out
-    assert "server TLS handshake done: TLSv1." in out
-    for message in ("ping 1", "ping 2", "ping 3"):
-        assert f"echo server echoed b'{message}'" in out
-        assert f"client got b'{message}' back" in out
-    assert "echo server and client closed; 3 messages echoed" in out
-    for line in out.splitlines():
-        step = line.split()[3] if len(line.split()) > 3 else ""
-        if step in ("func", "timer", "watch", "accept"):
-            assert "MainThread" in line, line
-        if step == "worker":
-            assert "qiotask-worker" in line, line
+def run(*args: str, way: str = "python -m") -> subprocess.CompletedProcess[str]:
+    command, _prog = WAYS[way]
+    # The console script takes no interpreter options: the same via the environment.
+    env = {**os.environ, "PYTHONDEVMODE": "1", "PYTHONWARNINGS": ",".join(STRICT_WARNINGS[1::2])}
+    return subprocess.run([*command, *args], capture_output=True, text=True, timeout=60, env=env)
+
+
+@pytest.mark.parametrize("way", WAYS)
+def test_usage_names_the_program_as_it_was_run(way: str) -> None:
+    assert SCRIPT.exists(), f"no console script at {SCRIPT}: install qiotask into this venv (make test does)"
+    result = run("--help", way=way)
+    assert result.returncode == 0, result.stderr
+    prog = WAYS[way][1]
+    assert result.stdout.startswith(f"usage: {prog} [-h] [--version] COMMAND ...\n")
+    assert f"Run '{prog} COMMAND --help'" in result.stdout
     assert result.stderr == ""
+
+
+@pytest.mark.parametrize("way", WAYS)
+def test_version(way: str) -> None:
+    result = run("--version", way=way)
+    assert (result.returncode, result.stdout, result.stderr) == (0, f"qiotask {cli.__version__}\n", "")
+
+
+def test_help_is_plain_text_and_lists_the_commands(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as stopped:
+        cli.main(["--help"])
+    assert stopped.value.code == 0
+    out = capsys.readouterr().out
+    assert "`" not in out and ":mod:" not in out  # no reStructuredText from a docstring
+    assert "worker threads" in out
+    for command in ("demo", "info", "bench"):
+        assert f"\n    {command}  " in out
+
+
+def test_no_arguments_prints_the_help_and_exits_2() -> None:
+    # 2, argparse's status for a missing argument: a script that forgot the
+    # command fails; --help is the way to ask for help (stdout, status 0).
+    result = run()
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert result.stderr.startswith("usage: python -m qiotask [-h] [--version] COMMAND ...\n")
+    for command in ("demo", "info", "bench"):
+        assert f"\n    {command}  " in result.stderr
+    assert "rest" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("command", "says"),
+    [("demo", "heartbeat"), ("info", "event loop"), ("bench", "benchmarks/throughput.py")],
+)
+def test_each_command_prints_its_own_help(command: str, says: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as stopped:
+        cli.main([command, "--help"])
+    assert stopped.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"usage: qiotask {command} [-h]")
+    assert says in out
+    assert "loops:" not in out and "Step 1/" not in out  # printed the help, ran nothing
+
+
+def test_main_takes_a_program_name(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        cli.main(["info", "--help"], prog="tool")
+    assert capsys.readouterr().out.startswith("usage: tool info [-h]")
+
+
+def test_bad_command_is_refused() -> None:
+    result = run("frobnicate")
+    assert result.returncode == 2
+    assert "invalid choice: 'frobnicate'" in result.stderr
+
+
+def test_unknown_option_of_a_command_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as stopped:
+        cli.main(["info", "--verbose"])
+    assert stopped.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: qiotask info [-h]\n")
+    assert "qiotask info: error: unrecognized arguments: --verbose" in err
+
+
+def test_bench_outside_a_checkout_says_where_the_benchmark_is(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # As in an installed wheel: no benchmarks/ beside the package.
+    monkeypatch.setattr(cli, "_BENCHMARK", tmp_path / "benchmarks" / "throughput.py")
+    assert cli.main(["bench", "--jobs", "10"]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    for where in ("benchmarks/throughput.py", "source repository", "make bench"):
+        assert where in captured.err
+
+
+def test_bench_passes_its_arguments_to_the_benchmark(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    script = tmp_path / "throughput.py"
+    script.write_text("import json, sys\nprint(json.dumps(sys.argv))\n")
+    monkeypatch.setattr(cli, "_BENCHMARK", script)
+    argv = sys.argv
+    for args, passed in [
+        (["--jobs", "200", "--rounds", "1", "extra"], ["--jobs", "200", "--rounds", "1", "extra"]),
+        (["--", "--help"], ["--help"]),  # the benchmark's help, not bench's
+        ([], []),
+    ]:
+        assert cli.main(["bench", *args]) == 0
+        assert json.loads(capsys.readouterr().out) == [str(script), *passed]
+        assert sys.argv is argv  # given back
 
 
 def test_info_lists_versions_and_loops() -> None:
@@ -55,12 +144,6 @@ def test_info_lists_versions_and_loops() -> None:
     for loop in ("asyncio", "uvloop", "glib", "qt", "tk", "trio"):
         assert f"  {loop} " in result.stdout
     assert "asyncio  usable" in result.stdout
-
-
-def test_bad_command_is_refused() -> None:
-    result = run("frobnicate")
-    assert result.returncode == 2
-    assert "invalid choice" in result.stderr
 
 
 def test_info_says_why_qt_is_missing_on_python_3_15(

@@ -1,4 +1,10 @@
-"""``python -m qiotask demo|bench|info``."""
+"""The ``qiotask`` command (also ``python -m qiotask``): ``demo``, ``info``, ``bench``.
+
+``main(argv, prog)`` is the console script's entry point; it returns the exit
+status.  ``qiotask`` with no command prints the help to stderr and exits 2,
+as argparse does for any missing required argument: a script that forgot the
+command fails, and ``qiotask --help`` is the way to ask for help (stdout, 0).
+"""
 
 from __future__ import annotations
 
@@ -8,10 +14,25 @@ import os
 import platform
 import runpy
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 from . import __version__, _adapters
 from ._pool import DEFAULT_MAX_WORKERS
+
+#: The exit status of a usage error, as argparse's.
+_USAGE_ERROR = 2
+
+#: benchmarks/throughput.py of the source checkout this package was imported
+#: from (src/qiotask/__main__.py -> the repository root); an installed wheel
+#: has no benchmarks beside it.
+_BENCHMARK = Path(__file__).resolve().parents[2] / "benchmarks" / "throughput.py"
+
+_DESCRIPTION = (
+    "qiotask runs blocking work in worker threads and hands each result back on the "
+    "event loop's thread, so the loop never freezes. This command shows it at work "
+    "and reports on this installation."
+)
 
 # (loop, module to import, qiotask's adapter (see _adapters.ADAPTERS), extra to install)
 _LOOPS = (
@@ -76,30 +97,91 @@ def info() -> int:
     return 0
 
 
-def bench(argv: list[str]) -> int:
-    """Run benchmarks/throughput.py from a source checkout."""
-    script = Path(__file__).resolve().parents[2] / "benchmarks" / "throughput.py"
-    if not script.exists():
-        print("the benchmarks live in the source repository: run 'make bench' there", file=sys.stderr)
-        return 2
-    sys.argv = [str(script), *argv]
-    runpy.run_path(str(script), run_name="__main__")
+def bench(argv: Sequence[str]) -> int:
+    """Run benchmarks/throughput.py of a source checkout with ``argv``."""
+    if not _BENCHMARK.exists():
+        # Exit 1, not argparse's 2: the command line is right, but what it
+        # asks for is not in this installation.
+        print(
+            "qiotask bench runs the throughput benchmark, benchmarks/throughput.py, which lives in "
+            "qiotask's source repository and is not installed with the package: in a checkout of the "
+            "repository, run 'make bench' (or 'python benchmarks/throughput.py --help' for its options).",
+            file=sys.stderr,
+        )
+        return 1
+    saved = sys.argv
+    sys.argv = [str(_BENCHMARK), *argv]
+    try:
+        runpy.run_path(str(_BENCHMARK), run_name="__main__")
+    finally:
+        sys.argv = saved
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m qiotask", description=__doc__)
-    parser.add_argument("command", choices=["demo", "bench", "info"], help="what to run")
-    parser.add_argument("rest", nargs=argparse.REMAINDER, help="arguments for bench")
-    args = parser.parse_args(argv)
+def _parser(prog: str) -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    """The command line: the parser and, by name, each command's own."""
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description=_DESCRIPTION,
+        epilog=f"Run '{prog} COMMAND --help' for what a command does.",
+    )
+    parser.add_argument(
+        "--version", action="version", version=f"qiotask {__version__}", help="print qiotask's version and exit"
+    )
+    commands = parser.add_subparsers(dest="command", title="commands", metavar="COMMAND")
+    demo_parser = commands.add_parser(
+        "demo",
+        help="show what qiotask is for, then the examples of QEMU's QIOTask header, live (about 2 s)",
+        description=(
+            "Shows a heartbeat ticking on the loop thread while a blocking job runs in a worker, "
+            "and stopping while the same job runs on the loop thread; then the examples of "
+            "QEMU's include/io/task.h (the header qiotask implements) and a TLS echo over "
+            "qiotask.net. Needs only the standard library (and trustme, the 'demo' extra, for TLS)."
+        ),
+    )
+    info_parser = commands.add_parser(
+        "info",
+        help="print versions and which event loops are usable here",
+        description="Prints qiotask's and Python's versions, the default worker pool size and, "
+        "for each supported event loop, whether it is usable here or why not.",
+    )
+    bench_parser = commands.add_parser(
+        "bench",
+        usage="%(prog)s [-h] [ARGUMENT ...]",
+        help="run the throughput benchmark (in a source checkout)",
+        description=(
+            "Runs benchmarks/throughput.py from qiotask's source repository (as 'make bench' does); "
+            "it is not installed with the package. Arguments after 'bench' go to the benchmark: "
+            f"'{prog} bench -- --help' lists them."
+        ),
+    )
+    return parser, {"demo": demo_parser, "info": info_parser, "bench": bench_parser}
+
+
+def main(argv: Sequence[str] | None = None, prog: str = "qiotask") -> int:
+    """Run the command in ``argv`` (default: ``sys.argv[1:]``); return the exit status.
+
+    ``prog`` is the program name shown in usage and help: the console script
+    is ``qiotask``; ``python -m qiotask`` passes its own.  Usage errors, and
+    ``--help`` and ``--version``, raise ``SystemExit`` as argparse does.
+    """
+    parser, commands = _parser(prog)
+    # parse_known_args, so that the options meant for the benchmark pass
+    # through 'bench' (argparse.REMAINDER would refuse a leading option).
+    args, rest = parser.parse_known_args(argv)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return _USAGE_ERROR
+    if args.command == "bench":
+        return bench(rest[1:] if rest[:1] == ["--"] else rest)
+    if rest:
+        commands[args.command].error(f"unrecognized arguments: {' '.join(rest)}")
     if args.command == "demo":
         from ._demo import run_demo
 
         return run_demo()
-    if args.command == "bench":
-        return bench(args.rest)
     return info()
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(prog="python -m qiotask"))
