@@ -36,7 +36,7 @@ def run_once(src: Path, extra: list[str]) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "result.json"
         subprocess.run(
-            [sys.executable, str(HERE / "throughput.py"), "--json", str(out), *extra],
+            [sys.executable, str(HERE / "throughput.py"), "--json", str(out), "--no-chart", *extra],
             env=dict(os.environ, PYTHONPATH=str(src)),
             check=True,
             stdout=subprocess.DEVNULL,

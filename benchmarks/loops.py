@@ -66,6 +66,10 @@ qiotask's p99 rose to ~4 ms (its hand-overs between loop thread and worker wait 
 up to 2x.  Each loop's header therefore says how many CPUs other processes used during its run (from
 ``/proc/stat``, minus this process's own CPU time), and the report warns above 0.25.
 
+Beside the tables it writes a PNG chart, ``--chart`` (``benchmarks/results/loops.png``): a row per loop, with
+jobs/s and p99 per contender, each contender's ratio to the best peer and the 3x target (``chart.py``; it needs
+matplotlib, ``pip install 'qiotask[bench]'``).
+
 This is a report, not a test: the exit status is 0 whatever the figures are.
 """
 
@@ -88,11 +92,14 @@ from typing import Any
 
 # Shared with throughput.py (benchmarks/ is sys.path[0] when either script runs).
 from throughput import (
+    RESULTS,
     AsyncRun,
     Sample,
     awaiting,
+    busy_warning,
     describe_environment,
     environment,
+    load_chart,
     machine_busy_seconds,
     make_sample,
     noop,
@@ -1056,6 +1063,28 @@ def report_summary(rows: list[tuple[str, str, str, Summary | None, Summary | Non
         print(f"{loop:<7} {mine:<18} {peer:<30} {ours_rate:>14} {peer_rate:>11} {ratio:>7} {spread:>13}  {verdict}")
 
 
+def write_chart(path: str, results: list[LoopResult], summarized: list[tuple[list[Summary], str | None]]) -> None:
+    """The chart of the run (see chart.py), or one line saying why there is none."""
+    chart = load_chart()
+    groups = []
+    for result, (summaries, best) in zip(results, summarized, strict=True):
+        rows = [
+            chart.Row(
+                contender=s.contender,
+                jobs_per_s=[x.jobs_per_s for x in result.samples if x.contender == s.contender],
+                p99_us=[x.p99_us for x in result.samples if x.contender == s.contender],
+                ratio=s.ratio,
+                ours=s.is_qiotask,
+            )
+            for s in summaries
+        ]
+        targets = {TARGET_RATIO: ", ".join(s.contender for s in summaries if s.is_qiotask)}
+        groups.append(chart.Group(result.loop, best or "", rows, targets))
+    other_cpus = max((r.other_cpus for r in results if r.other_cpus is not None), default=None)
+    if chart.write_chart(path, "qiotask against each loop's best peer", groups, busy_warning(other_cpus, "up to ")):
+        print(f"chart: {path}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0] if __doc__ else None)
     parser.add_argument("--loops", default=",".join(LOOPS), help=f"comma-separated, from {','.join(LOOPS)}")
@@ -1065,6 +1094,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--inflight", type=int, default=64, help="jobs in flight at once (default 64)")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (default 5)")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
+    chart_default = RESULTS / "loops.png"
+    parser.add_argument(
+        "--chart",
+        metavar="PATH",
+        default=str(chart_default),
+        help=f"write the PNG chart to PATH (default {chart_default})",
+    )
+    parser.add_argument("--no-chart", dest="chart", action="store_const", const=None, help="write no chart")
     parser.add_argument("--child", choices=LOOPS, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.jobs < 1 or args.inflight < 1 or args.rounds < 1:
@@ -1108,6 +1145,8 @@ def main(argv: list[str] | None = None) -> int:
     warn_if_busy(max((r.other_cpus for r in results if r.other_cpus is not None), default=None), "up to ")
     for i, reason in enumerate(reasons, 1):
         print(f"[{i}] {reason}")
+    if args.chart:
+        write_chart(args.chart, results, summarized)
 
     if args.json:
         data: dict[str, Any] = {

@@ -37,10 +37,20 @@ first or last.  Every figure printed is the median over the rounds; the ratios a
 per-round ratios, each taken between two measurements made seconds apart.  Everything runs in one
 process and one ``asyncio.run``; only the ratios are meant to be compared across runs or machines.
 
+Other processes distort the figures (see ``loops.py``): the heading says how many CPUs they used during the
+run (from ``/proc/stat``, minus this process's own CPU time), and the report warns above 0.25, before its
+verdicts.
+
+Beside the table it writes a PNG chart, ``--chart`` (``benchmarks/results/throughput.png``): jobs/s and p99
+per contender, with the spread over the rounds, each contender's ratio and the targets (``chart.py``).  It
+needs matplotlib (``pip install 'qiotask[bench]'``); without it the run says so in one line and prints the
+table as ever.
+
 This is a report, not a test: the exit status is 0 whatever the figures are.
 
 ``loops.py`` and ``net.py`` import their shared pieces from here (``Sample``, ``make_sample``, the jobs,
-``awaiting``, the environment, ``machine_busy_seconds`` and ``warn_if_busy``).
+``awaiting``, the environment, ``machine_busy_seconds``, ``warn_if_busy``/``busy_warning``, and
+``load_chart`` with ``RESULTS``, where charts go).
 """
 
 from __future__ import annotations
@@ -48,6 +58,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import importlib.util
 import json
 import os
 import platform
@@ -56,6 +67,8 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
+from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import qiotask
@@ -67,6 +80,8 @@ TO_THREAD_TARGET = 3.0
 #: Tasks queued for the memory measurement.
 MEMORY_TASKS = 10000
 WARMUP_JOBS = 1000
+#: Where the charts go by default: beside the scripts, whatever the working directory (git ignores it).
+RESULTS = Path(__file__).resolve().parent / "results"
 
 perf_counter = time.perf_counter
 
@@ -153,13 +168,44 @@ def machine_busy_seconds() -> float | None:
         return None
 
 
+def busy_warning(other_cpus: float | None, how: str = "") -> str | None:
+    """The warning to show if other processes used more than BUSY_WARNING CPUs, else None."""
+    if other_cpus is None or other_cpus <= BUSY_WARNING:
+        return None
+    return (
+        f"warning: other processes used {how}{other_cpus:.2f} of {os.cpu_count()} CPUs during the run; "
+        "the figures are unreliable: run again on a quiet machine"
+    )
+
+
 def warn_if_busy(other_cpus: float | None, how: str = "") -> None:
     """Print a warning if other processes used more than BUSY_WARNING CPUs."""
-    if other_cpus is not None and other_cpus > BUSY_WARNING:
-        print(
-            f"warning: other processes used {how}{other_cpus:.2f} of {os.cpu_count()} CPUs during the run; "
-            "the figures are unreliable: run again on a quiet machine"
-        )
+    warning = busy_warning(other_cpus, how)
+    if warning:
+        print(warning)
+
+
+def other_cpus_since(busy0: float | None, cpu0: float, elapsed: float) -> float | None:
+    """CPUs other processes used on average since ``busy0 = machine_busy_seconds()`` and
+    ``cpu0 = time.process_time()`` were read ``elapsed`` seconds ago (None where /proc/stat is missing)."""
+    busy1 = machine_busy_seconds()
+    if busy0 is None or busy1 is None or elapsed <= 0:
+        return None
+    return max(0.0, (busy1 - busy0) - (time.process_time() - cpu0)) / elapsed
+
+
+def load_chart() -> ModuleType:
+    """benchmarks/chart.py, loaded by its path: ``python -m qiotask bench`` runs this script with runpy,
+    which does not put benchmarks/ on ``sys.path`` as running the script does."""
+    name = "qiotask_benchmarks_chart"  # not "chart": a module of that name may be installed
+    module = sys.modules.get(name)
+    if module is None:
+        spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().with_name("chart.py"))
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module  # before running it: dataclasses and typing look their module up there
+        spec.loader.exec_module(module)
+    return module
 
 
 def write_json(path: str, data: dict[str, Any]) -> None:
@@ -325,11 +371,14 @@ def summarize(samples: list[Sample]) -> list[Summary]:
     return summaries
 
 
-def report(summaries: list[Summary], jobs: int, inflight: int, rounds: int, elapsed: float) -> tuple[bool, bool]:
+def report(
+    summaries: list[Summary], jobs: int, inflight: int, rounds: int, elapsed: float, other_cpus: float | None
+) -> tuple[bool, bool]:
     print()
     print(
         f"{jobs:,} no-op jobs, {inflight} in flight, median of {rounds} interleaved rounds "
-        f"({describe_environment(elapsed)})"
+        f"({describe_environment(elapsed)}"
+        + (f"; other processes used {other_cpus:.2f} CPUs)" if other_cpus is not None else ")")
     )
     header = f"{'contender':<22} {'jobs/s':>10} {'p50 µs':>9} {'p99 µs':>9} {'CPU µs/job':>11} {'vs ' + REFERENCE:>21}"
     print(header)
@@ -343,6 +392,7 @@ def report(summaries: list[Summary], jobs: int, inflight: int, rounds: int, elap
     ours, ref = by_name["qiotask"], by_name[REFERENCE]
     print()
     print("per-round qiotask / asyncio.to_thread: " + ", ".join(f"{r:.2f}x" for r in ours.ratios))
+    warn_if_busy(other_cpus)
     ratio_ok = ours.ratio >= TARGET_RATIO
     p99_ok = ours.p99_us < ref.p99_us
     print(
@@ -354,6 +404,35 @@ def report(summaries: list[Summary], jobs: int, inflight: int, rounds: int, elap
         f"{'lower: PASS' if p99_ok else 'not lower: FAIL'}"
     )
     return ratio_ok, p99_ok
+
+
+def write_chart(
+    path: str,
+    samples: list[Sample],
+    summaries: list[Summary],
+    jobs: int,
+    rounds: int,
+    elapsed: float,
+    other_cpus: float | None,
+) -> None:
+    """The chart of the run (see chart.py), or one line saying why there is none."""
+    chart = load_chart()
+    rows = [
+        chart.Row(
+            contender=s.contender,
+            jobs_per_s=[x.jobs_per_s for x in samples if x.contender == s.contender],
+            p99_us=[x.p99_us for x in samples if x.contender == s.contender],
+            ratio=s.ratio,
+            ours=s.contender.startswith("qiotask"),
+        )
+        for s in summaries
+    ]
+    awaited = ", ".join(s.contender for s in summaries if s.contender in ("qiotask.to_thread", "qiotask.run_sync"))
+    targets = {TARGET_RATIO: "qiotask", **({TO_THREAD_TARGET: awaited} if awaited else {})}
+    group = chart.Group("asyncio", REFERENCE, rows, targets)
+    title = f"{jobs:,} no-op jobs, median of {rounds} interleaved rounds ({describe_environment(elapsed)})"
+    if chart.write_chart(path, title, [group], busy_warning(other_cpus)):
+        print(f"chart: {path}")
 
 
 def queued_task_bytes(count: int = MEMORY_TASKS) -> float:
@@ -401,6 +480,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--inflight", type=int, default=64, help="jobs in flight at once (default 64)")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (default 5)")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
+    chart_default = RESULTS / "throughput.png"
+    parser.add_argument(
+        "--chart",
+        metavar="PATH",
+        default=str(chart_default),
+        help=f"write the PNG chart to PATH (default {chart_default})",
+    )
+    parser.add_argument("--no-chart", dest="chart", action="store_const", const=None, help="write no chart")
     args = parser.parse_args(argv)
     if args.jobs < 1 or args.inflight < 1 or args.rounds < 1:
         parser.error("--jobs, --inflight and --rounds must be at least 1")
@@ -411,10 +498,12 @@ def main(argv: list[str] | None = None) -> int:
         flush=True,
     )
     t0 = perf_counter()
+    busy0, cpu0 = machine_busy_seconds(), time.process_time()
     samples = asyncio.run(run_rounds(args.jobs, args.inflight, args.rounds))
     elapsed = perf_counter() - t0
+    other_cpus = other_cpus_since(busy0, cpu0, elapsed)
     summaries = summarize(samples)
-    ratio_ok, p99_ok = report(summaries, args.jobs, args.inflight, args.rounds, elapsed)
+    ratio_ok, p99_ok = report(summaries, args.jobs, args.inflight, args.rounds, elapsed, other_cpus)
     for name in ("qiotask.to_thread", "qiotask.run_sync"):
         awaited = next((s for s in summaries if s.contender == name), None)
         if awaited is None:
@@ -425,6 +514,8 @@ def main(argv: list[str] | None = None) -> int:
         )
     memory = queued_task_bytes()
     print(f"memory per queued task: {memory:,.0f} bytes (Task + run_in_thread, waiting for a busy pool; tracemalloc)")
+    if args.chart:
+        write_chart(args.chart, samples, summaries, args.jobs, args.rounds, elapsed, other_cpus)
 
     if args.json:
         result: dict[str, Any] = {
@@ -435,6 +526,7 @@ def main(argv: list[str] | None = None) -> int:
                 "warmup_jobs": WARMUP_JOBS,
                 **environment(),
                 "elapsed_s": elapsed,
+                "other_cpus": other_cpus,
             },
             "reference": REFERENCE,
             "summary": [asdict(s) for s in summaries],
