@@ -17,6 +17,7 @@ import pytest
 
 import qiotask
 from qiotask._pool import WorkerPool, default_pool
+from qiotask.testing import LoopRunner as LoopRunner  # shipped; the suite's tests import it from here
 
 SocketPair = tuple[socket.socket, socket.socket]
 
@@ -109,49 +110,6 @@ class Log:
         return lambda value: self.add(what, value)
 
 
-class LoopRunner:
-    """Runs a context's MainLoop on the calling thread until ``quit()``."""
-
-    def __init__(self, context: qiotask.MainContext) -> None:
-        self.context = context
-        self.loop = qiotask.MainLoop(context)
-        self.timed_out = False
-
-    def quit(self, *_: Any) -> None:
-        self.loop.quit()
-
-    def run(self, timeout: float = 10.0) -> None:
-        """Run until quit(); fail the test if that takes over ``timeout`` s."""
-        self.timed_out = False
-
-        def give_up() -> bool:
-            self.timed_out = True
-            self.loop.quit()
-            return False
-
-        guard = self.context.timeout_add(timeout * 1000, give_up)
-        try:
-            self.loop.run()
-        finally:
-            guard.remove()
-        assert not self.timed_out, f"the loop ran {timeout} s without quit()"
-
-    def run_until(self, predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-        """Run until ``predicate()`` holds, checking after every callback batch."""
-
-        def check() -> bool:
-            if predicate():
-                self.loop.quit()
-                return False
-            return True
-
-        watch = self.context.idle_add(check)
-        try:
-            self.run(timeout)
-        finally:
-            watch.remove()
-
-
 @pytest.fixture
 def ctx() -> Iterator[qiotask.MainContext]:
     """A new embedded context, the thread default for the test's duration."""
@@ -201,10 +159,10 @@ def no_leaks() -> Iterator[None]:
     """Every test leaves no task pending and no thread of its own running."""
     before_threads = set(threading.enumerate())
     before = qiotask.stats()["pending"]
-    tk_backend = sys.modules.get("tests.backends.tk")
+    tk_backend = sys.modules.get("qiotask.testing._tk")
     roots_before = getattr(tk_backend, "roots_made", 0)
     yield
-    tk_backend = sys.modules.get("tests.backends.tk")
+    tk_backend = sys.modules.get("qiotask.testing._tk")
     if getattr(tk_backend, "roots_made", 0) != roots_before:
         # Tk widgets form reference cycles, and a Tk interpreter freed off
         # its thread aborts the process: collect what the test (and fixtures

@@ -2,10 +2,14 @@
 
 Each example runs as a child process of ``sys.executable``: Qt on the
 offscreen platform, Tk on the tests' X display (``DISPLAY``, or the Xvfb
-server tests/backends/tk.py starts once per process).  A toolkit that is
+server qiotask.testing starts once per process).  A toolkit that is
 missing here skips its example with the reason, except under
 ``QIOTASK_REQUIRE_ALL_LOOPS=1`` (CI), where that is a failure, as
 ``tests.backends.open_backend`` does.
+
+The examples' workers are also run here, in this process, as tasks on each
+of the six loops, through the fixtures of qiotask's pytest plugin
+(``qiotask_runner``, its leak check): as a user would test code of their own.
 """
 
 from __future__ import annotations
@@ -16,10 +20,15 @@ import os
 import re
 import subprocess
 import sys
+import threading
 from pathlib import Path
-from typing import NoReturn
+from types import ModuleType
+from typing import Any, NoReturn
 
 import pytest
+
+import qiotask
+from qiotask.testing import LoopRunner
 
 from .conftest import STRICT_WARNINGS
 
@@ -27,7 +36,7 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 # How long one example may run, in seconds; each finishes in about one.
 EXAMPLE_TIMEOUT = 60.0
-# How long Xvfb may take to say it is ready (tests/backends/tk.py).
+# How long Xvfb may take to say it is ready (qiotask/testing/_tk.py).
 XVFB_START_TIMEOUT = 10.0
 
 
@@ -98,8 +107,8 @@ def files(tmp_path: Path) -> dict[Path, str]:
 @pytest.fixture
 def x_display() -> str:
     """An X display (``":N"``) Tk can open: ``DISPLAY`` if it works, else the
-    Xvfb server tests/backends/tk.py starts once per process (and stops at
-    exit); the example inherits ``DISPLAY``."""
+    Xvfb server qiotask.testing starts once per process (and stops at exit);
+    the example inherits ``DISPLAY``."""
     require("tk", "_tkinter")
     from .backends import tk as tk_backend
 
@@ -167,3 +176,73 @@ def test_glib_echo() -> None:
     assert len({endpoint.rsplit(":", 1)[1] for endpoint in endpoints}) == 1, endpoints
     replies = sorted(line for line in lines if line.startswith("client "))
     assert replies == sorted(f"client {n} got 'hello from client {n}' on MainThread" for n in range(6)), lines
+
+
+# -- the examples' workers, on every loop, with qiotask's pytest plugin ---------
+
+
+def load_example(name: str, loop: str, *modules: str) -> ModuleType:
+    """Import ``examples/<name>`` (not as ``__main__``: its program does not
+    run), once its toolkit is known to be here."""
+    require(loop, *modules)
+    path = EXAMPLES / name
+    module = sys.modules.get(f"example_{path.stem}")
+    if module is None:
+        spec = importlib.util.spec_from_file_location(f"example_{path.stem}", path)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        sys.modules[spec.name] = module
+    return module
+
+
+def run_workers(runner: LoopRunner, worker: Any, args: list[Any]) -> list[Any]:
+    """``worker(task, arg)`` for each arg, as tasks of the test's context run
+    by its loop; returns the results, checking each completion ran on the
+    test's thread (the loop's) and each worker on another."""
+    completions: list[threading.Thread] = []
+    workers: list[threading.Thread] = []
+
+    def record(task: qiotask.Task[Any], arg: Any) -> Any:
+        workers.append(threading.current_thread())
+        return worker(task, arg)
+
+    def completed(source: Any, err: BaseException | None, opaque: Any) -> None:
+        completions.append(threading.current_thread())
+
+    tasks = []
+    for arg in args:
+        task: qiotask.Task[Any] = qiotask.Task(arg, completed)  # of the test's context, its thread default
+        task.run_in_thread(record, arg)
+        tasks.append(task)
+    runner.run_until_done(*tasks, timeout=EXAMPLE_TIMEOUT)
+    assert completions == [threading.current_thread()] * len(args)
+    assert threading.current_thread() not in workers
+    return [task.get_result() for task in tasks]
+
+
+@pytest.mark.qiotask_loops
+def test_glib_hosts_workers(qiotask_runner: LoopRunner, files: dict[Path, str]) -> None:
+    example = load_example("glib_hosts.py", "glib", "gi")
+    assert run_workers(qiotask_runner, example.sha256, list(files)) == list(files.values())
+    [addresses] = run_workers(qiotask_runner, example.resolve, ["localhost"])
+    assert "127.0.0.1" in addresses.split(", ")
+
+
+@pytest.mark.qiotask_loops
+def test_tk_hosts_worker(qiotask_runner: LoopRunner) -> None:
+    example = load_example("tk_hosts.py", "tk", "_tkinter")
+    [addresses] = run_workers(qiotask_runner, example.resolve, ["localhost"])
+    assert "127.0.0.1" in addresses
+
+
+@pytest.mark.qiotask_loops
+def test_qt_hasher_worker(qiotask_runner: LoopRunner, files: dict[Path, str]) -> None:
+    example = load_example("qt_hasher.py", "qt", "PySide6", "PySide6.QtWidgets")
+    assert run_workers(qiotask_runner, example.sha256, list(files)) == list(files.values())
+
+
+@pytest.mark.qiotask_loops
+def test_trio_resolve_worker(qiotask_runner: LoopRunner) -> None:
+    example = load_example("trio_resolve.py", "trio", "trio")
+    assert run_workers(qiotask_runner, example.canonical_name, ["localhost"]) == ["localhost"]

@@ -1,58 +1,29 @@
-"""One module per event loop, for the contract suite run on every loop.
+"""The loops of the contract suite: thin names over ``qiotask.testing``,
+which ships the per-loop context makers to users and to this suite alike.
 
-Each module ``tests/backends/<name>.py`` defines ``open() -> Backend``: a
-fresh context of that loop, owned by the calling (test) thread, which
-``qiotask.MainLoop(backend.context).run()`` runs.  A backend whose toolkit
-cannot be loaded is skipped with the reason, except under
+``open_backend(name)`` is ``qiotask.testing.open_loop(name)``: a fresh
+context of that loop, owned by the calling (test) thread, which
+``qiotask.MainLoop(backend.context).run()`` runs.  A loop that cannot be
+loaded is skipped with the reason, except under
 ``QIOTASK_REQUIRE_ALL_LOOPS=1`` (CI), where that is a failure.
 """
 
 from __future__ import annotations
 
-import importlib
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import NoReturn, Protocol, TypeVar
+from typing import TypeVar
 
-import pytest
+from qiotask.testing import LOOPS as BACKENDS
+from qiotask.testing import LoopHandle as Backend
+from qiotask.testing import LoopUnavailable, open_loop
+from qiotask.testing._loops import ContextLoop as ContextBackend
+from qiotask.testing._loops import settle
+from qiotask.testing.plugin import unavailable
 
-import qiotask
-
-BACKENDS = ("asyncio", "uvloop", "glib", "qt", "tk", "trio")
-
-
-class Backend(Protocol):
-    context: qiotask.MainContext
-
-    def close_loop(self) -> None:
-        """Make the loop go away for good (tasks in flight then finish with
-        ContextClosedError)."""
-
-    def cleanup(self) -> None:
-        """Release what open() made; called once, after the test."""
-
+__all__ = ["BACKENDS", "Backend", "ContextBackend", "open_backend", "settle", "thread_default", "unavailable"]
 
 B = TypeVar("B", bound=Backend)
-
-
-def settle(context: qiotask.MainContext) -> None:
-    """Run the completions handed over at the very end (unless the context is closed)."""
-    if not context.closed:
-        context._dispatch()
-
-
-class ContextBackend:
-    """A backend whose loop is its context: closing the context makes it go away."""
-
-    context: qiotask.MainContext
-
-    def close_loop(self) -> None:
-        self.context.close()  # type: ignore[attr-defined]
-
-    def cleanup(self) -> None:
-        settle(self.context)
-        self.context.close()  # type: ignore[attr-defined]
 
 
 @contextmanager
@@ -66,17 +37,8 @@ def thread_default(backend: B) -> Iterator[B]:
         backend.cleanup()
 
 
-def unavailable(reason: str) -> NoReturn:
-    """Skip the test for a loop that cannot run here -- or, in CI
-    (``QIOTASK_REQUIRE_ALL_LOOPS=1``), fail it."""
-    if os.environ.get("QIOTASK_REQUIRE_ALL_LOOPS") == "1":
-        pytest.fail(reason + " (QIOTASK_REQUIRE_ALL_LOOPS=1)")
-    pytest.skip(reason)
-
-
 def open_backend(name: str) -> Backend:
     try:
-        module = importlib.import_module(f"tests.backends.{name}")
-        return module.open()  # type: ignore[no-any-return]
-    except (ImportError, OSError, RuntimeError) as exc:
-        unavailable(f"loop {name!r} cannot be loaded here: {type(exc).__name__}: {exc}")
+        return open_loop(name)
+    except LoopUnavailable as exc:
+        unavailable(str(exc))

@@ -1,16 +1,6 @@
-"""The embedded asyncio context (qiotask's default kind)."""
+"""The embedded asyncio context (see qiotask.testing._asyncio)."""
 
-from __future__ import annotations
+from qiotask.testing._asyncio import AsyncioLoop as AsyncioBackend
+from qiotask.testing._asyncio import open_asyncio as open
 
-import qiotask
-
-from . import ContextBackend
-
-
-class AsyncioBackend(ContextBackend):
-    def __init__(self, uvloop: bool = False) -> None:
-        self.context = qiotask.MainContext(name="test-uvloop" if uvloop else "test-asyncio", uvloop=uvloop)
-
-
-def open() -> AsyncioBackend:
-    return AsyncioBackend()
+__all__ = ["AsyncioBackend", "open"]

@@ -1,16 +1,6 @@
-"""A standalone trio context: each ``MainLoop.run()`` is one ``trio.run``."""
+"""A standalone trio context (see qiotask.testing._trio)."""
 
-from __future__ import annotations
+from qiotask.testing._trio import TrioLoop as TrioBackend
+from qiotask.testing._trio import open_trio as open
 
-from qiotask.loops.trio import TrioContext  # ImportError here: trio is missing
-
-from . import ContextBackend
-
-
-class TrioBackend(ContextBackend):
-    def __init__(self) -> None:
-        self.context = TrioContext(name="test-trio")
-
-
-def open() -> TrioBackend:
-    return TrioBackend()
+__all__ = ["TrioBackend", "open"]

@@ -1,11 +1,5 @@
-"""The embedded context on a uvloop event loop."""
+"""The embedded context on uvloop (see qiotask.testing._asyncio)."""
 
-from __future__ import annotations
+from qiotask.testing._asyncio import open_uvloop as open
 
-import uvloop  # noqa: F401  (ImportError here: the backend is skipped or, in CI, fails)
-
-from .asyncio import AsyncioBackend
-
-
-def open() -> AsyncioBackend:
-    return AsyncioBackend(uvloop=True)
+__all__ = ["open"]
