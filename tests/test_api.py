@@ -115,3 +115,25 @@ def test_shutdown_timeout_is_for_all_pools_together() -> None:
         release.set()
         for pool in pools:
             assert pool.shutdown(wait=True, timeout=5)
+
+
+def test_to_thread_and_run_sync_under_a_loop_with_no_adapter_fail_before_making_anything() -> None:
+    ran: list[int] = []
+    created = qiotask.stats()["created"]
+
+    async def both() -> None:
+        with pytest.raises(RuntimeError) as to_thread_error:
+            await qiotask.to_thread(ran.append, 1)
+        with pytest.raises(RuntimeError) as run_sync_error:
+            await qiotask.run_sync(ran.append, 2)
+        for where, info in (("to_thread", to_thread_error), ("run_sync", run_sync_error)):
+            message = str(info.value)
+            assert message.startswith(f"{where}: no asyncio event loop or trio run is running in this thread")
+            assert f"(the awaiting coroutine is run by {__name__}.test_to_thread_and_run_sync_under" in message
+            assert "qiotask can await under asyncio (uvloop included) and trio" in message
+            assert "nothing was run: run the work with qiotask.Task(source, func).run_in_thread(worker)" in message
+
+    coro = both()
+    with pytest.raises(StopIteration):
+        coro.send(None)  # run by this test, as a loop qiotask does not know would
+    assert qiotask.stats()["created"] == created and ran == []  # no task made, so no worker started

@@ -9,6 +9,8 @@ import logging
 import math
 import select
 import socket
+import subprocess
+import sys
 import threading
 import time
 import warnings
@@ -33,7 +35,16 @@ from qiotask import (
 )
 from qiotask.loops.asyncio import AsyncioContext, EmbeddedContext
 
-from .conftest import LoopRunner, SocketPair, count_calls, count_dispatches, count_wakeups, join, start_thread
+from .conftest import (
+    STRICT_WARNINGS,
+    LoopRunner,
+    SocketPair,
+    count_calls,
+    count_dispatches,
+    count_wakeups,
+    join,
+    start_thread,
+)
 
 FdCheck = Callable[[socket.socket], None]
 
@@ -1198,3 +1209,108 @@ def test_a_closed_attached_context_stops_watching_its_fd_even_once_freed(pair: S
         return loop.remove_reader(r.fileno())  # True: a reader was still there
 
     assert asyncio.run(main()) is False
+
+
+# -- guardrails: the default context stranded, a loop never run ------------------
+
+
+def test_a_task_stranded_on_the_default_context_warns_and_only_then() -> None:
+    made: list[Task[Any]] = []
+
+    def plain_thread() -> None:
+        made.append(Task(None, name="stranded"))  # no context=: the default one
+
+    async def main() -> None:
+        # Joined from the loop on purpose: the mistake is made while asyncio.run() runs here.
+        join(start_thread(plain_thread, "plain"))
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        asyncio.run(main())
+    assert made[0].context is qiotask.default_context()
+    made[0].complete()  # here, the default context's thread: settled at once
+    [warning] = [w for w in caught if issubclass(w.category, RuntimeWarning)]
+    message = str(warning.message)
+    assert "thread 'plain' runs no event loop, so a task made here belongs to the default context" in message
+    assert "while the main thread runs asyncio.run(): the task's completion would never run" in message
+    assert "Pass context= the loop's context (qiotask.get_context() called on the loop's thread" in message
+    assert warning.filename == __file__  # it points at the Task(...) line, not into qiotask
+
+    # Not stranded: made before the default loop runs (the main thread runs
+    # no loop), or while it runs.
+    made.clear()
+    loop = MainLoop()
+
+    def from_the_loop() -> None:
+        join(start_thread(plain_thread, "while the loop runs"))
+        for task in made:
+            task.complete()  # on the context thread: func runs now
+        loop.quit()
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        join(start_thread(plain_thread, "before the loop runs"))
+        qiotask.default_context().call_soon(from_the_loop)
+        loop.run()
+    assert [str(w.message) for w in caught] == []
+    assert len(made) == 2 and all(task.done() and task.context is qiotask.default_context() for task in made)
+
+
+def test_a_loop_attached_from_another_thread_while_it_runs_delivers_on_its_own_thread() -> None:
+    ran_on: list[str] = []
+
+    def plain_thread(loop: asyncio.AbstractEventLoop) -> None:
+        task: Task[int] = Task(
+            None, lambda source, err, opaque: ran_on.append(threading.current_thread().name), context=loop
+        )
+        task.complete(1)  # not this thread's loop: posted to it, not run here
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        join(start_thread(lambda: plain_thread(loop), "plain"))
+        await asyncio.sleep(0)  # the posted completion runs
+        while not ran_on:
+            await asyncio.sleep(0.001)
+
+    asyncio.run(main())
+    assert ran_on == [threading.current_thread().name]
+
+
+def test_a_context_closed_before_its_loop_ever_ran_says_how_to_run_it(caplog: pytest.LogCaptureFixture) -> None:
+    never = MainContext(name="never run")
+    ran = MainContext(name="ran once")
+    tasks = [Task(None, context=context, name=context.name) for context in (never, ran)]
+    loop = MainLoop(ran)
+    ran.call_soon(loop.quit)
+    loop.run()
+    with caplog.at_level(logging.WARNING, logger="qiotask"):
+        for task in tasks:
+            join(start_thread(task.complete, "completer"))  # posted: queued until the loop runs
+        for context in (never, ran):
+            context.close()  # type: ignore[attr-defined]
+    errors = [str(task.exception()) for task in tasks]
+    hint = "; its loop was never run: call qiotask.MainLoop(context).run() with this context ('never run')"
+    assert errors[0].endswith("func was not called" + hint)
+    assert errors[1].endswith("func was not called")  # it ran, then stopped: no such hint
+    assert [r.getMessage().endswith(hint) for r in caplog.records] == [True, False]
+
+
+DEFAULT_NEVER_RUN = """
+import threading
+import qiotask
+task = qiotask.Task("localhost", lambda source, err, opaque: print("func ran"))
+completer = threading.Thread(target=task.complete, args=(42,))
+completer.start()
+completer.join()  # posted to the default context, whose loop nobody runs
+"""
+
+
+def test_the_default_loop_never_run_says_so_at_exit() -> None:
+    done = subprocess.run(
+        [sys.executable, *STRICT_WARNINGS, "-c", DEFAULT_NEVER_RUN], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0 and done.stdout == ""
+    assert (
+        "its context 'default' is gone; its loop was never run: call qiotask.MainLoop().run() on the main thread "
+        "once the work is started, or make the tasks inside asyncio.run()"
+    ) in done.stderr

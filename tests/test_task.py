@@ -723,3 +723,48 @@ def test_wait_and_run_in_thread_take_an_unlimited_timeout(ctx: qiotask.MainConte
         task.wait(float("nan"))
     with pytest.raises(TypeError, match=r"^wait: timeout must be a number of seconds or None, not str$"):
         task.wait("1")  # type: ignore[arg-type]
+
+
+# -- result(): the outcome, as Future.result() -------------------------------------
+
+
+def test_result_is_the_outcome_once_completed_and_refuses_before(ctx: qiotask.MainContext) -> None:
+    seen: list[Any] = []
+    task: Task[str] = Task(None, lambda source, err, opaque: seen.append(task.result()), name="quick")
+    task.set_result("value")
+    assert task.get_result() == "value"  # QEMU's: the result as it stands
+    with pytest.raises(TaskStateError, match="'quick' has not completed; result\\(\\) is for func"):
+        task.result()
+    task.complete()
+    assert seen == ["value"] and task.result() == "value"  # in func, and after
+
+
+def test_result_raises_the_error_and_get_result_is_none(
+    ctx: qiotask.MainContext, caplog: pytest.LogCaptureFixture
+) -> None:
+    task: Task[int] = Task(None)
+    task.abort(ValueError("bad"))
+    assert task.get_result() is None
+    with pytest.raises(ValueError, match="bad"):
+        task.result()
+    with caplog.at_level(logging.ERROR, logger="qiotask"):
+        del task
+        gc.collect()
+    assert caplog.records == []  # result() retrieved the error: nothing to log
+
+
+def test_await_under_a_loop_with_no_adapter_says_what_runs_it(ctx: qiotask.MainContext) -> None:
+    task: Task[int] = Task(None)
+
+    async def awaiting() -> int:
+        return await task
+
+    coro = awaiting()
+    with pytest.raises(RuntimeError) as info:
+        coro.send(None)  # run by this test, as a loop qiotask does not know would
+    message = str(info.value)
+    assert message.startswith("await task: no asyncio event loop or trio run is running in this thread")
+    assert f"(the awaiting coroutine is run by {__name__}.test_await_under_a_loop_with_no_adapter" in message
+    assert "qiotask can await under asyncio (uvloop included) and trio" in message
+    assert "take the outcome in the task's func or a done-callback" in message
+    task.complete(1)

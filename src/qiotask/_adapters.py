@@ -33,9 +33,11 @@ not yet, and a tuple of the table before or after a registration.
 from __future__ import annotations
 
 import importlib
+import inspect
 import logging
 import sys
 import threading
+import types
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -250,6 +252,49 @@ def load_triggered() -> bool:
 def is_cancellation(exc: BaseException) -> bool:
     """Whether ``exc`` is the cancellation of any async framework loaded."""
     return any(adapter.is_cancellation is not None and adapter.is_cancellation(exc) for adapter in _async)
+
+
+def no_framework(where: str, instead: str) -> RuntimeError:
+    """The error of an await made where no async framework qiotask knows
+    runs (``async_adapter()`` is None): it names what runs the awaiting
+    coroutine, if that can be seen, the frameworks that can await, why one
+    of them could not load, and ``instead``, what to do.  Asked on the
+    error path only; called by the function that raises it."""
+    seen = ""
+    for detect in (*detectors, *fallback_detectors):
+        context = detect()
+        if context is not None:  # a loop that runs no coroutines (Qt, GLib, Tk) dispatches here
+            seen = f" (this thread runs {context.name}, whose loop does not run coroutines)"
+            break
+    else:
+        driver = _coroutine_driver(sys._getframe(2))
+        if driver is not None:
+            seen = f" (the awaiting coroutine is run by {driver})"
+    problems = "".join(
+        f"; the {name} adapter could not load: {reason}"
+        for name in ("asyncio", "trio")
+        if (reason := problem(name)) is not None
+    )
+    return RuntimeError(
+        f"{where}: no asyncio event loop or trio run is running in this thread{seen}; qiotask can await "
+        f"under asyncio (uvloop included) and trio{problems}.  {instead}"
+    )
+
+
+_COROUTINE_FLAGS = inspect.CO_COROUTINE | inspect.CO_ITERABLE_COROUTINE | inspect.CO_ASYNC_GENERATOR
+
+
+def _coroutine_driver(frame: types.FrameType | None) -> str | None:
+    """The function that runs the coroutine ``frame`` belongs to: the first
+    frame up the calling thread's own stack that is neither a coroutine's
+    nor qiotask's, as ``module.function``."""
+    while frame is not None:
+        code = frame.f_code
+        module = frame.f_globals.get("__name__") or "?"
+        if not code.co_flags & _COROUTINE_FLAGS and module != "qiotask" and not module.startswith("qiotask."):
+            return f"{module}.{getattr(code, 'co_qualname', code.co_name)}"
+        frame = frame.f_back
+    return None
 
 
 def async_adapter() -> Adapter | None:

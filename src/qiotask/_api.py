@@ -9,7 +9,7 @@ from collections.abc import Callable
 from typing import Any, ParamSpec, TypeVar
 
 from . import _trace
-from ._adapters import Adapter, async_adapter
+from ._adapters import Adapter, async_adapter, no_framework
 from ._checks import ASYNC_FLAGS, check_callable, check_duration, check_sync, wait_timeout
 from ._context import all_contexts
 from ._limiter import Limiter
@@ -144,9 +144,15 @@ def settle_unsubmitted(task: Task[Any], exc: BaseException) -> None:
 
 
 def _framework(where: str) -> Adapter:
+    """The adapter of the framework awaiting here, checked before anything
+    is made or submitted: under another loop the call fails whole."""
     adapter = async_adapter()
     if adapter is None or adapter.wait_worker is None:
-        raise RuntimeError(f"{where}: no asyncio event loop or trio run is running in this thread")
+        raise no_framework(
+            where,
+            "On another loop, nothing was run: run the work with qiotask.Task(source, func).run_in_thread(worker), "
+            "whose func gets the outcome on the loop's thread",
+        )
     return adapter
 
 

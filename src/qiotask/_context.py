@@ -43,8 +43,10 @@ import enum
 import logging
 import math
 import select
+import sys
 import threading
 import time
+import warnings
 import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -168,6 +170,9 @@ class MainContext:
     #: queued when it closes.  (The dispatcher's method, bound in __init__:
     #: every completion goes through it.)
     post: Callable[[Dispatchable], None]
+    #: Whether :class:`MainLoop` is what runs this kind of context (an
+    #: embedded one); the others are run by their toolkit.
+    _run_by_main_loop = False
     #: ``_dispatch()``, on the context thread: run the batch queued now (the
     #: thread running it becomes the context's thread).  Adapters call it
     #: from their loop's callback.  (The dispatcher's method, bound.)
@@ -208,6 +213,9 @@ class MainContext:
         self._driver: LoopDriver = driver(ContextPort(self)) if driver is not None else LoopDriver(ContextPort(self))
         self._confirm_owner = self._driver.confirm_owner
         self._dispatcher.probe = self._driver.probe
+        # Whether MainLoop.run() ever ran it: a closed context that never
+        # ran says so, with how to run it (_closed_hint).
+        self._ran = False
         with _contexts_lock:
             _all_contexts.add(self)
 
@@ -241,6 +249,7 @@ class MainContext:
 
     def _run_loop(self) -> None:
         """Run the loop on this thread until ``_stop_loop()``."""
+        self._ran = True
         self._driver.run()
 
     def _stop_loop(self) -> None:
@@ -315,6 +324,21 @@ class MainContext:
         """Take the last references of a task completed off this context's
         thread after the loop went away (see ``LoopDriver.adopt``)."""
         self._driver.adopt(refs)
+
+    def _closed_hint(self) -> str:
+        """For the messages of a completion that failed because this
+        context closed: how to run its loop, if it is one that
+        :class:`MainLoop` runs and never did; else ""."""
+        if not self._run_by_main_loop or self._ran:
+            return ""
+        if self is _default:
+            how = (
+                "call qiotask.MainLoop().run() on the main thread once the work is started, or make the tasks "
+                "inside asyncio.run() (in a coroutine or a callback of its loop), where they belong to that loop"
+            )
+        else:
+            how = f"call qiotask.MainLoop(context).run() with this context ({self.name!r})"
+        return f"; its loop was never run: {how}"
 
     def settle(self) -> None:
         """Fail what is queued if the loop is gone; used by ``qiotask.shutdown``."""
@@ -822,6 +846,12 @@ def get_context() -> MainContext:
     In order: the thread-default context (``push_thread_default``), the
     asyncio loop (or trio run) running in this thread, else the
     process-wide :func:`default_context`.
+
+    Warns (``RuntimeWarning``) when that last choice strands the task: a
+    thread with no loop of its own gets the default context while its loop
+    is not running and the main thread runs another one (``asyncio.run()``,
+    ``trio.run()``), so nothing would ever run the completion; pass
+    ``context=`` instead (the message says how).
     """
     stack = _local.stack
     if stack:
@@ -838,7 +868,85 @@ def get_context() -> MainContext:
     for detect in _adapters.fallback_detectors:
         if (ctx := detect()) is not None:
             return ctx
-    return default_context()
+    ctx = default_context()
+    if _get_ident() != ctx._owner[0]:
+        _warn_if_stranded(ctx)
+    return ctx
+
+
+_get_ident = threading.get_ident
+
+
+def _warn_if_stranded(default: MainContext) -> None:
+    """get_context() picked the default context for a thread that is not
+    its thread: warn if that context can only be stranded there -- its loop
+    is not running, and the main thread, the one that would run it, runs
+    another loop (``asyncio.run()`` in the main thread, a task made in a
+    plain thread).  The completion would wait for ever, and at exit fail.
+
+    Only this fallback pays for it, never a thread that runs a loop; the
+    look at the main thread's frames only when the default loop is not
+    running, so a task made here could only wait for a later run."""
+    if default._dispatcher.closed or default._owner[1] is not threading.main_thread():
+        return
+    loop = getattr(default, "loop", None)
+    if loop is None or loop.is_running():
+        return
+    running = _loop_on_main_thread()
+    if running is None:
+        return
+    warnings.warn(
+        f"qiotask: thread {threading.current_thread().name!r} runs no event loop, so a task made here belongs to "
+        f"the default context, whose loop is not running, while the main thread runs {running}: the task's "
+        "completion would never run.  Pass context= the loop's context (qiotask.get_context() called on the "
+        "loop's thread, or the loop object itself), or hand the work to the loop's thread "
+        "(asyncio.run_coroutine_threadsafe(), trio.from_thread.run(); task.call_in_main() from a qiotask worker)",
+        RuntimeWarning,
+        stacklevel=_caller_outside_qiotask(),
+    )
+
+
+#: (module, function) of the frames that show an event loop running: what
+#: _loop_on_main_thread() looks for, and how it names it.
+_LOOP_FRAMES: dict[tuple[str | None, str], str] = {
+    ("asyncio.runners", "run"): "asyncio.run()",
+    ("asyncio.base_events", "run_forever"): "an asyncio event loop",
+    ("trio._core._run", "run"): "trio.run()",
+}
+
+
+_gil_enabled: Callable[[], bool] = getattr(sys, "_is_gil_enabled", lambda: True)
+
+
+def _loop_on_main_thread() -> str | None:
+    """The event loop the main thread runs now, as its frames show it
+    (asyncio.run(), an asyncio loop's run_forever(), trio.run()), or None.
+    For a warning only: it reads another thread's frames, which is safe
+    where the GIL holds that thread still (a frame it pops meanwhile stays a
+    valid object); on a free-threaded build it is not, and the answer is
+    always None there."""
+    if not _gil_enabled():
+        return None
+    frame = sys._current_frames().get(threading.main_thread().ident or 0)
+    running: str | None = None
+    while frame is not None:  # up to the outermost: asyncio.run() rather than the loop it runs
+        running = _LOOP_FRAMES.get((frame.f_globals.get("__name__"), frame.f_code.co_name), running)
+        frame = frame.f_back
+    return running
+
+
+def _caller_outside_qiotask() -> int:
+    """The ``stacklevel`` that makes the warning of the function calling
+    this point at the first caller outside qiotask."""
+    level = 1
+    frame = sys._getframe(2)  # the warning function's caller
+    while frame is not None:
+        module = frame.f_globals.get("__name__") or ""
+        if module != "qiotask" and not module.startswith("qiotask."):
+            break
+        level += 1
+        frame = frame.f_back  # type: ignore[assignment]
+    return level + 1
 
 
 def _fork_locks() -> Iterator[threading.Lock]:

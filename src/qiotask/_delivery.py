@@ -100,6 +100,7 @@ def context_closed(task: TaskCore, context: MainContext) -> None:
     ``func``, with ``ContextClosedError``."""
     error = ContextClosedError(
         f"task {task.name!r}: context {context.name!r} closed before its completion ran; func was not called"
+        f"{context._closed_hint()}"
     )
     deliver(task, error)
 
@@ -165,7 +166,10 @@ def _before_func(task: TaskCore, err: BaseException | None, closed: ContextClose
     pending = None
     if closed is not None and err is closed:  # (a cancel asked before wins)
         logger.warning(
-            "task %r finished with ContextClosedError: its context %r is gone", task.name, task._context.name
+            "task %r finished with ContextClosedError: its context %r is gone%s",
+            task.name,
+            task._context.name,
+            task._context._closed_hint(),
         )
     ctl = task._ctl
     if ctl.items is not None:

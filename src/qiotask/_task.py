@@ -62,7 +62,7 @@ from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from . import _executor, _points, _progress, _stream, _threadjob, _trace
-from ._adapters import async_adapter
+from ._adapters import async_adapter, no_framework
 from ._checks import check_callable, check_duration, wait_timeout
 from ._context import MainContext, attach, get_context, supported_loops
 from ._delivery import ask_cancel, context_closed, deliver, hand_over, notify, reraise, time_out
@@ -86,7 +86,16 @@ from ._state import (
 
 __all__ = ["Task", "TaskState"]
 
-T = TypeVar("T")
+if TYPE_CHECKING:
+    # For type checkers only (PEP 696): a task whose result type nothing
+    # says -- ``Task(source, func)`` -- is a ``Task[Any]``, not an error
+    # asking for an annotation.  At run time a plain TypeVar, so that
+    # qiotask needs no typing_extensions and ``Task[int]`` works on 3.10.
+    from typing_extensions import TypeVar as _DefaultTypeVar
+
+    T = _DefaultTypeVar("T", default=Any)
+else:
+    T = TypeVar("T")
 R = TypeVar("R")
 logger = logging.getLogger("qiotask")
 
@@ -115,7 +124,10 @@ class Task(TaskCore, Generic[T]):
         opaque: passed to ``func`` and ``destroy``.
         destroy: ``destroy(opaque)``, called once after ``func``.
         context: the :class:`MainContext` (or a loop object accepted by
-            :func:`qiotask.attach`); by default :func:`qiotask.get_context`.
+            :func:`qiotask.attach`); by default :func:`qiotask.get_context`,
+            which warns (``RuntimeWarning``) when that is the default
+            context stranded: made in a thread with no loop while the main
+            thread runs another loop than the default one.
         name: a name for logs, traces and warnings.
 
     Raises:
@@ -260,11 +272,36 @@ class Task(TaskCore, Generic[T]):
         if released is not None:
             reraise(notify(self, released[1], "result destroy notifier", released[0]))  # type: ignore[arg-type]
 
-    def get_result(self) -> T:
-        """The result: the worker's return value, ``complete(result)``'s
-        argument or ``set_result``'s value; None if there is none.  It stays
-        readable after the task finished."""
+    def get_result(self) -> T | None:
+        """The result as it stands, QEMU's ``qio_task_get_result_pointer``:
+        the worker's return value, ``complete(result)``'s argument or
+        ``set_result``'s value; None if there is none -- before the
+        completion, after an error or a cancel, or when the task completed
+        without one.  It stays readable after the task finished.  Any thread.
+
+        Typed ``T | None`` because it can be None whatever ``T`` is; in
+        ``func`` (or a done-callback) of a task known to have succeeded,
+        :meth:`result` returns a plain ``T``.
+        """
         return self._result  # type: ignore[no-any-return]
+
+    def result(self) -> T:
+        """The outcome once the task completed, as ``Future.result()``: the
+        result (None if the task completed without one), or the task's
+        error raised.  For ``func`` and done-callbacks, where the task is
+        done; any thread.
+
+        Raises:
+            TaskStateError: the task has not completed yet (its completion
+                has not started to run); await it, or wait() for it.
+            BaseException: the task's error (TaskCancelled after a cancel).
+        """
+        if self._s < DELIVERING:
+            raise TaskStateError(
+                f"task {self.name!r} has not completed; result() is for func, a done-callback or after wait() "
+                "(await the task to wait for it, or use get_result(), which returns None until then)"
+            )
+        return self._outcome()
 
     # -- completing ---------------------------------------------------------
 
@@ -554,11 +591,17 @@ class Task(TaskCore, Generic[T]):
 
         Raises:
             RuntimeError: no loop that can await a task (asyncio, trio) is
-                running in this thread.
+                running in this thread; the message says what runs the
+                coroutine, if it can tell.  (A worker the task runs was
+                started by ``run_in_thread`` before the await, and goes on.)
         """
         adapter = async_adapter()
         if adapter is None:
-            raise RuntimeError("await task: no asyncio event loop or trio run is running in this thread")
+            raise no_framework(
+                "await task",
+                "Elsewhere, take the outcome in the task's func or a done-callback (they run on the task's "
+                "loop thread), or block a thread that is not the loop's with task.wait()",
+            )
         return adapter.await_task(self)  # type: ignore[misc,no-any-return]
 
     def _outcome(self) -> T:

@@ -187,6 +187,12 @@ class AsyncioContext(MainContext):
         self.loop = loop
         if thread is not None:
             self._set_owner(thread)
+        elif loop.is_running() and _get_running_loop() is not loop:
+            # Attached from another thread while it runs elsewhere: this
+            # thread is not its thread, and which one is cannot be asked
+            # here.  No thread is, until its first dispatch says (so every
+            # completion is posted to the loop, none runs here).
+            self._owner = (None, self._owner[1])
 
 
 class EmbeddedContext(AsyncioContext):
@@ -197,6 +203,8 @@ class EmbeddedContext(AsyncioContext):
     it; tasks whose completion had not run then finish with
     ``ContextClosedError``.
     """
+
+    _run_by_main_loop = True
 
     def __init__(
         self, *, name: str | None = None, thread: threading.Thread | None = None, uvloop: bool = False
