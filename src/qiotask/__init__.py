@@ -4,9 +4,15 @@ Run work that cannot be made asynchronous (DNS lookups, blocking libraries,
 disk and CPU work) without freezing the loop: the result is delivered on the
 loop's thread, the object it concerns is kept alive meanwhile, and every
 cleanup runs exactly once.  See ``qiotask._task`` for the manual.
+
+``qiotask.net`` (sockets, DNS, listeners, TLS) is imported on first use,
+not by ``import qiotask``: most programs never touch it.
 """
 
 from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 from . import from_thread as from_thread
 from . import trace as trace
@@ -33,12 +39,16 @@ from ._group import TaskGroup as TaskGroup
 from ._group import TaskGroupError as TaskGroupError
 from ._limiter import Limiter as Limiter
 from ._pool import DEFAULT_MAX_WORKERS as DEFAULT_MAX_WORKERS
+from ._pool import PoolStatistics as PoolStatistics
 from ._pool import WorkerPool as WorkerPool
 from ._stream import iterate_in_thread as iterate_in_thread
 from ._task import Task as Task
 from ._task import TaskState as TaskState
 from ._trace import stats as stats
 from .loops import asyncio as _asyncio_adapter  # noqa: F401  (registers the asyncio adapter)
+
+if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ imports it
+    from . import net as net
 
 __version__ = "0.1.0"
 
@@ -53,6 +63,7 @@ __all__ = [
     "Limiter",
     "MainContext",
     "MainLoop",
+    "PoolStatistics",
     "Source",
     "Task",
     "TaskCancelled",
@@ -69,9 +80,26 @@ __all__ = [
     "from_thread",
     "get_context",
     "iterate_in_thread",
+    "net",
     "run_sync",
     "shutdown",
     "stats",
     "to_thread",
     "trace",
 ]
+
+# Subpackages imported on first access (PEP 562), so that ``import qiotask``
+# stays as cheap as it can be; ``qiotask.net`` imports no toolkit either.
+_LAZY_SUBMODULES = frozenset({"net"})
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY_SUBMODULES:
+        # import_module binds the submodule as an attribute of this package,
+        # so this runs once per name.
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | _LAZY_SUBMODULES)
