@@ -37,6 +37,8 @@ from ._errors import TaskStateError as TaskStateError
 from ._errors import TaskTimeout as TaskTimeout
 from ._group import TaskGroup as TaskGroup
 from ._group import TaskGroupError as TaskGroupError
+from ._inspect import TaskInfo as TaskInfo
+from ._inspect import tasks as tasks
 from ._limiter import Limiter as Limiter
 from ._pool import DEFAULT_MAX_WORKERS as DEFAULT_MAX_WORKERS
 from ._pool import PoolStatistics as PoolStatistics
@@ -70,6 +72,7 @@ __all__ = [
     "TaskError",
     "TaskGroup",
     "TaskGroupError",
+    "TaskInfo",
     "TaskState",
     "TaskStateError",
     "TaskTimeout",
@@ -84,6 +87,7 @@ __all__ = [
     "run_sync",
     "shutdown",
     "stats",
+    "tasks",
     "to_thread",
     "trace",
 ]

@@ -232,7 +232,7 @@ class PoolStatistics(TypedDict):
 class _Worker:
     """One pool thread and the lock that wakes it."""
 
-    __slots__ = ("epoch", "job", "signalled", "thread", "wake")
+    __slots__ = ("epoch", "job", "running", "signalled", "thread", "wake")
 
     def __init__(self, epoch: object) -> None:
         # The pool's _epoch when the thread was made; a fork makes a new one.
@@ -246,6 +246,10 @@ class _Worker:
         self.wake = threading.Lock()
         self.wake.acquire()
         self.thread: threading.Thread | None = None
+        # The job this thread runs now, else None: written by the thread
+        # alone, read by jobs() from any thread (one load of one attribute,
+        # atomic with or without the GIL).
+        self.running: _Job | None = None
 
 
 #: Every pool, for the fork handlers, qiotask.shutdown() and stats().  Added
@@ -336,6 +340,7 @@ class WorkerPool:
         self._idle: list[_Worker] = []  # a stack: the warmest thread on top
         self._standby: _Worker | None = None  # the spare thread that ticks
         self._threads: set[threading.Thread] = set()  # to join at shutdown
+        self._workers: set[_Worker] = set()  # the same threads' workers, for jobs()
         self._alive = 0  # threads not yet decided to exit (> max_workers: grown)
         self._busy = 0  # threads running (or handed) a job
         self._shutdown = False
@@ -461,6 +466,7 @@ class WorkerPool:
         )
         worker.thread = thread
         self._threads.add(thread)
+        self._workers.add(worker)
         self._alive += 1
         return worker
 
@@ -493,6 +499,7 @@ class WorkerPool:
         except BaseException:
             with self._lock:
                 self._threads.discard(worker.thread)
+                self._workers.discard(worker)
                 self._exited.notify_all()
                 self._alive -= 1
                 if worker.job is not None:
@@ -591,6 +598,7 @@ class WorkerPool:
         finally:
             with self._lock:
                 self._threads.discard(threading.current_thread())
+                self._workers.discard(worker)
                 self._exited.notify_all()
 
     def _run(self, worker: _Worker) -> None:
@@ -615,6 +623,7 @@ class WorkerPool:
                 job = self._sleep(worker)
                 if job is None:
                     return
+            worker.running = job  # for jobs(): one store, on this thread only
             fn, deliver, _ = job
             job = None
             try:
@@ -628,6 +637,7 @@ class WorkerPool:
                 logger.exception("exception in a worker pool's deliver callback")
             del fn, deliver
             result = None
+            worker.running = None
             if _points.hook is not None:
                 _points.hook("pool.job-done", self)
             # The one locked step per job: count it done, then take the next
@@ -748,6 +758,26 @@ class WorkerPool:
                 if thread is not me and thread not in left and thread.ident is not None:
                     thread.join()  # it has left the pool: only its return is left
         return not left
+
+    def jobs(
+        self,
+    ) -> tuple[list[tuple[Callable[[], Any], float]], list[tuple[threading.Thread, Callable[[], Any], float]]]:
+        """What the pool holds now, for ``qiotask.tasks()``: the queued jobs
+        as ``(fn, queued_at)``, in the order they would start, and the
+        running ones as ``(thread, fn, queued_at)`` (``queued_at`` is the
+        ``time.monotonic()`` of their ``submit``).  A snapshot: a running
+        job may have returned by the time it is read."""
+        with self._lock:
+            queued = [(job[0], job[2]) for priority in self._order if priority >= 0 for job in self._lanes[priority]]
+            queued += [(job[0], job[2]) for job in self._pending]
+            queued += [(job[0], job[2]) for priority in self._order if priority < 0 for job in self._lanes[priority]]
+            workers = list(self._workers)
+        running = []
+        for worker in workers:
+            job = worker.running  # one load: the job, or None between jobs
+            if job is not None and worker.thread is not None:
+                running.append((worker.thread, job[0], job[2]))
+        return queued, running
 
     def statistics(self) -> PoolStatistics:
         """A snapshot: ``threads``, ``busy``, ``idle`` (standby included),

@@ -1,0 +1,268 @@
+"""``qiotask.tasks()``: the tasks in flight now, for a person to read.
+
+What it answers: which tasks are alive and not finished, in which state,
+waiting for what (a pool thread, a limiter slot, their worker, their loop),
+for how long, on which worker thread, with what progress -- and, on
+request, where each running worker is blocked.
+
+Cost: nothing on the hot path.  Tasks are found by asking the garbage
+collector for every object it tracks (``gc.get_objects()``: a task is a
+tracked object from its creation), pool and limiter queues are read under
+their own locks, and a pool thread's running job is the one store it makes
+per job anyway (``_Worker.running``).  A call costs time in proportion to
+the number of objects in the process -- milliseconds for a large program --
+so it is for looking, not for polling in a loop.
+
+Guarantees / assumes (without the GIL too): each task's fields are read
+under the task's own lock, one task at a time (a thread never holds two
+task locks), so a task's line is one consistent moment of that task; the
+pool and limiter queues are copied under their locks; a worker's running
+job is one attribute load.  Different tasks are read at slightly different
+moments: the listing is a snapshot per task, not of the whole process.
+``sys._current_frames()`` (for ``stacks=True``) is CPython's debugging
+interface; on a free-threaded build it stops the other threads to take
+their frames.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import reprlib
+import sys
+import threading
+import time
+import traceback
+from typing import Any
+
+from ._limiter import _all_limiters
+from ._pool import all_pools
+from ._state import (
+    COMPLETING,
+    DELIVERING,
+    FINISHED,
+    NO_CONTROL,
+    PENDING,
+    PUBLIC_STATE,
+    QUEUED,
+    RUNNING,
+    TaskCore,
+    TaskState,
+)
+from ._threadjob import _RUN_CODE, ThreadJob
+
+__all__ = ["TaskInfo", "format_tasks", "tasks"]
+
+#: What a task in each state waits for (QUEUED and RUNNING are refined by
+#: where its job is: see ``_waiting_for``).
+_WAITING = {
+    PENDING: "completion",  # complete()/abort() from a timer, an fd watch or your code
+    QUEUED: "pool",  # a pool thread to start its worker
+    RUNNING: "worker",  # its worker to return
+    COMPLETING: "loop",  # its context's loop to run the completion
+    DELIVERING: "callbacks",  # func and the notifiers, running now
+}
+
+_short = reprlib.Repr()
+_short.maxstring = 60
+_short.maxother = 60
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskInfo:
+    """One task in flight, as :func:`qiotask.tasks` saw it.
+
+    Attributes:
+        name: the task's name.
+        id: its number (``Task-<id>`` unless named).
+        state: its :class:`TaskState` (never FINISHED here).
+        waiting_for: what it waits for: ``"completion"`` (nothing runs it:
+            a timer, an fd watch or your code is to complete it),
+            ``"limiter"`` (a slot of its :class:`Limiter`), ``"pool"`` (a
+            pool thread), ``"worker"`` (its worker, running on ``thread``),
+            ``"executor"`` (its ``run_in_executor`` call), ``"loop"`` (its
+            context's loop to run the completion) or ``"callbacks"``
+            (``func`` and the notifiers, running now).
+        age: seconds since its worker was submitted to a pool (queued or
+            running), else None.
+        context: the name of its context.
+        thread: the name of the pool thread running its worker, else None.
+        progress: its last ``report_progress()`` as ``(done, total,
+            message)``, else None.
+        cancelled: whether a cancel (or a timeout) was asked.
+        source: a short ``repr()`` of its source.
+        stack: with ``stacks=True``, the running worker's stack, outermost
+            call first, from the worker function down, one
+            ``"file:line in function: source line"`` each; else None.
+    """
+
+    name: str
+    id: int
+    state: TaskState
+    waiting_for: str
+    age: float | None
+    context: str
+    thread: str | None
+    progress: tuple[float, float | None, str | None] | None
+    cancelled: bool
+    source: str
+    stack: tuple[str, ...] | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """The fields as plain JSON types (the state as its value)."""
+        fields = dataclasses.asdict(self)
+        fields["state"] = self.state.value
+        fields["stack"] = list(self.stack) if self.stack is not None else None
+        fields["progress"] = list(self.progress) if self.progress is not None else None
+        return fields
+
+
+def tasks(*, stacks: bool = False) -> list[TaskInfo]:
+    """The tasks alive and not yet finished, oldest first.
+
+    Args:
+        stacks: also take each running worker's stack (``TaskInfo.stack``).
+
+    Returns:
+        One :class:`TaskInfo` per task: tasks with an age first, oldest
+        first, then the others by number.
+
+    Any thread may call it; nothing it reads is changed.  See
+    docs/tracing.md ("Observing qiotask").
+    """
+    now = time.monotonic()
+    queued_at: dict[int, float] = {}  # id(ThreadJob) -> when submitted
+    threads: dict[int, threading.Thread] = {}  # id(ThreadJob) -> the thread running it
+    for pool in all_pools():
+        queued, running = pool.jobs()
+        for fn, at in queued:
+            job = getattr(fn, "__self__", None)
+            queued_at[id(job)] = at
+        for thread, fn, at in running:
+            job = getattr(fn, "__self__", None)
+            queued_at[id(job)] = at
+            threads[id(job)] = thread
+    waiting_in_limiter: set[int] = set()
+    for limiter in list(_all_limiters):
+        with limiter._lock:
+            waiting_in_limiter.update(id(getattr(fn, "__self__", None)) for _, fn, _, _ in limiter._waiting)
+    frames = sys._current_frames() if stacks else {}
+
+    infos = []
+    for obj in gc.get_objects():
+        if not isinstance(obj, TaskCore):
+            continue
+        info = _describe(obj, now, queued_at, threads, waiting_in_limiter, frames)
+        if info is not None:
+            infos.append(info)
+    infos.sort(key=lambda info: (info.age is None, -(info.age or 0.0), info.id))
+    return infos
+
+
+def _describe(
+    task: TaskCore,
+    now: float,
+    queued_at: dict[int, float],
+    threads: dict[int, threading.Thread],
+    waiting_in_limiter: set[int],
+    frames: dict[int, Any],
+) -> TaskInfo | None:
+    lock = getattr(task, "_lock", None)
+    if lock is None:
+        return None  # still in Task.__init__
+    with lock:
+        state = getattr(task, "_s", FINISHED)
+        if state == FINISHED:
+            return None
+        job = task._job
+        ctl = task._ctl
+        source = task._source
+        progress = ctl.progress if ctl is not NO_CONTROL else None
+        cancelled = ctl is not NO_CONTROL and ctl.cancel is not None
+    key = id(job)
+    waiting_for = _WAITING[state]
+    thread = threads.get(key) if isinstance(job, ThreadJob) else None
+    if state == QUEUED and key in waiting_in_limiter:
+        waiting_for = "limiter"
+    elif state == RUNNING and job is not None and key not in queued_at:
+        waiting_for = "executor"  # run_in_executor: no pool of ours runs it
+    stack = None
+    if thread is not None and thread.ident in frames:
+        stack = _worker_stack(frames[thread.ident])
+    at = queued_at.get(key) if state in (QUEUED, RUNNING) else None
+    return TaskInfo(
+        name=task.name,
+        id=task._id,
+        state=PUBLIC_STATE[state],
+        waiting_for=waiting_for,
+        age=None if at is None else max(0.0, now - at),
+        context=task._context.name,
+        thread=thread.name if thread is not None else None,
+        progress=progress,
+        cancelled=cancelled,
+        source=_safe_repr(source),
+        stack=stack,
+    )
+
+
+def _worker_stack(frame: Any) -> tuple[str, ...]:
+    """The frames from the worker function down (the pool's own frames above
+    ``ThreadJob.run`` are left out), outermost first."""
+    summary = traceback.extract_stack(frame)
+    codes = []
+    walk = frame
+    while walk is not None:
+        codes.append(walk.f_code)
+        walk = walk.f_back
+    codes.reverse()  # outermost first, as extract_stack gives them
+    start = 0
+    for index, code in enumerate(codes):
+        if code is _RUN_CODE:
+            start = index + 1
+    return tuple(
+        f"{entry.filename}:{entry.lineno} in {entry.name}" + (f": {entry.line}" if entry.line else "")
+        for entry in summary[start:]
+    )
+
+
+def _safe_repr(obj: Any) -> str:
+    try:
+        return _short.repr(obj)
+    except Exception as exc:  # a user's __repr__ may fail: say so, not raise
+        return f"<{type(obj).__name__}: repr() raised {type(exc).__name__}>"
+
+
+def format_tasks(infos: list[TaskInfo]) -> str:
+    """``infos`` as a table for people, one task per line; with stacks, each
+    running worker's stack below its line."""
+    if not infos:
+        return "no task in flight\n"
+    rows = [("TASK", "STATE", "WAITING FOR", "AGE", "CONTEXT", "THREAD", "PROGRESS")]
+    for info in infos:
+        rows.append(
+            (
+                info.name + (" (cancelled)" if info.cancelled else ""),
+                info.state.value,
+                info.waiting_for,
+                "-" if info.age is None else f"{info.age:.1f}s",
+                info.context,
+                info.thread or "-",
+                _progress_text(info.progress),
+            )
+        )
+    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
+    lines = []
+    for index, row in enumerate(rows):
+        lines.append("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+        stack = infos[index - 1].stack if index else None
+        if stack:
+            lines.extend(f"    {frame}" for frame in stack)
+    return "\n".join(lines) + "\n"
+
+
+def _progress_text(progress: tuple[float, float | None, str | None] | None) -> str:
+    if progress is None:
+        return "-"
+    done, total, message = progress
+    text = f"{done:g}" if total is None else f"{done:g}/{total:g}"
+    return f"{text} {message}" if message else text
