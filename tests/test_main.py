@@ -57,7 +57,7 @@ def test_help_is_plain_text_and_lists_the_commands(capsys: pytest.CaptureFixture
     out = capsys.readouterr().out
     assert "`" not in out and ":mod:" not in out  # no reStructuredText from a docstring
     assert "worker threads" in out
-    for command in ("demo", "info", "bench"):
+    for command in ("demo", "info", "bench", "ps"):
         assert f"\n    {command}  " in out
 
 
@@ -68,14 +68,14 @@ def test_no_arguments_prints_the_help_and_exits_2() -> None:
     assert result.returncode == 2
     assert result.stdout == ""
     assert result.stderr.startswith("usage: python -m qiotask [-h] [--version] COMMAND ...\n")
-    for command in ("demo", "info", "bench"):
+    for command in ("demo", "info", "bench", "ps"):
         assert f"\n    {command}  " in result.stderr
     assert "rest" not in result.stderr
 
 
 @pytest.mark.parametrize(
     ("command", "says"),
-    [("demo", "heartbeat"), ("info", "event loop"), ("bench", "benchmarks/throughput.py")],
+    [("demo", "heartbeat"), ("info", "event loop"), ("bench", "benchmarks/throughput.py"), ("ps", "enable_dump")],
 )
 def test_each_command_prints_its_own_help(command: str, says: str, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as stopped:

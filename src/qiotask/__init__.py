@@ -5,8 +5,9 @@ disk and CPU work) without freezing the loop: the result is delivered on the
 loop's thread, the object it concerns is kept alive meanwhile, and every
 cleanup runs exactly once.  See ``qiotask._task`` for the manual.
 
-``qiotask.net`` (sockets, DNS, listeners, TLS) is imported on first use,
-not by ``import qiotask``: most programs never touch it.
+``qiotask.net`` (sockets, DNS, listeners, TLS) and ``qiotask.otel``
+(OpenTelemetry metrics) are imported on first use, not by ``import
+qiotask``: most programs never touch them.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ from ._context import Source as Source
 from ._context import attach as attach
 from ._context import default_context as default_context
 from ._context import get_context as get_context
+from ._dump import disable_dump as disable_dump
+from ._dump import enable_dump as enable_dump
 from ._errors import ContextClosedError as ContextClosedError
 from ._errors import TaskCancelled as TaskCancelled
 from ._errors import TaskError as TaskError
@@ -51,6 +54,7 @@ from .loops import asyncio as _asyncio_adapter  # noqa: F401  (registers the asy
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ imports it
     from . import net as net
+    from . import otel as otel
 
 __version__ = "0.1.0"
 
@@ -80,10 +84,13 @@ __all__ = [
     "__version__",
     "attach",
     "default_context",
+    "disable_dump",
+    "enable_dump",
     "from_thread",
     "get_context",
     "iterate_in_thread",
     "net",
+    "otel",
     "run_sync",
     "shutdown",
     "stats",
@@ -94,7 +101,7 @@ __all__ = [
 
 # Subpackages imported on first access (PEP 562), so that ``import qiotask``
 # stays as cheap as it can be; ``qiotask.net`` imports no toolkit either.
-_LAZY_SUBMODULES = frozenset({"net"})
+_LAZY_SUBMODULES = frozenset({"net", "otel"})
 
 
 def __getattr__(name: str) -> Any:

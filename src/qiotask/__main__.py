@@ -1,4 +1,4 @@
-"""The ``qiotask`` command (also ``python -m qiotask``): ``demo``, ``info``, ``bench``.
+"""The ``qiotask`` command (also ``python -m qiotask``): ``demo``, ``info``, ``bench``, ``ps``.
 
 ``main(argv, prog)`` is the console script's entry point; it returns the exit
 status.  ``qiotask`` with no command prints the help to stderr and exits 2,
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import os
 import platform
 import runpy
@@ -118,6 +119,40 @@ def bench(argv: Sequence[str]) -> int:
     return 0
 
 
+def ps(pid: int, *, as_json: bool, stacks: bool, timeout: float) -> int:
+    """Print the task listing of process ``pid`` (see ``_dump.ps``)."""
+    from ._dump import PsError, format_answer
+    from ._dump import ps as ask
+
+    try:
+        body = ask(pid, stacks=stacks, timeout=timeout)
+    except PsError as exc:
+        print(f"qiotask ps: {exc}", file=sys.stderr)
+        return 1
+    if as_json:
+        print(json.dumps(body, indent=2))
+    else:
+        sys.stdout.write(format_answer(body))
+    return 0
+
+
+def _pid(text: str) -> int:
+    # 0 and negative numbers name process groups to kill(2): never one of those.
+    if not text.isdigit() or int(text) <= 0:
+        raise argparse.ArgumentTypeError(f"not a process ID: {text!r}")
+    return int(text)
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"not a positive number of seconds: {text!r}")
+    return value
+
+
 def _parser(prog: str) -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
     """The command line: the parser and, by name, each command's own."""
     parser = argparse.ArgumentParser(
@@ -155,7 +190,23 @@ def _parser(prog: str) -> tuple[argparse.ArgumentParser, dict[str, argparse.Argu
             f"'{prog} bench -- --help' lists them."
         ),
     )
-    return parser, {"demo": demo_parser, "info": info_parser, "bench": bench_parser}
+    ps_parser = commands.add_parser(
+        "ps",
+        help="list the tasks in flight in another process, as qiotask.tasks() does",
+        description=(
+            "Asks process PID for its tasks in flight (name, state, what each waits for, age, "
+            "thread, progress, and where each running worker is blocked) and prints them. "
+            "The process answers through the handler of qiotask.enable_dump(), or, on Python "
+            "3.14+, through sys.remote_exec() with no handler (same Python version needed)."
+        ),
+    )
+    ps_parser.add_argument("pid", metavar="PID", type=_pid, help="the process to ask")
+    ps_parser.add_argument("--json", action="store_true", help="print JSON: pid, time, python, qiotask, tasks")
+    ps_parser.add_argument("--no-stacks", action="store_true", help="leave out the running workers' stacks")
+    ps_parser.add_argument(
+        "--timeout", type=_seconds, default=3.0, metavar="S", help="how long to wait for the answer (default 3 s)"
+    )
+    return parser, {"demo": demo_parser, "info": info_parser, "bench": bench_parser, "ps": ps_parser}
 
 
 def main(argv: Sequence[str] | None = None, prog: str = "qiotask") -> int:
@@ -180,6 +231,8 @@ def main(argv: Sequence[str] | None = None, prog: str = "qiotask") -> int:
         from ._demo import run_demo
 
         return run_demo()
+    if args.command == "ps":
+        return ps(args.pid, as_json=args.json, stacks=not args.no_stacks, timeout=args.timeout)
     return info()
 
 

@@ -244,7 +244,7 @@ def run_in_thread(
         hand_over(task)
         return
     if task._traced:
-        _trace.emit("qio_task_thread_start", task, worker=worker, opaque=opaque)
+        _trace.emit("qio_task_thread_start", task, worker=worker, opaque=opaque, pool=pool)
     try:
         if limiter is not None:
             limiter._submit(pool, job.run, job.done, priority)
