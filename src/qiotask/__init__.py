@@ -38,6 +38,7 @@ from ._errors import TaskCancelled as TaskCancelled
 from ._errors import TaskError as TaskError
 from ._errors import TaskStateError as TaskStateError
 from ._errors import TaskTimeout as TaskTimeout
+from ._exit import set_exit_timeout as set_exit_timeout
 from ._group import TaskGroup as TaskGroup
 from ._group import TaskGroupError as TaskGroupError
 from ._inspect import TaskInfo as TaskInfo
@@ -92,6 +93,7 @@ __all__ = [
     "net",
     "otel",
     "run_sync",
+    "set_exit_timeout",
     "shutdown",
     "stats",
     "tasks",

@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import atexit
 import functools
-import time
 from collections.abc import Callable
 from typing import Any, ParamSpec, TypeVar
 
-from . import _trace
+from . import _exit
 from ._adapters import Adapter, async_adapter, no_framework
-from ._checks import ASYNC_FLAGS, check_callable, check_duration, check_sync, wait_timeout
-from ._context import all_contexts
+from ._checks import ASYNC_FLAGS, check_callable, check_sync
 from ._limiter import Limiter
-from ._pool import WorkerPool, all_pools
+from ._pool import WorkerPool
 from ._task import Task
 from ._threadname import thread_named as _thread_named
 
@@ -156,40 +153,6 @@ def _framework(where: str) -> Adapter:
     return adapter
 
 
-@atexit.register
-def _settle_at_exit() -> None:
-    # Completions queued on loops that closed without a word still run their
-    # destroy notifiers before the interpreter goes.
-    for ctx in all_contexts():
-        try:
-            ctx.settle()
-        except Exception:
-            pass
-
-
-def shutdown(timeout: float | None = None) -> bool:
-    """Settle what is left before the program exits.
-
-    Waits up to ``timeout`` seconds in all for the workers of every pool to
-    return (pools stop accepting work; the default pool is made anew on next
-    use), then fails, with ``ContextClosedError``, the completions queued on
-    contexts whose loop is closed, so that their destroy notifiers run.
-
-    Args:
-        timeout: seconds, or None (or ``math.inf``) to wait as long as it
-            takes.
-
-    Returns:
-        True if no task is left pending.
-
-    Raises:
-        TypeError, ValueError: ``timeout`` is not a number of seconds.
-    """
-    seconds = wait_timeout(check_duration(timeout, "shutdown", optional=True))
-    deadline = None if seconds is None else time.monotonic() + seconds
-    for pool in all_pools():
-        remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-        pool.shutdown(wait=True, timeout=remaining)
-    for ctx in all_contexts():
-        ctx.settle()
-    return _trace.stats()["pending"] == 0
+# shutdown() lives with the exit report it shares (``_exit``); re-exported here,
+# where the public conveniences are.
+shutdown = _exit.shutdown

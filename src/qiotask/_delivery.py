@@ -40,6 +40,13 @@ logger = logging.getLogger("qiotask")
 _count_completed = _trace.count_completed
 _count_failed = _trace.count_failed
 
+#: Set by ``qiotask._exit`` at interpreter exit: ``on_closed(task)``, told of
+#: each task that finishes with ``ContextClosedError`` from then on, returns
+#: True if the exit report names it (the task then logs no warning of its
+#: own: one report, not a line per task).  Read on any thread without a
+#: lock: one load of a module global, atomic on every build.
+on_closed: Callable[[TaskCore], bool] | None = None
+
 
 def notify(task: TaskCore, fn: Callable[..., Any], what: str, *args: Any) -> BaseException | None:
     """Call a user callback; an Exception goes to the exception handler.
@@ -164,7 +171,7 @@ def _before_func(task: TaskCore, err: BaseException | None, closed: ContextClose
     the loop is gone, hand over the items still queued, deliver the last
     progress report, trace."""
     pending = None
-    if closed is not None and err is closed:  # (a cancel asked before wins)
+    if closed is not None and err is closed and (on_closed is None or not on_closed(task)):  # (a cancel wins)
         logger.warning(
             "task %r finished with ContextClosedError: its context %r is gone%s",
             task.name,

@@ -31,13 +31,12 @@ own for them.
 
 from __future__ import annotations
 
-import atexit
 import contextvars
 import threading
 import weakref
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from ._errors import TaskStateError
 
@@ -306,23 +305,48 @@ class ClosedAtExit:
     is running then: their fds are not reported as leaked, and what they
     still hold queued fails, running its destroy notifiers.
 
+    It registers no ``atexit`` hook of its own: ``qiotask._exit``'s one hook
+    closes them (:meth:`idle_contexts`), once it is ready to gather the
+    tasks that fail there into its one exit report.  A hook per adapter,
+    registered when the adapter is first imported, would run *before* that
+    one (``atexit`` runs the last registered first), and each task would
+    warn alone.
+
     Args:
         running: ``running(context)``, whether its loop runs now.
     """
 
+    #: Every instance (one per adapter module: never freed).
+    _every: ClassVar[list[ClosedAtExit]] = []
+
     def __init__(self, running: Callable[[Any], bool]) -> None:
         self._contexts: weakref.WeakSet[MainContext] = weakref.WeakSet()
         self._running = running
-        atexit.register(self._close_all)
+        ClosedAtExit._every.append(self)
 
     def add(self, context: MainContext) -> None:
         """Close ``context`` at exit (held weakly: one freed before is not)."""
         self._contexts.add(context)
 
-    def _close_all(self) -> None:
-        for context in list(self._contexts):
-            if not context.closed and not self._running(context):
-                context.close()
+    @classmethod
+    def loop_runs(cls, context: MainContext) -> bool | None:
+        """Whether ``context``'s loop runs now, if it is such a context;
+        None for a context of a foreign loop (which cannot be asked)."""
+        for kind in list(cls._every):
+            if context in kind._contexts:
+                return kind._running(context)
+        return None
+
+    @classmethod
+    def idle_contexts(cls) -> list[MainContext]:
+        """Every such context that is open and whose loop does not run now:
+        nothing will deliver what is queued there unless someone runs it."""
+        idle = []
+        for kind in list(cls._every):
+            for context in list(kind._contexts):
+                if not context.closed and not kind._running(context):
+                    idle.append(context)
+        return idle
 
 
 class CancelLatch:
