@@ -222,6 +222,82 @@ def test_queued_workers_are_cancelled_at_exit_and_never_start(tmp_path: Path) ->
     assert "1 task cancelled before a worker started (destroy notifiers ran):\n  'queued'" in report
 
 
+def test_the_report_is_made_when_the_process_holds_a_dead_weak_proxy(tmp_path: Path) -> None:
+    # The hook finds the tasks among every object; one whose __class__
+    # raises (a dead weakref.proxy) must not cost the report.
+    done, elapsed = run_child(
+        tmp_path,
+        """
+        import threading, weakref
+        import qiotask
+        from qiotask import Task
+
+        class Target:
+            pass
+
+        target = Target()
+        dead = weakref.proxy(target)
+        del target
+        running = threading.Event()
+
+        def blocked(task, opaque):
+            running.set()
+            threading.Event().wait()  # for ever
+
+        Task(None, name="blocked").run_in_thread(blocked)
+        running.wait()
+        """,
+        "0.2",
+    )
+    assert done.returncode == 0, done.stderr
+    assert elapsed < 0.2 + MARGIN
+    assert "Exception ignored" not in done.stderr, done.stderr
+    assert done.stderr.count(REPORT) == 1, done.stderr
+    assert "'blocked' (running)" in done.stderr
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="os.fork() is Unix's")
+def test_a_forked_child_exits_at_once_and_leaves_the_parents_tasks_alone(tmp_path: Path) -> None:
+    # The tasks the child inherited are the parent's: their workers are not
+    # in the child (nothing to wait for), their destroy notifiers are the
+    # parent's to run (not run twice), and the child has nothing to report.
+    done, _ = run_child(
+        tmp_path,
+        """
+        import os, sys, threading, time, warnings
+        import qiotask
+        from qiotask import Limiter, Task
+
+        running = threading.Event()
+
+        def blocked(task, opaque):
+            running.set()
+            threading.Event().wait()  # for ever
+
+        limiter = Limiter(1)
+        Task(None, name="running").run_in_thread(blocked, limiter=limiter)
+        queued = Task(None, name="queued", destroy=lambda o: print(os.getpid(), "destroyed queued", flush=True))
+        queued.run_in_thread(blocked, limiter=limiter)
+        running.wait()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # fork() of a threaded process
+            pid = os.fork()
+        if pid == 0:
+            sys.exit(0)  # the child: atexit hooks run
+        started = time.monotonic()
+        os.waitpid(pid, 0)
+        print(f"the child took {time.monotonic() - started:.1f} s", flush=True)
+        os._exit(0)  # the parent's own exit is not what this test is about
+        """,
+        "5",
+    )
+    assert done.returncode == 0, done.stderr
+    assert REPORT not in done.stderr, done.stderr
+    assert "destroyed" not in done.stdout
+    took = float(done.stdout.split("the child took ")[1].split(" s")[0])
+    assert took < 2.5  # not the exit timeout of 5 s
+
+
 def test_a_bad_exit_timeout_variable_is_named_and_the_default_used(tmp_path: Path) -> None:
     done, elapsed = run_child(tmp_path, "import qiotask", "soon")
     assert done.returncode == 0
@@ -335,6 +411,22 @@ def test_shutdown_on_a_loops_own_thread_runs_what_is_queued_for_it() -> None:
         assert qiotask.shutdown(timeout=5) is True
         assert ran == [threading.current_thread().name]
         assert task.result() == "ok"
+    finally:
+        context.close()  # type: ignore[attr-defined]
+
+
+def test_shutdown_on_a_loops_own_thread_answers_a_worker_that_calls_into_it() -> None:
+    # The worker waits in call_in_main() for this thread's loop, which is
+    # this thread, blocked in shutdown(): shutdown() must serve it, not wait
+    # for the worker (with no timeout it would wait for ever).
+    context = MainContext(name="mine")
+    task: Task[int] = Task(None, context=context, name="asks")
+    task.run_in_thread(lambda t, o: t.call_in_main(lambda: 42))
+    try:
+        started = time.monotonic()
+        assert qiotask.shutdown(timeout=5) is True
+        assert time.monotonic() - started < 2.0
+        assert task.result() == 42
     finally:
         context.close()  # type: ignore[attr-defined]
 

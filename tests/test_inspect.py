@@ -175,3 +175,58 @@ def test_the_table_has_a_line_per_task_and_the_stacks_below() -> None:
         "pages",
     ]
     assert lines[2:] == ["    a.py:1 in f: g()", "    b.py:2 in g: block()"]
+
+
+def test_objects_whose_class_cannot_be_asked_do_not_stop_the_listing(
+    qiotask_context: qiotask.MainContext, qiotask_runner: LoopRunner
+) -> None:
+    # gc.get_objects() returns every tracked object; isinstance() asks an
+    # object that is not a task for its __class__, which a dead weakref.proxy
+    # answers with ReferenceError and a lazy proxy (werkzeug's LocalProxy
+    # outside its context) with an error of its own.
+    import weakref
+
+    class Target:
+        pass
+
+    class Proxy:
+        @property  # type: ignore[misc]
+        def __class__(self) -> type:
+            raise RuntimeError("working outside of a context")
+
+    target = Target()
+    dead = weakref.proxy(target)
+    del target
+    odd = Proxy()
+    task = qiotask.Task(None, name="listed")
+    assert "listed" in by_name(qiotask.tasks())
+    task.complete()
+    qiotask_runner.run_until_done(task)
+    del dead, odd
+
+
+def test_limiters_made_while_it_lists_do_not_break_it() -> None:
+    # The registry of limiters is a WeakSet: iterating it while another
+    # thread adds to it raises "Set changed size during iteration" unless
+    # the registry's lock is held (as the fork handlers hold it).
+    import sys
+
+    limiters = [qiotask.Limiter(1) for _ in range(20000)]
+    stop = threading.Event()
+
+    def make() -> None:
+        for _ in range(20000):  # bounded: the registry must not outgrow the lister
+            if stop.is_set():
+                return
+            limiters.append(qiotask.Limiter(1))
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)
+    maker = start_thread(make, "limiter-maker")
+    try:
+        while maker.is_alive():
+            qiotask.tasks()
+    finally:
+        stop.set()
+        join(maker)
+        sys.setswitchinterval(interval)

@@ -197,6 +197,8 @@ def test_completions_by_outcome(
     assert counts == {"ok": 1, "error": 1, "cancelled": 1, "timeout": 1, "context_closed": 1}
     error_point = point(points, "qiotask.task.completions", qiotask_task_outcome="error")
     assert error_point.attributes["error.type"] == "ValueError"
+    cancelled_point = point(points, "qiotask.task.completions", qiotask_task_outcome="cancelled")
+    assert cancelled_point.attributes["error.type"] == "qiotask.TaskCancelled"
     assert "error.type" not in point(points, "qiotask.task.completions", qiotask_task_outcome="ok").attributes
     # Only the workers that ran are timed: not the cancelled nor the timed-out one.
     assert point(points, "qiotask.task.run.duration", qiotask_pool_name=POOL).count == 3

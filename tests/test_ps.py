@@ -381,3 +381,50 @@ def test_remote_exec_to_a_main_thread_that_runs_no_python_times_out(child_factor
     )
     _out, err = child.finish()
     assert err == ""  # the script ran late, saw that ps gave up, and wrote nothing
+
+
+def test_a_handler_that_cannot_start_its_thread_raises_nothing_where_it_lands(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The handler runs between two bytecodes of whatever the main thread
+    # does: an exception from it (no thread can start: too many, or the
+    # interpreter finalizes) would be raised there.  The previous handler is
+    # still chained.
+    chained: list[int] = []
+
+    def refuse(self: threading.Thread) -> None:
+        raise RuntimeError("can't start new thread")
+
+    dump = _dump._Dump(signal.SIGUSR2, None, True, lambda signum, frame: chained.append(signum))
+    monkeypatch.setattr(_dump, "_installed", dump)
+    monkeypatch.setattr(threading.Thread, "start", refuse)
+    _dump._on_signal(signal.SIGUSR2, None)
+    assert chained == [signal.SIGUSR2]
+
+
+def test_a_directory_another_user_could_plant_does_not_fail_enable_dump(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Anyone may create <tempdir>/qiotask-<uid> before the program runs: the
+    # program's enable_dump() must not raise for it (the signal sent by hand
+    # still dumps); ps refuses the directory, as before.
+    import logging
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "gettempdir", lambda: str(tmp_path))
+    planted = tmp_path / f"qiotask-{os.geteuid()}"
+    planted.mkdir(mode=0o755)
+    planted.chmod(0o755)  # readable by others: not private
+    before = signal.getsignal(signal.SIGUSR2)
+    try:
+        with caplog.at_level(logging.WARNING, logger="qiotask"):
+            qiotask.enable_dump(signal.SIGUSR2)
+        assert signal.getsignal(signal.SIGUSR2) is _dump._on_signal
+        assert any("is not a private directory" in r.getMessage() for r in caplog.records)
+        assert not (planted / f"{os.getpid()}.offer").exists()
+        assert qiotask.disable_dump() is True
+    finally:
+        signal.signal(signal.SIGUSR2, before)
+    assert signal.getsignal(signal.SIGUSR2) == before
+    with pytest.raises(_dump.PsError, match="is not a private directory"):
+        _dump.ps(os.getpid(), timeout=0.1)

@@ -38,6 +38,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
+from . import _fork
 from ._errors import TaskStateError
 
 if TYPE_CHECKING:
@@ -320,20 +321,29 @@ class ClosedAtExit:
     _every: ClassVar[list[ClosedAtExit]] = []
 
     def __init__(self, running: Callable[[Any], bool]) -> None:
+        # Added to by any thread that makes such a context; iterated at
+        # exit and by shutdown(): under _lock, as a WeakSet is not safe to
+        # iterate while another thread adds to it.
         self._contexts: weakref.WeakSet[MainContext] = weakref.WeakSet()
+        self._lock = threading.Lock()
         self._running = running
         ClosedAtExit._every.append(self)
 
     def add(self, context: MainContext) -> None:
         """Close ``context`` at exit (held weakly: one freed before is not)."""
-        self._contexts.add(context)
+        with self._lock:
+            self._contexts.add(context)
+
+    def _members(self) -> list[MainContext]:
+        with self._lock:
+            return list(self._contexts)
 
     @classmethod
     def loop_runs(cls, context: MainContext) -> bool | None:
         """Whether ``context``'s loop runs now, if it is such a context;
         None for a context of a foreign loop (which cannot be asked)."""
         for kind in list(cls._every):
-            if context in kind._contexts:
+            if context in kind._members():
                 return kind._running(context)
         return None
 
@@ -343,10 +353,14 @@ class ClosedAtExit:
         nothing will deliver what is queued there unless someone runs it."""
         idle = []
         for kind in list(cls._every):
-            for context in list(kind._contexts):
+            for context in kind._members():
                 if not context.closed and not kind._running(context):
                     idle.append(context)
         return idle
+
+
+# No add() is half made in a forked child.
+_fork.guard(lambda: [kind._lock for kind in list(ClosedAtExit._every)])
 
 
 class CancelLatch:

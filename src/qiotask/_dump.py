@@ -30,7 +30,11 @@ Guarantees / assumes: a Python signal handler, and a ``remote_exec``
 script, run on the main thread between two bytecodes -- possibly while that
 thread holds one of qiotask's locks (a pool's, a task's).  So neither lists
 anything itself: each starts a thread that does (``tasks()`` takes those
-locks, and waits until the main thread lets go of them).  An offer names the
+locks, and waits until the main thread lets go of them).  For the same
+reason the handler reads ``_installed`` without ``_dump_lock`` (the
+interrupted code may be :func:`enable_dump`, holding it): one load of a
+module global, atomic on every build, which sees the settings before or
+after a concurrent change, never half of one.  An offer names the
 target's start time (Linux: ``/proc/PID/stat``), so a stale offer of a
 process that died without removing it is not taken for a new process with
 the same PID: ``ps`` never sends a signal that nobody handles (SIGUSR1's
@@ -40,6 +44,7 @@ default action kills).
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import datetime
 import json
 import os
@@ -167,6 +172,11 @@ def enable_dump(
             ``faulthandler.register(chain=True)``); by default it is
             replaced, and :func:`disable_dump` puts it back.
 
+    If the private directory (see docs/tracing.md) is not this user's own
+    or cannot be written, a WARNING on the ``qiotask`` logger says so and
+    ``qiotask ps`` cannot ask this process; the handler is installed all
+    the same.
+
     Raises:
         ValueError: not called on the main thread (``signal.signal()`` works
             there only), or ``signal`` is not a signal of this system.
@@ -189,7 +199,15 @@ def enable_dump(
         previous = old.previous if old is not None else _signal.getsignal(signal)
         _signal.signal(signal, _on_signal)
         _installed = _Dump(signal, Path(file) if file is not None else None, chain, previous)
-        _offer(signal)
+        try:
+            _offer(signal)
+        except (OSError, PsError) as exc:
+            # The directory is not ours (anyone may make it first) or cannot
+            # be written: ps cannot ask this process, but the program must not
+            # fail for it, and a signal sent by hand still dumps.
+            import logging
+
+            logging.getLogger("qiotask").warning("qiotask.enable_dump(): qiotask ps cannot ask this process: %s", exc)
 
 
 def disable_dump() -> bool:
@@ -261,7 +279,14 @@ if hasattr(os, "register_at_fork"):
 def _on_signal(signum: int, frame: FrameType | None) -> None:
     """The handler: on the main thread, between two bytecodes."""
     dump = _installed
-    threading.Thread(target=_dump_thread, args=(dump,), name="qiotask-dump", daemon=True).start()
+    try:
+        threading.Thread(target=_dump_thread, args=(dump,), name="qiotask-dump", daemon=True).start()
+    except Exception:
+        # No thread can start (too many, or the interpreter is finalizing):
+        # no listing then (ps says it got no answer).  Raising would raise in
+        # whatever code the main thread was running, and logging could wait
+        # for a logging lock that code holds.
+        pass
     if dump is not None and dump.chain and callable(dump.previous):
         dump.previous(signum, frame)
 
@@ -524,6 +549,9 @@ def _wait_for(answer: Path, pid: int, timeout: float, how: str) -> dict[str, Any
 
 
 def _info_from_dict(fields: dict[str, Any]) -> TaskInfo:
+    # Only the fields this qiotask knows: a newer target may send more.
+    known = {field.name for field in dataclasses.fields(TaskInfo)}
+    fields = {name: value for name, value in fields.items() if name in known}
     progress = fields.get("progress")
     stack = fields.get("stack")
     return TaskInfo(

@@ -33,6 +33,9 @@ The promise, at interpreter exit (one ``atexit`` hook, :func:`_at_exit`):
   A task cut off whose worker returns later, while the interpreter
   finalizes, is quiet for the same reason.  Tasks that run no worker and
   wait for someone to complete them are not listed: nothing was cut off.
+- A forked child leaves the tasks it inherited alone: they are the
+  parent's (no wait for their workers, which are not in the child; no
+  cancel, which would run their destroy notifiers a second time; no report).
 
 :func:`shutdown` waits the same way at any time, with its own ``timeout``,
 but closes nothing and cancels nothing: the program may still run its
@@ -53,24 +56,29 @@ from the exiting thread and from pool threads whose late completion fails;
 ``_delivery.on_closed`` is set once, before any context closes, and read
 without a lock (one load of a module global).  The states of tasks are read
 without their lock only to choose what to wait for; every decision is a
-move (``cancel()``), or a wait on the task's own event.
+move (``cancel()``), or a wait on the task's own event.  ``_inherited`` is
+filled in a forked child by its at-fork handler, while the child has one
+thread, and only asked (one set lookup) afterwards.  ``shutdown()`` may run
+on a loop's own thread inside that loop's dispatch (from ``func``): the
+dispatch it runs then is a nested one, which the queue allows (each item is
+taken by one ``popleft``).
 """
 
 from __future__ import annotations
 
 import atexit
-import gc
 import logging
 import os
 import threading
 import time
+import weakref
 from collections.abc import Iterable, Sequence
 
 from . import _delivery, _trace
 from ._checks import check_duration, wait_timeout
-from ._context import all_contexts
+from ._context import MainContext, all_contexts
 from ._driver import ClosedAtExit
-from ._inspect import TaskInfo, tasks
+from ._inspect import TaskInfo, all_tasks, tasks
 from ._pool import all_pools
 from ._state import COMPLETING, DELIVERING, FINISHED, QUEUED, RUNNING, TaskCore
 
@@ -174,8 +182,12 @@ def shutdown(timeout: float | None = None) -> bool:
     seconds = wait_timeout(check_duration(timeout, "shutdown", optional=True))
     started = time.monotonic()
     deadline = None if seconds is None else started + seconds
-    _drain_pools(deadline)
     me = threading.current_thread()
+    own = [ctx for ctx in all_contexts() if not ctx.closed and ctx.thread is me]
+    if own:
+        _drain_pools_serving(own, deadline)
+    else:
+        _drain_pools(deadline)
     for ctx in all_contexts():
         ctx.settle()
         if not ctx.closed and ctx.thread is me:
@@ -202,11 +214,41 @@ def _drain_pools(deadline: float | None) -> bool:
     return drained
 
 
+def _drain_pools_serving(own: list[MainContext], deadline: float | None) -> None:
+    """:func:`_drain_pools`, running meanwhile what is queued for ``own``,
+    the calling thread's contexts: a worker may wait for one of them
+    (``call_in_main()``, ``from_thread.run_sync()``), and this thread,
+    blocked here, is the one that runs them -- without this, ``shutdown()``
+    would wait for a worker that waits for it.  (Not ``from_thread.run()``
+    inside a running loop: its coroutine needs the loop itself to turn.)"""
+    while True:
+        slice_end = time.monotonic() + _LOOP_RECHECK
+        if _drain_pools(slice_end if deadline is None else min(deadline, slice_end)):
+            return
+        for ctx in own:
+            if not ctx.closed and len(ctx._dispatcher):
+                ctx._dispatch()
+        if deadline is not None and time.monotonic() >= deadline:
+            return
+
+
 def _in_states(states: Iterable[int]) -> list[TaskCore]:
-    """The tasks in one of ``states`` now (a lock-free look at each state,
-    which only moves forward: whatever is decided after goes through a move)."""
+    """This process's tasks in one of ``states`` now (a lock-free look at
+    each state, which only moves forward: whatever is decided after goes
+    through a move).  Not those a forked child inherited: see ``_inherited``."""
     wanted = frozenset(states)
-    return [obj for obj in gc.get_objects() if isinstance(obj, TaskCore) and getattr(obj, "_s", FINISHED) in wanted]
+    return [
+        task
+        for task in all_tasks()
+        if getattr(task, "_s", FINISHED) in wanted and not (_inherited and task._context in _inherited)
+    ]
+
+
+def _inherited_ids() -> set[int]:
+    """In a forked child, the numbers of the tasks it inherited; else none."""
+    if not _inherited:
+        return set()
+    return {task._id for task in all_tasks() if task._context in _inherited}
 
 
 def _wait_for_loops(deadline: float | None) -> None:
@@ -335,6 +377,18 @@ def _at_exit() -> None:
     can be settled, report what could not (see the module's docstring)."""
     global _collecting
     try:
+        _exit_report()
+    finally:
+        # Whatever stopped the report (a Ctrl-C, an error), stop collecting:
+        # a task that closes later warns on its own rather than into a
+        # report that will never be made (those it named stay quiet).
+        with _lock:
+            _collecting = False
+
+
+def _exit_report() -> None:
+    global _collecting
+    try:
         limit = exit_timeout()
     except ValueError as exc:
         logger.warning("%s; waiting the default %g s", exc, DEFAULT_EXIT_TIMEOUT)
@@ -364,7 +418,8 @@ def _at_exit() -> None:
         if _quietly(task.cancel):  # type: ignore[attr-defined]
             task._retrieved = True  # the report names it
             cancelled.append(task.name)
-    left = [info for info in tasks(stacks=True) if info.waiting_for != "completion"]
+    theirs = _inherited_ids()
+    left = [info for info in tasks(stacks=True) if info.waiting_for != "completion" and info.id not in theirs]
     with _lock:
         _collecting = False
         _named.update(info.id for info in left)
@@ -406,6 +461,24 @@ def _quietly(fn: object) -> bool:
         return False
 
 
+#: In a forked child, the contexts alive at the fork: the parent's, which
+#: ``_context`` closes in the child without running or failing what they
+#: hold.  Their tasks are the parent's too: their workers are not in the
+#: child (nothing to wait for) and their destroy notifiers are the parent's
+#: to run (a cancel here would run them twice), so the exit leaves them
+#: alone.  Filled in the child, while it has one thread, before any of its
+#: own contexts exists; read at exit.
+_inherited: weakref.WeakSet[MainContext] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    # Runs after _context's handler (registered first), which released
+    # the registry's lock in the child.
+    _inherited.update(all_contexts())
+
+
 # Registered when qiotask is imported, before any loop adapter: see the
 # module's docstring for why this one hook does the closing.
 atexit.register(_at_exit)
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -5,20 +5,28 @@ waiting for what (a pool thread, a limiter slot, their worker, their loop),
 for how long, on which worker thread, with what progress -- and, on
 request, where each running worker is blocked.
 
-Cost: nothing on the hot path.  Tasks are found by asking the garbage
-collector for every object it tracks (``gc.get_objects()``: a task is a
-tracked object from its creation), pool and limiter queues are read under
-their own locks, and a pool thread's running job is the one store it makes
-per job anyway (``_Worker.running``).  A call costs time in proportion to
+Cost: next to nothing on the hot path.  Tasks are found by asking the
+garbage collector for every object it tracks (``gc.get_objects()``: a task
+is a tracked object from its creation), pool and limiter queues are read
+under their own locks, and a pool thread keeps the job it runs in one slot
+(``_Worker.running``): two stores per job, on the pool thread, the only
+cost paid when nobody lists.  A call costs time in proportion to
 the number of objects in the process -- milliseconds for a large program --
 so it is for looking, not for polling in a loop.
 
 Guarantees / assumes (without the GIL too): each task's fields are read
 under the task's own lock, one task at a time (a thread never holds two
 task locks), so a task's line is one consistent moment of that task; the
-pool and limiter queues are copied under their locks; a worker's running
-job is one attribute load.  Different tasks are read at slightly different
-moments: the listing is a snapshot per task, not of the whole process.
+pool and limiter queues are copied under their locks (and the registry of
+limiters, a WeakSet, is copied under its own: iterating one while another
+thread adds to it fails); a worker's running job is one attribute load.
+The jobs seen in the queues are held until the tasks are read, so that
+their ids, which key what was seen, cannot be reused meanwhile.  A task is
+recognised by its type alone (:func:`all_tasks`): ``isinstance()`` would
+ask every other object for its ``__class__``, which runs their code (a
+lazy proxy's, a dead ``weakref.proxy``'s, which raises).  Different tasks
+are read at slightly different moments: the listing is a snapshot per
+task, not of the whole process.
 ``sys._current_frames()`` (for ``stacks=True``) is CPython's debugging
 interface; on a free-threaded build it stops the other threads to take
 their frames.
@@ -35,7 +43,7 @@ import time
 import traceback
 from typing import Any
 
-from ._limiter import _all_limiters
+from ._limiter import _all_limiters, _registry_lock
 from ._pool import all_pools
 from ._state import (
     COMPLETING,
@@ -133,8 +141,10 @@ def tasks(*, stacks: bool = False) -> list[TaskInfo]:
     now = time.monotonic()
     queued_at: dict[int, float] = {}  # id(ThreadJob) -> when submitted
     threads: dict[int, threading.Thread] = {}  # id(ThreadJob) -> the thread running it
+    seen: list[Any] = []  # the jobs the ids above name, held so that no id is reused
     for pool in all_pools():
         queued, running = pool.jobs()
+        seen.append((queued, running))
         for fn, at in queued:
             job = getattr(fn, "__self__", None)
             queued_at[id(job)] = at
@@ -143,20 +153,30 @@ def tasks(*, stacks: bool = False) -> list[TaskInfo]:
             queued_at[id(job)] = at
             threads[id(job)] = thread
     waiting_in_limiter: set[int] = set()
-    for limiter in list(_all_limiters):
+    with _registry_lock:  # a WeakSet: not to be iterated while a limiter is added
+        limiters = list(_all_limiters)
+    for limiter in limiters:
         with limiter._lock:
-            waiting_in_limiter.update(id(getattr(fn, "__self__", None)) for _, fn, _, _ in limiter._waiting)
+            waiting = [fn for _, fn, _, _ in limiter._waiting]
+        seen.append(waiting)
+        waiting_in_limiter.update(id(getattr(fn, "__self__", None)) for fn in waiting)
     frames = sys._current_frames() if stacks else {}
 
     infos = []
-    for obj in gc.get_objects():
-        if not isinstance(obj, TaskCore):
-            continue
-        info = _describe(obj, now, queued_at, threads, waiting_in_limiter, frames)
+    for task in all_tasks():
+        info = _describe(task, now, queued_at, threads, waiting_in_limiter, frames)
         if info is not None:
             infos.append(info)
+    del seen
     infos.sort(key=lambda info: (info.age is None, -(info.age or 0.0), info.id))
     return infos
+
+
+def all_tasks() -> list[TaskCore]:
+    """Every task object alive (finished or not), found through the garbage
+    collector.  By type alone: ``isinstance()`` would ask each other object
+    for its ``__class__``, and a proxy's answer may raise."""
+    return [obj for obj in gc.get_objects() if issubclass(type(obj), TaskCore)]
 
 
 def _describe(

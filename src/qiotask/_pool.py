@@ -66,6 +66,11 @@ holds on a free-threaded build too:
   of the other length, since a thread made the standby is also woken.
 - ``max_workers``, ``idle_timeout``, ``grow_after`` and ``name`` are set in
   ``__init__``, before the pool is shared, and never changed: read freely.
+- ``_Worker.running``, the job a thread runs now, is stored by that thread
+  alone (before and after each job) and loaded by :meth:`WorkerPool.jobs`
+  from any thread, for ``qiotask.tasks()``: one attribute store and one
+  load, each atomic on every build.  A stale load shows a job that has just
+  returned (or not yet the next one): a listing, nothing decided on it.
 
 Everything else -- the queues, the counters, the idle stack, the standby,
 each worker's job -- is read and changed under the pool's lock only; no

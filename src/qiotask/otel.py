@@ -76,6 +76,7 @@ on a free-threaded build too:
 from __future__ import annotations
 
 import itertools
+import sys
 import threading
 import time
 import weakref
@@ -372,7 +373,7 @@ class _Recorder:
         kind = type(err)
         entry = self.completions.get(kind)
         if entry is None:
-            attributes = {"qiotask.task.outcome": _outcome(err), "error.type": kind.__qualname__}
+            attributes = {"qiotask.task.outcome": _outcome(err), "error.type": _type_name(kind)}
             entry = self.completions.setdefault(kind, (attributes, itertools.count(1)))
         next(entry[1])
 
@@ -416,3 +417,14 @@ def _after_fork_in_child() -> None:
 
 
 _fork.guard(lambda: [_lock], child=_after_fork_in_child)
+
+
+def _type_name(kind: type) -> str:
+    """``error.type`` as OpenTelemetry's conventions want it: the fully
+    qualified class name (``builtins`` left out, as they do for builtins)."""
+    module = kind.__module__
+    if module == "builtins":
+        return kind.__qualname__
+    if module.startswith("qiotask.") and getattr(sys.modules["qiotask"], kind.__name__, None) is kind:
+        return f"qiotask.{kind.__name__}"  # its public name, not its private module's
+    return f"{module}.{kind.__qualname__}"
