@@ -463,3 +463,191 @@ def test_shutdown_with_nothing_in_flight_returns_true_at_once(caplog: pytest.Log
         assert qiotask.shutdown(timeout=None) is True
     assert time.monotonic() - started < 2.0
     assert caplog.records == []
+
+
+def test_shutdown_called_by_two_workers_at_once_raises_in_both_and_never_hangs(tmp_path: Path) -> None:
+    # Each waited for the pool's threads but its own, so for the other: for
+    # ever.  A watchdog in the child ends a hang (exit status 3).
+    done, _ = run_child(
+        tmp_path,
+        """
+        import os, threading
+        import qiotask
+        from qiotask import Task
+
+        watchdog = threading.Timer(10, lambda: os._exit(3))
+        watchdog.daemon = True
+        watchdog.start()
+        both = threading.Barrier(2)
+
+        def worker(task, opaque):
+            both.wait()
+            try:
+                qiotask.shutdown()
+            except RuntimeError as exc:
+                return str(exc)
+            return "returned"
+
+        tasks = [Task(None, name=f"caller-{i}") for i in range(2)]
+        for task in tasks:
+            task.run_in_thread(worker)
+        for task in tasks:
+            task.wait_thread()
+            print(task.result(), flush=True)
+        os._exit(0)
+        """,
+        None,
+    )
+    assert done.returncode == 0, done.stderr  # 3: it hung
+    lines = done.stdout.splitlines()
+    assert len(lines) == 2, done.stdout
+    for line in lines:
+        assert line.startswith("qiotask.shutdown() called on 'qiotask-worker-"), line
+        assert "a thread of pool 'qiotask': it waits for every pool's workers" in line
+
+
+def test_shutdown_with_no_timeout_inside_asyncio_does_not_hang_a_worker_in_from_thread_run(tmp_path: Path) -> None:
+    # The worker waits for the loop (from_thread.run), the loop's thread
+    # waited in shutdown() for the worker: for ever.  Now it is refused,
+    # and the loop goes on to answer the worker.
+    done, _ = run_child(
+        tmp_path,
+        """
+        import asyncio, os, threading
+        import qiotask
+
+        watchdog = threading.Timer(10, lambda: os._exit(3))
+        watchdog.daemon = True
+        watchdog.start()
+
+        async def on_loop():
+            await asyncio.sleep(0)
+            return "answered"
+
+        async def main():
+            asking = threading.Event()
+
+            def worker():
+                asking.wait()
+                return qiotask.from_thread.run(on_loop)
+
+            waiting = asyncio.ensure_future(qiotask.to_thread(worker))
+            await asyncio.sleep(0)  # the worker is submitted
+            asking.set()
+            try:
+                qiotask.shutdown()
+            except RuntimeError as exc:
+                print(exc, flush=True)
+            print(await waiting, flush=True)
+            print(qiotask.shutdown(timeout=5), flush=True)
+
+        asyncio.run(main())
+        """,
+        None,
+    )
+    assert done.returncode == 0, done.stderr  # 3: it hung
+    assert done.stdout.splitlines() == [
+        "qiotask.shutdown() with no timeout inside a running asyncio loop or trio run: it would block that loop "
+        "for as long as workers run, and a worker waiting for it (qiotask.from_thread.run()) for ever; pass a "
+        "timeout, or call it once the loop has returned",
+        "answered",
+        "True",
+    ], done.stderr
+
+
+@pytest.mark.parametrize("framework", ["asyncio", "trio", "MainLoop"])
+def test_shutdown_with_no_timeout_is_refused_inside_a_running_loop_and_changes_nothing(framework: str) -> None:
+    # (A MainLoop runs a MainContext(), whose loop is asyncio's.)
+    results: list[object] = []
+
+    def check() -> None:
+        pool = qiotask.WorkerPool(1, name="kept")
+        for timeout in (None, math.inf):
+            with pytest.raises(RuntimeError, match=r"^qiotask.shutdown\(\) with no timeout inside a running asyncio"):
+                qiotask.shutdown(timeout)
+        results.append(pool._shutdown)  # refused before anything was shut down
+        results.append(qiotask.shutdown(timeout=5))  # a bounded stop of the loop is allowed
+        results.append(pool._shutdown)
+
+    async def main() -> None:
+        check()
+
+    if framework == "asyncio":
+        import asyncio
+
+        asyncio.run(main())
+    elif framework == "trio":
+        trio = pytest.importorskip("trio")
+        trio.run(main)
+    else:
+        context = MainContext(name="refuses")
+        loop = qiotask.MainLoop(context)
+
+        def on_loop() -> None:
+            try:
+                check()
+            finally:
+                loop.quit()
+
+        context.call_soon(on_loop)
+        context.timeout_add(10_000, loop.quit)  # a guard (ms): never hang
+        try:
+            loop.run()
+        finally:
+            context.close()  # type: ignore[attr-defined]
+    assert results == [False, True, True]
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="os.fork() is Unix's")
+def test_in_a_forked_child_tasks_and_shutdown_leave_the_parents_tasks_out(tmp_path: Path) -> None:
+    # Before, the child listed the parent's tasks, and shutdown() counted
+    # them pending: it returned False, with a report of the parent's tasks.
+    done, _ = run_child(
+        tmp_path,
+        """
+        import logging, os, sys, threading, warnings
+        import qiotask
+        from qiotask import Limiter, Task
+
+        watchdog = threading.Timer(20, lambda: os._exit(3))
+        watchdog.daemon = True
+        watchdog.start()
+        running = threading.Event()
+
+        def blocked(task, opaque):
+            running.set()
+            threading.Event().wait()  # for ever
+
+        limiter = Limiter(1)
+        Task(None, name="running").run_in_thread(blocked, limiter=limiter)
+        Task(None, name="queued").run_in_thread(blocked, limiter=limiter)
+        parents = Task(None, name="pending")  # nothing completes it
+        running.wait()
+        print("parent lists", sorted(info.name for info in qiotask.tasks()), flush=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # fork() of a threaded process
+            pid = os.fork()
+        if pid == 0:
+            try:
+                logging.basicConfig(stream=sys.stdout, format="logged: %(message)s")
+                own = Task(None, name="own")
+                print("child lists", sorted(info.name for info in qiotask.tasks()), flush=True)
+                own.complete(1)
+                print("child shutdown", qiotask.shutdown(), flush=True)  # no timeout: nothing to wait for
+                print("child lists", sorted(info.name for info in qiotask.tasks()), flush=True)
+            finally:
+                os._exit(0)
+        _, status = os.waitpid(pid, 0)
+        print("child exit", os.waitstatus_to_exitcode(status), flush=True)
+        os._exit(0)
+        """,
+        None,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [
+        "parent lists ['pending', 'queued', 'running']",
+        "child lists ['own']",
+        "child shutdown True",
+        "child lists []",
+        "child exit 0",
+    ], done.stdout + done.stderr

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import concurrent.futures
 import threading
+import time
+import types
 from collections.abc import Iterator
 from typing import Any
 
@@ -34,6 +36,42 @@ def blocked_worker(started: threading.Event, gate: threading.Event) -> Any:
         return "read"
 
     return worker
+
+
+def test_a_task_that_waits_for_a_limiter_slot_is_aged_from_its_submit_to_its_end(
+    make_pool: MakePool, release: threading.Event, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The limiter's clock runs 100 s behind: an age near 100 s is counted
+    # from the limiter's submit, one near 0 from the pool's.
+    real = time.monotonic
+    monkeypatch.setattr(qiotask._limiter, "time", types.SimpleNamespace(monotonic=lambda: real() - 100.0))
+    pool = make_pool(2)
+    limiter = qiotask.Limiter(1)
+    context = qiotask.MainContext(name="limited")
+    first_started, second_started, second_gate = threading.Event(), threading.Event(), threading.Event()
+    first: qiotask.Task[Any] = qiotask.Task(None, name="first", context=context)
+    first.run_in_thread(blocked_worker(first_started, release), pool=pool, limiter=limiter)
+    assert first_started.wait(10)
+    second: qiotask.Task[Any] = qiotask.Task(None, name="second", context=context)
+    second.run_in_thread(blocked_worker(second_started, second_gate), pool=pool, limiter=limiter)
+    try:
+        infos = by_name(qiotask.tasks())
+        assert infos["second"].waiting_for == "limiter"
+        assert infos["second"].age is not None and 100.0 <= infos["second"].age < 110.0  # was None
+        assert infos["first"].age is not None and infos["first"].age < 10.0  # never waited: from its pool's submit
+
+        release.set()  # the first returns; its slot goes to the second
+        assert second_started.wait(10)
+        infos = by_name(qiotask.tasks())
+        assert infos["second"].waiting_for == "worker"
+        assert infos["second"].age is not None and 100.0 <= infos["second"].age < 110.0  # still from the limiter
+    finally:
+        release.set()
+        second_gate.set()
+        LoopRunner(context).run_until_done(first, second)
+        context.close()  # type: ignore[attr-defined]
+    assert first.result() == second.result() == "read"
+    assert limiter._waited == {}  # nothing kept past the delivery
 
 
 @pytest.mark.qiotask_loops
@@ -81,7 +119,7 @@ def test_each_stage_is_listed_with_what_it_waits_for(
 
     assert infos["limited"].state is qiotask.TaskState.QUEUED
     assert infos["limited"].waiting_for == "limiter"
-    assert infos["limited"].age is None  # not submitted to a pool yet
+    assert infos["limited"].age is not None  # counted from its run_in_thread, in the limiter
 
     assert infos["pending"].state is qiotask.TaskState.PENDING
     assert infos["pending"].waiting_for == "completion"

@@ -524,6 +524,47 @@ def test_shutdown_with_an_infinite_timeout_waits_without_limit(make_pool: MakePo
     assert pool.statistics()["threads"] == 0
 
 
+def test_shutdown_with_wait_from_the_pools_own_threads_raises_at_once(make_pool: MakePool) -> None:
+    # Two threads of the pool each waiting for the pool's threads would wait
+    # for each other (before: each waited out its timeout and returned
+    # False).  As ThreadPoolExecutor.shutdown(wait=True) from its own
+    # worker, it raises; and it changes nothing, so wait=False still works.
+    pool = make_pool(2)
+    both = threading.Barrier(2)
+    outcomes: list[str] = []
+    lock = threading.Lock()
+
+    def job() -> None:
+        both.wait(TIMEOUT)
+        started = time.monotonic()
+        try:
+            pool.shutdown(wait=True, timeout=TIMEOUT)
+        except RuntimeError as exc:
+            outcome = str(exc)
+        else:
+            outcome = "returned"
+        with lock:
+            outcomes.append(outcome)
+        assert time.monotonic() - started < TIMEOUT / 2
+
+    done = Deliveries(2)
+    pool.submit(job, done)
+    pool.submit(job, done)
+    done.wait()
+    assert done.errors == []
+    assert len(outcomes) == 2
+    for outcome in outcomes:
+        assert "WorkerPool.shutdown(wait=True) called on 'test-pool-worker-" in outcome
+        assert "a thread of pool 'test-pool': it would wait for its own thread; call shutdown(wait=False)" in outcome
+    assert not pool._shutdown  # refused: the pool is left as it was
+
+    stopped = Deliveries()
+    pool.submit(lambda: pool.shutdown(wait=False), stopped)
+    stopped.wait()
+    assert stopped.results == [False]  # its own thread still ran
+    assert pool.shutdown(wait=True, timeout=TIMEOUT) is True
+
+
 @pytest.mark.parametrize(
     ("timeout", "error"),
     [(-1, ValueError), (math.nan, ValueError), ("1", TypeError), (True, TypeError)],

@@ -56,10 +56,11 @@ from the exiting thread and from pool threads whose late completion fails;
 ``_delivery.on_closed`` is set once, before any context closes, and read
 without a lock (one load of a module global).  The states of tasks are read
 without their lock only to choose what to wait for; every decision is a
-move (``cancel()``), or a wait on the task's own event.  ``_inherited`` is
-filled in a forked child by its at-fork handler, while the child has one
-thread, and only asked (one set lookup) afterwards.  ``shutdown()`` may run
-on a loop's own thread inside that loop's dispatch (from ``func``): the
+move (``cancel()``), or a wait on the task's own event.  In a forked
+child, ``_inspect.all_tasks()`` leaves out the tasks it inherited (see
+``_inspect._inherited``).  ``shutdown()`` may run on a loop's own thread
+inside that loop's dispatch (from ``func``; with a timeout if that loop
+is asyncio's or trio's): the
 dispatch it runs then is a nested one, which the queue allows (each item is
 taken by one ``popleft``).
 """
@@ -71,14 +72,13 @@ import logging
 import os
 import threading
 import time
-import weakref
 from collections.abc import Iterable, Sequence
 
-from . import _delivery, _trace
+from . import _adapters, _delivery, _trace
 from ._checks import check_duration, wait_timeout
 from ._context import MainContext, all_contexts
 from ._driver import ClosedAtExit
-from ._inspect import TaskInfo, all_tasks, tasks
+from ._inspect import TaskInfo, all_tasks, inherited_tasks, tasks
 from ._pool import all_pools
 from ._state import COMPLETING, DELIVERING, FINISHED, QUEUED, RUNNING, TaskCore
 
@@ -169,20 +169,46 @@ def shutdown(timeout: float | None = None) -> bool:
     What is left when it returns False is logged in one WARNING on the
     ``qiotask`` logger, as the exit report is (docs/tracing.md).
 
+    It waits for workers, so it cannot run in one: called on a pool
+    thread, it raises.  With no timeout it cannot run inside a running
+    asyncio loop (a ``MainLoop`` running a ``MainContext()`` included) or
+    trio run either: that loop would stop while it waits,
+    and a worker waiting for the loop (``qiotask.from_thread.run()``) would
+    wait for ever; it raises, and a timeout bounds the stop.
+
     Args:
         timeout: seconds, or None (or ``math.inf``) to wait as long as
             workers run.
 
     Returns:
-        True if no task is left pending (``qiotask.stats()["pending"]``).
+        True if no task is left pending (``qiotask.stats()["pending"]``;
+        in a forked child, not counting the tasks it inherited, which are
+        the parent's).
 
     Raises:
         TypeError, ValueError: ``timeout`` is not a number of seconds.
+        RuntimeError: called on a thread of a pool (a worker, or a
+            completion run there), or with no timeout inside a running
+            asyncio loop or trio run.  Nothing was shut down.
     """
     seconds = wait_timeout(check_duration(timeout, "shutdown", optional=True))
+    me = threading.current_thread()
+    for pool in all_pools():
+        if pool._owns(me):
+            # It would wait for this thread's own worker; and two workers
+            # calling it would each wait for the other.
+            raise RuntimeError(
+                f"qiotask.shutdown() called on {me.name!r}, a thread of pool {pool.name!r}: it waits for every "
+                "pool's workers, this thread's too; call it from a thread outside the pools"
+            )
+    if seconds is None and _adapters.async_adapter() is not None:
+        raise RuntimeError(
+            "qiotask.shutdown() with no timeout inside a running asyncio loop or trio run: it would block "
+            "that loop for as long as workers run, and a worker waiting for it (qiotask.from_thread.run()) "
+            "for ever; pass a timeout, or call it once the loop has returned"
+        )
     started = time.monotonic()
     deadline = None if seconds is None else started + seconds
-    me = threading.current_thread()
     own = [ctx for ctx in all_contexts() if not ctx.closed and ctx.thread is me]
     if own:
         _drain_pools_serving(own, deadline)
@@ -194,9 +220,9 @@ def shutdown(timeout: float | None = None) -> bool:
             # This thread's own loop: run what is queued for it here, as the
             # loop would (no other thread can, and it may never run again).
             ctx._dispatch()
-    if _trace.stats()["pending"]:
+    if _pending():
         _wait_for_loops(deadline)  # (a look at every object: only if needed)
-    if _trace.stats()["pending"] == 0:
+    if _pending() == 0:
         return True
     infos = tasks(stacks=True)
     if infos:
@@ -235,20 +261,20 @@ def _drain_pools_serving(own: list[MainContext], deadline: float | None) -> None
 def _in_states(states: Iterable[int]) -> list[TaskCore]:
     """This process's tasks in one of ``states`` now (a lock-free look at
     each state, which only moves forward: whatever is decided after goes
-    through a move).  Not those a forked child inherited: see ``_inherited``."""
+    through a move).  Not those a forked child inherited (``all_tasks()``
+    leaves them out)."""
     wanted = frozenset(states)
-    return [
-        task
-        for task in all_tasks()
-        if getattr(task, "_s", FINISHED) in wanted and not (_inherited and task._context in _inherited)
-    ]
+    return [task for task in all_tasks() if getattr(task, "_s", FINISHED) in wanted]
 
 
-def _inherited_ids() -> set[int]:
-    """In a forked child, the numbers of the tasks it inherited; else none."""
-    if not _inherited:
-        return set()
-    return {task._id for task in all_tasks() if task._context in _inherited}
+def _pending() -> int:
+    """``qiotask.stats()["pending"]``, less, in a forked child, the tasks
+    it inherited that are not finished: the parent's, which no thread of
+    the child will finish."""
+    pending = _trace.stats()["pending"]
+    if pending:
+        pending -= sum(1 for task in inherited_tasks() if getattr(task, "_s", FINISHED) != FINISHED)
+    return pending
 
 
 def _wait_for_loops(deadline: float | None) -> None:
@@ -418,8 +444,7 @@ def _exit_report() -> None:
         if _quietly(task.cancel):  # type: ignore[attr-defined]
             task._retrieved = True  # the report names it
             cancelled.append(task.name)
-    theirs = _inherited_ids()
-    left = [info for info in tasks(stacks=True) if info.waiting_for != "completion" and info.id not in theirs]
+    left = [info for info in tasks(stacks=True) if info.waiting_for != "completion"]
     with _lock:
         _collecting = False
         _named.update(info.id for info in left)
@@ -461,24 +486,6 @@ def _quietly(fn: object) -> bool:
         return False
 
 
-#: In a forked child, the contexts alive at the fork: the parent's, which
-#: ``_context`` closes in the child without running or failing what they
-#: hold.  Their tasks are the parent's too: their workers are not in the
-#: child (nothing to wait for) and their destroy notifiers are the parent's
-#: to run (a cancel here would run them twice), so the exit leaves them
-#: alone.  Filled in the child, while it has one thread, before any of its
-#: own contexts exists; read at exit.
-_inherited: weakref.WeakSet[MainContext] = weakref.WeakSet()
-
-
-def _after_fork_in_child() -> None:
-    # Runs after _context's handler (registered first), which released
-    # the registry's lock in the child.
-    _inherited.update(all_contexts())
-
-
 # Registered when qiotask is imported, before any loop adapter: see the
 # module's docstring for why this one hook does the closing.
 atexit.register(_at_exit)
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -10,7 +10,8 @@ garbage collector for every object it tracks (``gc.get_objects()``: a task
 is a tracked object from its creation), pool and limiter queues are read
 under their own locks, and a pool thread keeps the job it runs in one slot
 (``_Worker.running``): two stores per job, on the pool thread, the only
-cost paid when nobody lists.  A call costs time in proportion to
+cost paid when nobody lists (a job that waits for a :class:`Limiter` slot
+also takes the time it began waiting: only those over the limit).  A call costs time in proportion to
 the number of objects in the process -- milliseconds for a large program --
 so it is for looking, not for polling in a loop.
 
@@ -36,13 +37,16 @@ from __future__ import annotations
 
 import dataclasses
 import gc
+import os
 import reprlib
 import sys
 import threading
 import time
 import traceback
+import weakref
 from typing import Any
 
+from ._context import MainContext, all_contexts
 from ._limiter import _all_limiters, _registry_lock
 from ._pool import all_pools
 from ._state import (
@@ -91,8 +95,9 @@ class TaskInfo:
             ``"executor"`` (its ``run_in_executor`` call), ``"loop"`` (its
             context's loop to run the completion) or ``"callbacks"``
             (``func`` and the notifiers, running now).
-        age: seconds since its worker was submitted to a pool (queued or
-            running), else None.
+        age: seconds since its worker was submitted (queued or running):
+            to its :class:`Limiter`, if it had to wait for a slot, else to
+            its pool; else None.
         context: the name of its context.
         thread: the name of the pool thread running its worker, else None.
         progress: its last ``report_progress()`` as ``(done, total,
@@ -126,7 +131,9 @@ class TaskInfo:
 
 
 def tasks(*, stacks: bool = False) -> list[TaskInfo]:
-    """The tasks alive and not yet finished, oldest first.
+    """The tasks alive and not yet finished, oldest first.  In a forked
+    child, not those it inherited: they are the parent's, and their
+    workers are not in the child.
 
     Args:
         stacks: also take each running worker's stack (``TaskInfo.stack``).
@@ -140,6 +147,7 @@ def tasks(*, stacks: bool = False) -> list[TaskInfo]:
     """
     now = time.monotonic()
     queued_at: dict[int, float] = {}  # id(ThreadJob) -> when submitted
+    job_of: dict[int, int] = {}  # id(fn) -> id(ThreadJob), for the jobs the pools hold
     threads: dict[int, threading.Thread] = {}  # id(ThreadJob) -> the thread running it
     seen: list[Any] = []  # the jobs the ids above name, held so that no id is reused
     for pool in all_pools():
@@ -148,18 +156,32 @@ def tasks(*, stacks: bool = False) -> list[TaskInfo]:
         for fn, at in queued:
             job = getattr(fn, "__self__", None)
             queued_at[id(job)] = at
+            job_of[id(fn)] = id(job)
         for thread, fn, at in running:
             job = getattr(fn, "__self__", None)
             queued_at[id(job)] = at
+            job_of[id(fn)] = id(job)
             threads[id(job)] = thread
     waiting_in_limiter: set[int] = set()
     with _registry_lock:  # a WeakSet: not to be iterated while a limiter is added
         limiters = list(_all_limiters)
     for limiter in limiters:
         with limiter._lock:
-            waiting = [fn for _, fn, _, _ in limiter._waiting]
+            waiting = [(fn, at) for _, fn, _, _, at in limiter._waiting]
+            waited = list(limiter._waited.items())
         seen.append(waiting)
-        waiting_in_limiter.update(id(getattr(fn, "__self__", None)) for fn in waiting)
+        for fn, at in waiting:
+            key = id(getattr(fn, "__self__", None))
+            waiting_in_limiter.add(key)
+            queued_at[key] = at
+        # A job that waited for a slot counts its age from then, not from
+        # its hand-over to the pool.  Read after the pools: an id in
+        # _waited names a job alive now, and one seen in a pool is held, so
+        # the same id is the same job.
+        for fn_id, at in waited:
+            handed = job_of.get(fn_id)
+            if handed is not None:
+                queued_at[handed] = at
     frames = sys._current_frames() if stacks else {}
 
     infos = []
@@ -173,10 +195,24 @@ def tasks(*, stacks: bool = False) -> list[TaskInfo]:
 
 
 def all_tasks() -> list[TaskCore]:
-    """Every task object alive (finished or not), found through the garbage
-    collector.  By type alone: ``isinstance()`` would ask each other object
-    for its ``__class__``, and a proxy's answer may raise."""
-    return [obj for obj in gc.get_objects() if issubclass(type(obj), TaskCore)]
+    """Every task object of this process alive (finished or not), found
+    through the garbage collector; in a forked child, not those it
+    inherited (:func:`inherited_tasks`).  By type alone: ``isinstance()``
+    would ask each other object for its ``__class__``, and a proxy's answer
+    may raise."""
+    every = [obj for obj in gc.get_objects() if issubclass(type(obj), TaskCore)]
+    if not _inherited:
+        return every
+    return [task for task in every if getattr(task, "_context", None) not in _inherited]
+
+
+def inherited_tasks() -> list[TaskCore]:
+    """In a forked child, the task objects it inherited that are alive
+    (finished or not); else none."""
+    if not _inherited:
+        return []
+    every = [obj for obj in gc.get_objects() if issubclass(type(obj), TaskCore)]
+    return [task for task in every if getattr(task, "_context", None) in _inherited]
 
 
 def _describe(
@@ -286,3 +322,27 @@ def _progress_text(progress: tuple[float, float | None, str | None] | None) -> s
     done, total, message = progress
     text = f"{done:g}" if total is None else f"{done:g}/{total:g}"
     return f"{text} {message}" if message else text
+
+
+# -- fork -----------------------------------------------------------------------
+
+#: In a forked child, the contexts alive at the fork: the parent's, which
+#: ``_context`` closes in the child without running or failing what they
+#: hold.  Their tasks are the parent's too: their workers are not in the
+#: child, and their destroy notifiers are the parent's to run, so the child
+#: neither lists them (:func:`tasks`), nor waits for, cancels or reports
+#: them (``_exit``).  A task's context is set before the task is shared and
+#: never changed.  Filled in the child, while it has one thread, before any
+#: of its own contexts exists; afterwards only asked (a set lookup).
+_inherited: weakref.WeakSet[MainContext] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    # Runs after _context's handler (registered first: this module imports
+    # it), which released the registry's lock in the child.  Not a
+    # _fork.guard: the tests run those handlers in the parent by hand.
+    _inherited.update(all_contexts())
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -25,6 +25,10 @@ Guarantees:
 - A waiting job whose pool was shut down meanwhile is delivered
   ``deliver(None, RuntimeError)`` by the thread that tried to start it,
   as the pool would have told its owner had it refused the job at once.
+- A job that waited keeps the ``time.monotonic()`` of its ``_submit``
+  until it is delivered (``_waited``, taken on the waiting path only), so
+  that ``qiotask.tasks()`` counts its age from there, through the
+  hand-over to its pool.
 - After ``os.fork()`` the child starts every limiter empty (the jobs that
   held its slots belong to the parent's threads, which the child does not
   have).  The fork happens while every limiter's lock is held, so the child
@@ -36,6 +40,7 @@ from __future__ import annotations
 import functools
 import logging
 import threading
+import time
 import weakref
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -49,8 +54,9 @@ __all__ = ["Limiter"]
 logger = logging.getLogger("qiotask")
 
 Deliver = Callable[[Any, "BaseException | None"], None]
-# (the pool it was meant for, fn, deliver, the pool priority)
-_Waiting = tuple[WorkerPool, Callable[[], Any], Deliver, int]
+# (the pool it was meant for, fn, deliver, the pool priority, the
+# time.monotonic() of its _submit)
+_Waiting = tuple[WorkerPool, Callable[[], Any], Deliver, int, float]
 
 #: Every limiter, for the fork handlers; added to under _registry_lock (a
 #: WeakSet is not safe to add to while another thread iterates it).
@@ -73,7 +79,7 @@ class Limiter:
         ValueError: ``limit`` is below 1.
     """
 
-    __slots__ = ("__weakref__", "_limit", "_lock", "_running", "_total", "_waiting")
+    __slots__ = ("__weakref__", "_limit", "_lock", "_running", "_total", "_waited", "_waiting")
 
     def __init__(self, limit: int) -> None:
         self._limit = _check_limit(limit, "Limiter")
@@ -82,14 +88,18 @@ class Limiter:
             _all_limiters.add(self)
 
     def _reset(self) -> None:
-        # _lock guards _limit (once constructed), _running, _total and
-        # _waiting: the decision "start now or wait" and the hand-over of a
+        # _lock guards _limit (once constructed), _running, _total, _waiting
+        # and _waited: the decision "start now or wait" and the hand-over of a
         # freed slot must see the same count.  It is never held while a pool
         # or a deliver callback is called.
         self._lock = threading.Lock()
         self._running = 0  # jobs handed to a pool and not yet delivered
         self._total = 0  # jobs handed to a pool since creation
         self._waiting: deque[_Waiting] = deque()
+        # id(fn) -> when it began waiting, for each job that waited and was
+        # handed to its pool, until it is delivered (fn is alive until then:
+        # its pool holds it, so the id names it): for qiotask.tasks().
+        self._waited: dict[int, float] = {}
 
     # -- the limit ------------------------------------------------------------
 
@@ -149,7 +159,8 @@ class Limiter:
         """
         with self._lock:
             if self._running >= self._limit:
-                self._waiting.append((pool, fn, deliver, priority))
+                # Only jobs over the limit pay for the clock (for tasks()).
+                self._waiting.append((pool, fn, deliver, priority, time.monotonic()))
                 return
             self._running += 1
             self._total += 1
@@ -172,6 +183,15 @@ class Limiter:
                 self._running -= 1
             self._start_waiting()
 
+    def _delivered_after_wait(self, key: int, deliver: Deliver, result: Any, exc: BaseException | None) -> None:
+        # _delivered, for a job that waited: then it leaves _waited (its
+        # pool still holds fn until this returns, so the key is still its).
+        try:
+            self._delivered(deliver, result, exc)
+        finally:
+            with self._lock:
+                self._waited.pop(key, None)
+
     def _start_waiting(self) -> None:
         """Hand waiting jobs to their pools while slots are free."""
         while True:
@@ -181,13 +201,15 @@ class Limiter:
                 job = self._waiting.popleft()
                 self._running += 1
                 self._total += 1
-            pool, fn, deliver, priority = job
+                pool, fn, deliver, priority, since = job
+                self._waited[id(fn)] = since
             try:
-                pool.submit(fn, functools.partial(self._delivered, deliver), priority)
+                pool.submit(fn, functools.partial(self._delivered_after_wait, id(fn), deliver), priority)
             except BaseException as exc:
                 with self._lock:
                     self._running -= 1
                     self._total -= 1
+                    del self._waited[id(fn)]
                     if not isinstance(exc, Exception):
                         # KeyboardInterrupt in the setting thread: the job
                         # keeps its place for the next free slot.

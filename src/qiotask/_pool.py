@@ -732,10 +732,23 @@ class WorkerPool:
         Raises:
             TypeError: ``timeout`` is not a number or None.
             ValueError: ``timeout`` is negative or NaN.
+            RuntimeError: ``wait`` is true and this is one of the pool's
+                own threads, which cannot exit while it waits (as
+                ``ThreadPoolExecutor.shutdown()`` cannot join its own
+                thread; two such calls would wait for each other for ever):
+                call ``shutdown(wait=False)`` there.  The pool is left as
+                it was.
         """
         limit = wait_timeout(check_duration(timeout, "shutdown", optional=True))
+        me = threading.current_thread()
         arm = None
         with self._lock:
+            if wait and me in self._threads:
+                raise RuntimeError(
+                    f"WorkerPool.shutdown(wait=True) called on {me.name!r}, a thread of pool {self.name!r}: "
+                    "it would wait for its own thread; call shutdown(wait=False) there, or wait from a thread "
+                    "outside the pool"
+                )
             self._shutdown = True
             sleepers, self._idle = self._idle, []
             if self._standby is not None:
@@ -749,20 +762,24 @@ class WorkerPool:
                 arm = self._watch_locked()
         if arm is not None:
             self._arm_grow(arm)
-        me = threading.current_thread()
         with self._lock:
             threads = list(self._threads)
             if wait:
                 # Wait on the bookkeeping, not on join(): a thread may be
                 # registered but not started yet (submit starts it after
                 # releasing the lock), and join() refuses those.
-                self._exited.wait_for(lambda: not (self._threads - {me}), limit)
-            left = self._threads - {me}
+                self._exited.wait_for(lambda: not self._threads, limit)
+            left = set(self._threads)
         if wait:
             for thread in threads:
-                if thread is not me and thread not in left and thread.ident is not None:
+                if thread not in left and thread.ident is not None:
                     thread.join()  # it has left the pool: only its return is left
         return not left
+
+    def _owns(self, thread: threading.Thread) -> bool:
+        """Whether ``thread`` is one of this pool's threads now."""
+        with self._lock:
+            return thread in self._threads
 
     def jobs(
         self,
