@@ -10,10 +10,11 @@ from typing import Any
 import pytest
 
 import qiotask
-from qiotask import Task, TaskCancelled, TaskGroup, from_thread
+from qiotask import ContextClosedError, Task, TaskCancelled, TaskGroup, from_thread
 
 from .backends import open_backend
-from .conftest import LoopRunner
+from .conftest import TIMEOUT, LoopRunner, wait_for
+from .interleave import interleaving
 
 var: contextvars.ContextVar[str] = contextvars.ContextVar("var", default="unset")
 
@@ -235,3 +236,96 @@ def test_run_keeps_no_cancel_hook_once_it_returned() -> None:
     total, hooks = asyncio.run(main())
     assert total == 50
     assert not hooks
+
+
+# -- the loop goes away while a call waits --------------------------------------------------
+
+
+def _call_as_the_loop_closes(call: Any, close: Any) -> BaseException | None:
+    """Run a worker on a stopped asyncio loop that makes ``call()``;
+    ``close(loop)`` closes the loop (once the request is on its way);
+    return what the call raised (None if it returned)."""
+    loop = asyncio.new_event_loop()
+    ctx = qiotask.attach(loop)
+    outcome: list[BaseException | None] = []
+
+    def worker(task: Task[Any], opaque: Any) -> None:
+        try:
+            call()
+        except BaseException as exc:
+            outcome.append(exc)
+        else:
+            outcome.append(None)
+
+    task = Task(None, context=ctx)
+    try:
+        task.run_in_thread(worker)
+        close(loop)
+    finally:
+        loop.close()
+    # The worker's own completion then fails too: the loop is gone.
+    wait_for(lambda: bool(outcome) and task.done(), timeout=TIMEOUT, what="the worker's call to give up")
+    assert isinstance(task.exception(), ContextClosedError)
+    assert len(outcome) == 1
+    return outcome[0]
+
+
+CALLS = pytest.mark.parametrize(
+    "call", [lambda: from_thread.run(on_the_loop, 1), lambda: from_thread.run_sync(where)], ids=["run", "run_sync"]
+)
+
+
+@CALLS
+def test_a_call_queued_on_a_stopped_loop_fails_when_the_loop_closes(call: Any) -> None:
+    # The request reached the loop, which is not running; close() drops
+    # what it still holds.  The worker must hear of it, not wait for ever.
+    def close(loop: asyncio.AbstractEventLoop) -> None:
+        # asyncio's ready queue: there is no event to wait on for "a
+        # callback was handed to a loop that is not running".
+        wait_for(lambda: len(loop._ready) > 0, what="the request to reach the loop")  # type: ignore[attr-defined]
+        loop.close()
+
+    assert isinstance(_call_as_the_loop_closes(call, close), ContextClosedError)
+
+
+def test_run_whose_request_is_queued_as_the_loop_closes_fails() -> None:
+    # run()'s request goes through the context's queue, as run_sync()'s
+    # does: queued, its wake-up not sent yet when the loop closes, the
+    # wake-up finds the loop closed and fails what waits for it.
+    with interleaving() as il:
+        waking = il.pause("context.wakeup")
+
+        def close(loop: asyncio.AbstractEventLoop) -> None:
+            waking.wait_reached()
+            loop.close()
+            waking.release()
+
+        assert isinstance(_call_as_the_loop_closes(lambda: from_thread.run(on_the_loop, 1), close), ContextClosedError)
+
+
+def test_run_whose_coroutine_is_pending_when_its_loop_closes_fails() -> None:
+    # Started, the coroutine is the loop's; a loop closed with it pending
+    # (not by asyncio.run(), which cancels it) must not keep the worker.
+    loop = asyncio.new_event_loop()
+    ctx = qiotask.attach(loop)
+    outcome: list[BaseException] = []
+    started = asyncio.Event()
+
+    async def forever() -> None:
+        started.set()
+        await asyncio.Event().wait()
+
+    def worker(task: Task[Any], opaque: Any) -> None:
+        try:
+            from_thread.run(forever)
+        except BaseException as exc:
+            outcome.append(exc)
+
+    task = Task(None, context=ctx)
+    try:
+        task.run_in_thread(worker)
+        loop.run_until_complete(started.wait())
+    finally:
+        loop.close()
+    wait_for(lambda: bool(outcome) and task.done(), timeout=TIMEOUT, what="the worker's call to give up")
+    assert isinstance(outcome[0], ContextClosedError) and "closed before" in str(outcome[0])

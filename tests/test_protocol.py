@@ -368,6 +368,91 @@ def test_close_racing_a_post_fails_the_item_once(open_loop_context: Any, point: 
     assert isinstance(task.exception(), ContextClosedError)
 
 
+# -- a hand-over that raises -------------------------------------------------------------
+#
+# The worker's done step (or a complete() from another thread) hands the
+# completion to the context with post().  If that raises, the task must
+# still finish, once, with its notifiers run: never left COMPLETING.
+
+
+def fail_next_wakeup(ctx: qiotask.MainContext, monkeypatch: pytest.MonkeyPatch, error: BaseException) -> None:
+    """Make the context's next wake-up raise ``error`` (a self-pipe that is
+    gone, a toolkit refusing the call)."""
+    real = ctx._wakeup
+    raised: list[BaseException] = []
+
+    def wakeup() -> None:
+        if not raised:
+            raised.append(error)
+            raise error
+        real()
+
+    monkeypatch.setattr(ctx, "_wakeup", wakeup)
+
+
+WAKEUP_ERRORS = pytest.mark.parametrize(
+    "error", [OSError(9, "Bad file descriptor"), RuntimeError("no loop to reach")], ids=["OSError", "RuntimeError"]
+)
+
+
+@WAKEUP_ERRORS
+def test_a_worker_whose_wakeup_raises_still_finishes_once_with_its_notifiers(
+    ctx: qiotask.MainContext,
+    pool: qiotask.WorkerPool,
+    log: Log,
+    error: BaseException,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    task: Task[Any] = Task(None, log.func, None, log.destroyer("destroy"), context=ctx)
+    fail_next_wakeup(ctx, monkeypatch, error)
+    task.run_in_thread(lambda t, o: "result", None, log.destroyer("worker destroy"), pool=pool)
+    wait_for(lambda: "destroy" in log.names(), timeout=TIMEOUT, what="the task to finish")
+    # The loop cannot be reached: the context is closed, and the completion
+    # fails as for a closed context, in the thread that found it so.
+    assert log.names() == ["worker destroy", "destroy"]
+    assert log.thread("destroy").startswith("test-pool")
+    assert isinstance(task.exception(), ContextClosedError)
+    assert ctx.closed
+    assert "wake-up" in caplog.text and str(error) in caplog.text  # reported, not swallowed
+
+
+@WAKEUP_ERRORS
+def test_a_complete_from_another_thread_whose_wakeup_raises_still_finishes_once(
+    ctx: qiotask.MainContext, log: Log, error: BaseException, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    task: Task[Any] = Task(None, log.func, None, log.destroyer("destroy"), context=ctx)
+    fail_next_wakeup(ctx, monkeypatch, error)
+    join(start_thread(task.complete, "completer"))
+    assert task.state is TaskState.FINISHED
+    assert log.names() == ["destroy"] and log.thread("destroy") == "completer"
+    assert isinstance(task.exception(), ContextClosedError)
+
+
+def test_a_worker_whose_post_raises_still_finishes_once_with_its_notifiers(
+    ctx: qiotask.MainContext, pool: qiotask.WorkerPool, log: Log, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The post raises before the completion is queued (a MemoryError in
+    # the enqueue step): nothing will ever dispatch it.
+    real = ctx.post
+    failures = [MemoryError("no room to queue")]
+
+    def post(item: Any) -> None:
+        if failures:
+            raise failures.pop()
+        real(item)
+
+    monkeypatch.setattr(ctx, "post", post)
+    task: Task[Any] = Task(None, log.func, None, log.destroyer("destroy"), context=ctx)
+    task.run_in_thread(lambda t, o: "result", None, log.destroyer("worker destroy"), pool=pool)
+    wait_for(lambda: "destroy" in log.names(), timeout=TIMEOUT, what="the task to finish")
+    assert log.names() == ["worker destroy", "destroy"]
+    assert log.thread("destroy").startswith("test-pool")
+    err = task.exception()
+    assert isinstance(err, ContextClosedError) and "MemoryError('no room to queue')" in str(err)
+    assert not ctx.closed  # only this completion was lost to the loop
+
+
 # -- deadlines against completion --------------------------------------------------------
 
 

@@ -10,7 +10,8 @@ thread, as::
     finish (the source and callbacks released, wait() woken)
 
 If the loop went away first, the same runs in the thread that finds it gone,
-without ``func`` (its thread is gone) and with ``ContextClosedError``.
+without ``func`` (its thread is gone) and with ``ContextClosedError``; so it
+does in the posting thread if the post itself raises (:func:`post_failed`).
 
 Exceptions from user code: an ``Exception`` goes to the context's exception
 handler and the rest still runs; a ``KeyboardInterrupt``, ``SystemExit`` or
@@ -33,7 +34,17 @@ if TYPE_CHECKING:
     from ._context import MainContext
     from ._state import TaskCore
 
-__all__ = ["ask_cancel", "context_closed", "deliver", "first", "hand_over", "notify", "reraise", "time_out"]
+__all__ = [
+    "ask_cancel",
+    "context_closed",
+    "deliver",
+    "first",
+    "hand_over",
+    "notify",
+    "post_failed",
+    "reraise",
+    "time_out",
+]
 
 logger = logging.getLogger("qiotask")
 
@@ -99,7 +110,26 @@ def hand_over(task: TaskCore) -> None:
     else:
         if task._traced:
             _trace.emit("qio_task_thread_source_attach", task, context=context)
-        context.post(task)  # type: ignore[arg-type]
+        try:
+            context.post(task)  # type: ignore[arg-type]
+        except BaseException as exc:
+            post_failed(task, exc)
+            raise
+
+
+def post_failed(task: TaskCore, exc: BaseException) -> None:
+    """The post of a fixed outcome raised (a MemoryError, an interrupt):
+    the completion may never reach the context thread.  Complete here, as
+    for a closed context, with a ``ContextClosedError`` naming ``exc`` (its
+    ``__cause__`` is the error it hides, if any, as for every such error);
+    once: if the post had queued it, its dispatch finds it made.  The
+    caller then re-raises ``exc``."""
+    context = task._context
+    error = ContextClosedError(
+        f"task {task.name!r}: its completion could not be handed to context {context.name!r} ({exc!r}); "
+        "func was not called"
+    )
+    deliver(task, error)
 
 
 def context_closed(task: TaskCore, context: MainContext) -> None:

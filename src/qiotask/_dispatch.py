@@ -18,7 +18,8 @@ dispatches; whoever learns that the loop is gone closes.
   same lock, then fails what it held with ``item._context_closed(context)``
   in the calling thread.  From then on every post fails its item at once.
   Adapters report "the loop is gone" through this one call; nothing else
-  records it.
+  records it.  A wake-up that raises (other than an interrupt) is the same
+  news: the loop cannot be reached, so the post that sent it closes.
 
 An item is run exactly once or failed exactly once: each is taken from the
 queue by exactly one ``popleft``.
@@ -130,8 +131,15 @@ class Dispatcher:
             context._wakeup()
         except ContextClosedError:
             self.close()
+        except Exception as exc:
+            # Not sent, and nothing else will send it: what waits in the
+            # queue (this item, and those posted since, which count on this
+            # wake-up) would wait for ever.  A loop that cannot be woken is
+            # gone, as far as they can tell: close, and fail them here.
+            context.report_exception(f"the wake-up of {context.name} failed; the context is closed", exc)
+            self.close()
         except BaseException:
-            # Not sent: let the next post try again rather than wait forever.
+            # Not sent (an interrupt): let the next post try again.
             with self._lock:
                 self._scheduled = False
             raise

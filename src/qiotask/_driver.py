@@ -39,7 +39,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from . import _fork
-from ._errors import TaskStateError
+from ._errors import ContextClosedError, TaskStateError
 
 if TYPE_CHECKING:
     from ._context import MainContext
@@ -109,6 +109,16 @@ class ContextPort:
         context = self._context()
         if context is not None:
             context._dispatch()
+
+    def post(self, item: Dispatchable) -> None:
+        """From any thread: ``item._dispatch()`` on the loop's thread, or
+        ``item._context_closed(context)`` here if the context is closed
+        (the context's own post: a request a driver makes of its loop
+        fails with the context, as every completion does)."""
+        context = self._context()
+        if context is None:
+            raise ContextClosedError("the context was freed")
+        context._dispatcher.post(item)
 
     def loop_gone(self) -> bool:
         """The loop is gone for good: the context is closed and what is

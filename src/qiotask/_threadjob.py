@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, cast
 from . import _deadline, _points, _trace
 from . import _pool as _pool_module
 from ._checks import ASYNC_FLAGS, awaitable_type, check_callable, check_duration, check_sync, refuse_awaitable
-from ._delivery import deliver, hand_over, notify, reraise, time_out
+from ._delivery import deliver, hand_over, notify, post_failed, reraise, time_out
 from ._errors import ContextClosedError, TaskStateError
 from ._limiter import Limiter
 from ._pool import WorkerPool
@@ -127,7 +127,11 @@ class ThreadJob(JobCore):
             pending = notify(task, released[1], "result destroy notifier", released[0])
         if task._traced:
             _trace.emit("qio_task_thread_source_attach", task, context=task._context)
-        task._context.post(task)  # type: ignore[arg-type]
+        try:
+            task._context.post(task)  # type: ignore[arg-type]
+        except BaseException as exc:
+            post_failed(task, exc)  # finished here: never left COMPLETING
+            raise
         if pending is not None:
             raise pending  # only once the completion is on its way
 
@@ -334,7 +338,12 @@ def call_in_main(task: TaskCore, fn: Callable[..., Any], args: tuple[Any, ...]) 
     if _points.hook is not None:
         _points.hook("task.call-in-main", task)
     task._move_publish_main_call(call)  # wait_thread() can serve it from now on
-    context.post(call)
+    try:
+        context.post(call)
+    except BaseException:
+        call._take()  # if still queued, it never runs: nobody waits for it
+        task._move_withdraw_main_call(call)
+        raise
     call.done.wait()
     task._move_withdraw_main_call(call)
     if call.error is not None:

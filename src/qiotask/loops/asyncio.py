@@ -15,6 +15,7 @@ import asyncio
 import concurrent.futures
 import contextvars
 import functools
+import logging
 import threading
 import types
 from collections.abc import Awaitable, Callable, Generator
@@ -32,6 +33,10 @@ __all__ = ["AsyncioContext", "AsyncioDriver", "EmbeddedContext", "resolve_soon"]
 _ATTR = "_qiotask_context"
 _fallback: dict[int, AsyncioContext] = {}  # loops that refuse attributes
 _attach_lock = threading.Lock()
+logger = logging.getLogger("qiotask")
+#: How often (seconds) a worker in ``from_thread.run()`` looks whether the
+#: loop closed under its running coroutine: the longest it then waits.
+_CLOSED_CHECK = 0.5
 
 
 class AsyncioDriver(LoopDriver):
@@ -49,13 +54,15 @@ class AsyncioDriver(LoopDriver):
             self.probe = loop.is_closed
 
     def wake(self) -> None:
+        wake = _Wake()
+        wake.port = self.port
         try:
             if _get_running_loop() is self.loop:
                 # On the thread running the loop (a batch's end): no
                 # self-pipe write needed.
-                self.loop.call_soon(self.port.dispatch)
+                self.loop.call_soon(wake)
             else:
-                self.loop.call_soon_threadsafe(self.port.dispatch)
+                self.loop.call_soon_threadsafe(wake)
         except RuntimeError as exc:
             if self.loop.is_closed():
                 raise ContextClosedError(f"{self.port.name}: the event loop is closed") from exc
@@ -104,7 +111,9 @@ class AsyncioDriver(LoopDriver):
         loop = self.loop
         latch = CancelLatch()
 
-        def start() -> None:
+        def start() -> None:  # on the loop's thread, from the context's queue
+            if not done.set_running_or_notify_cancel():
+                return  # the worker's post failed: it waits no more
             if latch.asked:
                 done.set_exception(TaskCancelled(f"from_thread.run(): cancelled before {async_fn!r} started"))
                 return
@@ -133,14 +142,29 @@ class AsyncioDriver(LoopDriver):
                 if not done.done():
                     done.set_exception(ContextClosedError(f"from_thread.run(): {self.port.name}: the loop is closed"))
 
+        # Through the context's queue, as run_sync's request goes: if the
+        # loop is gone, or goes before it ran the request, the queue fails
+        # it (_Start._context_closed) and the wait below ends.
         try:
-            loop.call_soon_threadsafe(start)
-        except RuntimeError as exc:
-            if loop.is_closed():
-                raise ContextClosedError(f"from_thread.run(): {self.port.name}: the event loop is closed") from exc
+            self.port.post(_Start(start, done, async_fn))
+        except BaseException:
+            done.cancel()  # if still queued, it never starts: nobody waits for it
             raise
         on_cancel(stop)
-        return done.result()
+        # Once started, the coroutine is the loop's; asyncio.run() cancels
+        # it on its way out, but a loop closed with it pending (run_until_
+        # complete() of something else, then close()) says nothing, and no
+        # callback of a closed loop runs again.  So look now and then.
+        while True:
+            try:
+                return done.result(_CLOSED_CHECK)
+            except TimeoutError:
+                if done.done():  # the coroutine's own TimeoutError, or it just finished
+                    return done.result()
+                if loop.is_closed() and not done.done():
+                    raise ContextClosedError(
+                        f"from_thread.run(): {self.port.name}: the event loop closed before {async_fn!r} finished"
+                    ) from None
 
     def run(self) -> None:
         if self.loop.is_closed():
@@ -155,6 +179,62 @@ class AsyncioDriver(LoopDriver):
 
 def _fd_ready(port: ContextPort, fd: int, _keepsake: object) -> None:
     port.fd_ready(fd)
+
+
+class _Wake:
+    """What a wake-up hands to the loop: called, it runs the context's batch.
+
+    asyncio has no word for "the loop closed": ``close()`` drops the
+    callbacks it still holds, and whatever waits in the context's queue for
+    this one would wait for ever (a worker in ``from_thread.run_sync()``
+    or ``run()``, a completion).  Dropped unrun, this callback says it for
+    them: its ``__del__`` runs where the last reference goes -- in
+    ``close()``, in the thread closing the loop -- and reports the loop gone
+    (``port.loop_gone()``), which fails what the queue holds there, as any
+    close does.  Called, it lets go of the port first.  (A loop freed
+    unclosed by the cyclic GC has its context freed with it: the port then
+    does nothing.)  Made with no ``__init__``: one per batch, on the hot path.
+    """
+
+    __slots__ = ("port",)
+    port: ContextPort | None
+
+    def __call__(self) -> None:
+        port, self.port = self.port, None  # run: nothing to report when dropped
+        if port is not None:
+            port.dispatch()
+
+    def __del__(self) -> None:
+        if self.port is not None:
+            try:
+                self.port.loop_gone()
+            except BaseException:  # from a destroy notifier: nowhere to raise it in a __del__
+                logger.exception("exception while failing what waited for a closed asyncio loop")
+
+
+class _Start:
+    """``from_thread.run()``'s request in the context's queue: started on
+    the loop, or failed with the context (``done`` then holds
+    ``ContextClosedError``).  ``done`` is ``concurrent.futures``': its
+    ``set_running_or_notify_cancel()`` decides start-or-refuse against the
+    worker's own ``cancel()``, under the future's lock."""
+
+    __slots__ = ("async_fn", "done", "start")
+
+    def __init__(
+        self, start: Callable[[], None], done: concurrent.futures.Future[Any], async_fn: Callable[..., Any]
+    ) -> None:
+        self.start = start
+        self.done = done
+        self.async_fn = async_fn
+
+    def _dispatch(self) -> None:
+        self.start()
+
+    def _context_closed(self, context: MainContext) -> None:
+        if self.done.set_running_or_notify_cancel():
+            what = f"from_thread.run(): context {context.name!r} is gone; {self.async_fn!r} never started"
+            self.done.set_exception(ContextClosedError(what))
 
 
 class EmbeddedDriver(AsyncioDriver):
