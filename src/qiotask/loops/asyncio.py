@@ -158,7 +158,7 @@ class AsyncioDriver(LoopDriver):
         while True:
             try:
                 return done.result(_CLOSED_CHECK)
-            except TimeoutError:
+            except concurrent.futures.TimeoutError:  # (not the builtin one on Python 3.10)
                 if done.done():  # the coroutine's own TimeoutError, or it just finished
                     return done.result()
                 if loop.is_closed() and not done.done():
