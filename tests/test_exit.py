@@ -41,7 +41,11 @@ def run_child(tmp_path: Path, body: str, exit_timeout: str | None) -> tuple[subp
     """Run ``body`` as a script (so that its source lines can be shown) in a
     fresh interpreter (warnings are errors) with QIOTASK_EXIT_TIMEOUT set to
     ``exit_timeout`` (None: unset); return the finished process and how
-    long it took."""
+    long it took.  The script may ``from say import say``: ``say(line)``
+    prints a line in one write, for notifiers that run on several pool
+    threads at once (print()'s separate writes of a line and its end
+    interleave between threads)."""
+    (tmp_path / "say.py").write_text('def say(line):\n    print(line + "\\n", end="", flush=True)\n')
     script = tmp_path / "child.py"
     script.write_text(textwrap.dedent(body))
     env = dict(os.environ)
@@ -63,6 +67,7 @@ BLOCKED_WORKERS = """
     import threading, time
     import qiotask
     from qiotask import Task
+    from say import say
 
     started = threading.Barrier(5)
 
@@ -71,9 +76,9 @@ BLOCKED_WORKERS = """
         time.sleep(30)  # the line the report must show
 
     for i in range(4):
-        Task(None, name=f"sleeper-{i}").run_in_thread(sleeper, i, lambda o: print("destroyed sleeper", o, flush=True))
-    quick = Task(None, name="quick", destroy=lambda o: print("destroyed quick", flush=True))
-    quick.run_in_thread(lambda task, opaque: "done", "q", lambda o: print("destroyed quick's worker", flush=True))
+        Task(None, name=f"sleeper-{i}").run_in_thread(sleeper, i, lambda o: say(f"destroyed sleeper {o}"))
+    quick = Task(None, name="quick", destroy=lambda o: say("destroyed quick"))
+    quick.run_in_thread(lambda task, opaque: "done", "q", lambda o: say("destroyed quick's worker"))
     started.wait()  # the four sleep: they are cut off, not queued
     print("exiting", flush=True)
 """
@@ -144,12 +149,13 @@ def test_workers_that_return_within_the_exit_timeout_end_the_wait(tmp_path: Path
         """
         import time
         from qiotask import Task
+        from say import say
 
         def short(task, opaque):
             time.sleep(0.3)
 
         for i in range(3):
-            Task(None, name=f"short-{i}").run_in_thread(short, i, lambda o: print("destroyed", o, flush=True))
+            Task(None, name=f"short-{i}").run_in_thread(short, i, lambda o: say(f"destroyed {o}"))
         """,
         "30",
     )
@@ -171,11 +177,12 @@ def test_workers_queued_at_exit_still_fan_out_while_it_waits(tmp_path: Path) -> 
         import time
         import qiotask
         from qiotask import Task
+        from say import say
 
         pool = qiotask.WorkerPool(8, grow_after=None, name="eight")
         for i in range(8):
             Task(None, name=f"second-{i}").run_in_thread(
-                lambda task, opaque: time.sleep(1), i, lambda o: print("destroyed", o, flush=True), pool=pool
+                lambda task, opaque: time.sleep(1), i, lambda o: say(f"destroyed {o}"), pool=pool
             )
         """,
         "30",
