@@ -99,15 +99,7 @@ def _draw_group(rate_axes: Axes, p99_axes: Axes, group: Group) -> None:
     colors = [OURS if r.ours else REFERENCE if r.contender == group.reference else PEER for r in rows]
     reference = next((r for r in rows if r.contender == group.reference), None)
 
-    rates = [_spread(r.jobs_per_s) for r in rows]
-    rate_axes.barh(
-        names,
-        [m for m, _, _ in rates],
-        xerr=[[lo for _, lo, _ in rates], [hi for _, _, hi in rates]],
-        color=colors,
-        capsize=3,
-        error_kw={"elinewidth": 1},
-    )
+    rates = _bars(rate_axes, names, [_spread(r.jobs_per_s) for r in rows], colors)
     rate_axes.set_title(
         f"{group.title}: jobs/s, and the ratio to {group.reference}",
         fontsize=9,
@@ -137,15 +129,7 @@ def _draw_group(rate_axes: Axes, p99_axes: Axes, group: Group) -> None:
     rate_axes.set_xlim(0, widest * 1.25)
     rate_axes.set_ylim(-0.6, len(rows) - 0.1)
 
-    p99s = [_spread(r.p99_us) for r in rows]
-    p99_axes.barh(
-        names,
-        [m for m, _, _ in p99s],
-        xerr=[[lo for _, lo, _ in p99s], [hi for _, _, hi in p99s]],
-        color=colors,
-        capsize=3,
-        error_kw={"elinewidth": 1},
-    )
+    p99s = _bars(p99_axes, names, [_spread(r.p99_us) for r in rows], colors)
     p99_axes.set_title("p99 latency from worker return to callback, µs", fontsize=9, loc="left")
     p99_axes.set_xlabel("µs")
     p99_axes.xaxis.set_major_formatter("{x:,.0f}")
@@ -154,6 +138,22 @@ def _draw_group(rate_axes: Axes, p99_axes: Axes, group: Group) -> None:
         _mark(p99_axes, statistics.median(reference.p99_us), f"{group.reference}'s p99")
     p99_axes.set_xlim(0, max(m + hi for m, _, hi in p99s) * 1.15)
     p99_axes.set_ylim(-0.6, len(rows) - 0.1)
+
+
+def _bars(
+    axes: Axes, names: list[str], spreads: list[tuple[float, float, float]], colors: list[str]
+) -> list[tuple[float, float, float]]:
+    """One horizontal bar per name: the median, whiskers to the slowest and
+    fastest round (``_spread``'s minus and plus); returns ``spreads``."""
+    axes.barh(
+        names,
+        [median for median, _, _ in spreads],
+        xerr=[[lo for _, lo, _ in spreads], [hi for _, _, hi in spreads]],
+        color=colors,
+        capsize=3,
+        error_kw={"elinewidth": 1},
+    )
+    return spreads
 
 
 def _mark(axes: Axes, x: float, label: str) -> None:

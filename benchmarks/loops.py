@@ -92,9 +92,9 @@ from typing import Any
 
 # Shared with throughput.py (benchmarks/ is sys.path[0] when either script runs).
 from throughput import (
-    RESULTS,
     AsyncRun,
     Sample,
+    add_chart_options,
     awaiting,
     busy_warning,
     describe_environment,
@@ -1094,14 +1094,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--inflight", type=int, default=64, help="jobs in flight at once (default 64)")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (default 5)")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
-    chart_default = RESULTS / "loops.png"
-    parser.add_argument(
-        "--chart",
-        metavar="PATH",
-        default=str(chart_default),
-        help=f"write the PNG chart to PATH (default {chart_default})",
-    )
-    parser.add_argument("--no-chart", dest="chart", action="store_const", const=None, help="write no chart")
+    add_chart_options(parser, "loops.png")
     parser.add_argument("--child", choices=LOOPS, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.jobs < 1 or args.inflight < 1 or args.rounds < 1:

@@ -194,6 +194,15 @@ def other_cpus_since(busy0: float | None, cpu0: float, elapsed: float) -> float 
     return max(0.0, (busy1 - busy0) - (time.process_time() - cpu0)) / elapsed
 
 
+def add_chart_options(parser: argparse.ArgumentParser, name: str) -> None:
+    """``--chart PATH`` (default ``RESULTS/name``) and ``--no-chart``, into ``args.chart``."""
+    default = RESULTS / name
+    parser.add_argument(
+        "--chart", metavar="PATH", default=str(default), help=f"write the PNG chart to PATH (default {default})"
+    )
+    parser.add_argument("--no-chart", dest="chart", action="store_const", const=None, help="write no chart")
+
+
 def load_chart() -> ModuleType:
     """benchmarks/chart.py, loaded by its path: ``python -m qiotask bench`` runs this script with runpy,
     which does not put benchmarks/ on ``sys.path`` as running the script does."""
@@ -480,14 +489,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--inflight", type=int, default=64, help="jobs in flight at once (default 64)")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (default 5)")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
-    chart_default = RESULTS / "throughput.png"
-    parser.add_argument(
-        "--chart",
-        metavar="PATH",
-        default=str(chart_default),
-        help=f"write the PNG chart to PATH (default {chart_default})",
-    )
-    parser.add_argument("--no-chart", dest="chart", action="store_const", const=None, help="write no chart")
+    add_chart_options(parser, "throughput.png")
     args = parser.parse_args(argv)
     if args.jobs < 1 or args.inflight < 1 or args.rounds < 1:
         parser.error("--jobs, --inflight and --rounds must be at least 1")

@@ -37,15 +37,32 @@ MARGIN = 8.0
 REPORT = "qiotask: at exit, waited"
 
 
+CHILDKIT = """\
+import os
+import threading
+
+
+def say(line):
+    print(line + "\\n", end="", flush=True)
+
+
+def watchdog(seconds):
+    timer = threading.Timer(seconds, lambda: os._exit(3))
+    timer.daemon = True
+    timer.start()
+"""
+
+
 def run_child(tmp_path: Path, body: str, exit_timeout: str | None) -> tuple[subprocess.CompletedProcess[str], float]:
     """Run ``body`` as a script (so that its source lines can be shown) in a
     fresh interpreter (warnings are errors) with QIOTASK_EXIT_TIMEOUT set to
     ``exit_timeout`` (None: unset); return the finished process and how
-    long it took.  The script may ``from say import say``: ``say(line)``
-    prints a line in one write, for notifiers that run on several pool
-    threads at once (print()'s separate writes of a line and its end
-    interleave between threads)."""
-    (tmp_path / "say.py").write_text('def say(line):\n    print(line + "\\n", end="", flush=True)\n')
+    long it took.  The script may ``from childkit import say, watchdog``:
+    ``say(line)`` prints a line in one write, for notifiers that run on
+    several pool threads at once (print()'s separate writes of a line and
+    its end interleave between threads); ``watchdog(seconds)`` ends the
+    child with status 3 if it is still running then (a hang)."""
+    (tmp_path / "childkit.py").write_text(CHILDKIT)
     script = tmp_path / "child.py"
     script.write_text(textwrap.dedent(body))
     env = dict(os.environ)
@@ -67,7 +84,7 @@ BLOCKED_WORKERS = """
     import threading, time
     import qiotask
     from qiotask import Task
-    from say import say
+    from childkit import say
 
     started = threading.Barrier(5)
 
@@ -149,7 +166,7 @@ def test_workers_that_return_within_the_exit_timeout_end_the_wait(tmp_path: Path
         """
         import time
         from qiotask import Task
-        from say import say
+        from childkit import say
 
         def short(task, opaque):
             time.sleep(0.3)
@@ -177,7 +194,7 @@ def test_workers_queued_at_exit_still_fan_out_while_it_waits(tmp_path: Path) -> 
         import time
         import qiotask
         from qiotask import Task
-        from say import say
+        from childkit import say
 
         pool = qiotask.WorkerPool(8, grow_after=None, name="eight")
         for i in range(8):
@@ -481,10 +498,9 @@ def test_shutdown_called_by_two_workers_at_once_raises_in_both_and_never_hangs(t
         import os, threading
         import qiotask
         from qiotask import Task
+        from childkit import watchdog
 
-        watchdog = threading.Timer(10, lambda: os._exit(3))
-        watchdog.daemon = True
-        watchdog.start()
+        watchdog(10)
         both = threading.Barrier(2)
 
         def worker(task, opaque):
@@ -522,10 +538,9 @@ def test_shutdown_with_no_timeout_inside_asyncio_does_not_hang_a_worker_in_from_
         """
         import asyncio, os, threading
         import qiotask
+        from childkit import watchdog
 
-        watchdog = threading.Timer(10, lambda: os._exit(3))
-        watchdog.daemon = True
-        watchdog.start()
+        watchdog(10)
 
         async def on_loop():
             await asyncio.sleep(0)
@@ -615,10 +630,9 @@ def test_in_a_forked_child_tasks_and_shutdown_leave_the_parents_tasks_out(tmp_pa
         import logging, os, sys, threading, warnings
         import qiotask
         from qiotask import Limiter, Task
+        from childkit import watchdog
 
-        watchdog = threading.Timer(20, lambda: os._exit(3))
-        watchdog.daemon = True
-        watchdog.start()
+        watchdog(20)
         running = threading.Event()
 
         def blocked(task, opaque):

@@ -157,7 +157,7 @@ def test_watch_reports_a_completion_the_loop_never_ran() -> None:
         join(start_thread(task.complete, "completer"))  # off the context thread: queued for the loop
         message = watch.problems(loop_runs=1)
         assert message is not None
-        assert "<Task 'handed-over' completing>: its completion waits for the loop to run" in message
+        assert "<Task 'handed-over' completing>: its completion waits for its context's loop" in message
         assert "1 completion(s) or call(s) were handed to test-asyncio and are still queued" in message
         watch.settle()
         assert task.state is qiotask.TaskState.FINISHED and watch.problems(loop_runs=1) is None
@@ -232,7 +232,7 @@ def test_forgetting_the_loop_fails(pytester: pytest.Pytester) -> None:
             "*<Task 'forgotten' *>: *",
             "*The loop was never run: qiotask_runner.run_until_done(task) runs it until the task finished.",
             "*ERROR at teardown of test_forgets_a_handed_over_completion*",
-            "*<Task 'handed-over' completing>: its completion waits for the loop to run",
+            "*<Task 'handed-over' completing>: its completion waits for its context's loop",
             "*1 completion(s) or call(s) were handed to test-asyncio and are still queued*",
         ]
     )
@@ -438,7 +438,7 @@ def test_every_loop_in_a_child(pytester: pytest.Pytester) -> None:
     for loop in ran:
         assert f"ERROR at teardown of test_forgets[{loop}]" in text, text
         assert f"qiotask leak check ({loop}): 1 task(s) made on " in text, text
-    assert text.count("<Task 'forgotten' completing>: its completion waits for the loop to run") == len(ran), text
+    assert text.count("<Task 'forgotten' completing>: its completion waits for its context's loop") == len(ran), text
     outcomes = result.parseoutcomes()
     assert outcomes.get("errors", 0) == len(ran) and "failed" not in outcomes, text
 

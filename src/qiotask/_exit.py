@@ -78,7 +78,7 @@ from . import _adapters, _delivery, _trace
 from ._checks import check_duration, wait_timeout
 from ._context import MainContext, all_contexts
 from ._driver import ClosedAtExit
-from ._inspect import TaskInfo, all_tasks, inherited_tasks, tasks
+from ._inspect import WAITING_TEXT, TaskInfo, all_tasks, inherited_tasks, tasks
 from ._pool import all_pools
 from ._state import COMPLETING, DELIVERING, FINISHED, QUEUED, RUNNING, TaskCore
 
@@ -301,18 +301,8 @@ def _wait_for_loops(deadline: float | None) -> None:
 
 # -- the report -------------------------------------------------------------------
 
+
 #: How each kind of wait reads in a report.
-_WAITING_TEXT = {
-    "worker": "its worker runs",
-    "pool": "queued for a pool thread",
-    "limiter": "queued for a Limiter slot",
-    "executor": "runs in an executor",
-    "loop": "its completion waits for its context's loop",
-    "callbacks": "its completion runs now",
-    "completion": "nothing completed it",
-}
-
-
 def format_report(
     headline: str,
     left: list[TaskInfo],
@@ -330,7 +320,7 @@ def format_report(
     if left:
         lines.append(f"{_count(len(left))} still in flight{cut_off}:")
         for info in left:
-            line = f"  {info.name!r} ({info.state.value}): {_WAITING_TEXT.get(info.waiting_for, info.waiting_for)}"
+            line = f"  {info.name!r} ({info.state.value}): {WAITING_TEXT.get(info.waiting_for, info.waiting_for)}"
             if info.age is not None:
                 line += f", for {info.age:.1f} s"
             if info.thread is not None:

@@ -75,6 +75,25 @@ _WAITING = {
     DELIVERING: "callbacks",  # func and the notifiers, running now
 }
 
+#: Each ``waiting_for`` in words, for reports (the exit report, shutdown()'s,
+#: the pytest plugin's leak check).
+WAITING_TEXT = {
+    "worker": "its worker runs",
+    "pool": "queued for a pool thread",
+    "limiter": "queued for a Limiter slot",
+    "executor": "runs in an executor",
+    "loop": "its completion waits for its context's loop",
+    "callbacks": "its completion runs now",
+    "completion": "nothing completed it",
+}
+
+
+def waiting_text(state: int) -> str:
+    """What a task in ``state`` waits for, in words, from its state alone
+    (without looking where its job is, as :func:`tasks` does)."""
+    return WAITING_TEXT[_WAITING[state]]
+
+
 _short = reprlib.Repr()
 _short.maxstring = 60
 _short.maxother = 60

@@ -17,6 +17,7 @@ from typing import Any
 from .. import _trace
 from .._context import MainContext
 from .._errors import TaskCancelled, TaskStateError
+from .._inspect import waiting_text
 from .._task import Task, TaskState
 
 __all__ = ["TaskWatch"]
@@ -117,11 +118,6 @@ class TaskWatch:
 
 
 def _describe(task: Task[Any]) -> str:
-    """``<Task 'name' running>`` and what that state means."""
-    meaning = {
-        TaskState.PENDING: "nothing completed it",
-        TaskState.QUEUED: "its worker waits for a pool thread",
-        TaskState.RUNNING: "its worker is still running",
-        TaskState.COMPLETING: "its completion waits for the loop to run",
-    }.get(task.state, "its completion is running")
-    return f"{task!r}: {meaning}"
+    """``<Task 'name' running>`` and what it waits for, in the words of
+    qiotask's own reports."""
+    return f"{task!r}: {waiting_text(task._s)}"
