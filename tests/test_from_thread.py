@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import sys
 import threading
 from typing import Any
 
@@ -241,15 +242,17 @@ def test_run_keeps_no_cancel_hook_once_it_returned() -> None:
 # -- the loop goes away while a call waits --------------------------------------------------
 
 
-def _call_as_the_loop_closes(call: Any, close: Any) -> BaseException | None:
-    """Run a worker on a stopped asyncio loop that makes ``call()``;
-    ``close(loop)`` closes the loop (once the request is on its way);
-    return what the call raised (None if it returned)."""
-    loop = asyncio.new_event_loop()
+def _call_as_the_loop_closes(call: Any, close: Any, loop: Any = None) -> BaseException | None:
+    """Run a worker on a stopped asyncio loop (a new one by default) that
+    makes ``call()``; ``close(loop)`` closes the loop (once the request is
+    on its way); return what the call raised (None if it returned)."""
+    if loop is None:
+        loop = asyncio.new_event_loop()
     ctx = qiotask.attach(loop)
     outcome: list[BaseException | None] = []
 
     def worker(task: Task[Any], opaque: Any) -> None:
+        workers.append(threading.get_ident())
         try:
             call()
         except BaseException as exc:
@@ -257,10 +260,11 @@ def _call_as_the_loop_closes(call: Any, close: Any) -> BaseException | None:
         else:
             outcome.append(None)
 
+    workers: list[int] = []
     task = Task(None, context=ctx)
     try:
         task.run_in_thread(worker)
-        close(loop)
+        close(loop, workers)
     finally:
         loop.close()
     # The worker's own completion then fails too: the loop is gone.
@@ -279,13 +283,39 @@ CALLS = pytest.mark.parametrize(
 def test_a_call_queued_on_a_stopped_loop_fails_when_the_loop_closes(call: Any) -> None:
     # The request reached the loop, which is not running; close() drops
     # what it still holds.  The worker must hear of it, not wait for ever.
-    def close(loop: asyncio.AbstractEventLoop) -> None:
+    def close(loop: asyncio.AbstractEventLoop, workers: list[int]) -> None:
         # asyncio's ready queue: there is no event to wait on for "a
         # callback was handed to a loop that is not running".
         wait_for(lambda: len(loop._ready) > 0, what="the request to reach the loop")  # type: ignore[attr-defined]
         loop.close()
 
     assert isinstance(_call_as_the_loop_closes(call, close), ContextClosedError)
+
+
+def _waits_for_the_loop(ident: int) -> bool:
+    """Whether thread ``ident`` waits for its call's answer: the request
+    and its wake-up went out before that wait (``call_in_main`` for
+    ``run_sync``, the adapter's ``run_coroutine`` for ``run``)."""
+    frame = sys._current_frames().get(ident)
+    names = []
+    while frame is not None:
+        names.append(frame.f_code.co_name)
+        frame = frame.f_back
+    return names[:1] == ["wait"] and ("call_in_main" in names or "run_coroutine" in names)
+
+
+@CALLS
+def test_a_call_queued_on_a_stopped_uvloop_fails_when_the_loop_closes(call: Any) -> None:
+    # uvloop's close() drops the callbacks it holds too, and keeps its
+    # ready queue out of reach: wait for the worker to wait for its answer.
+    open_backend("uvloop").cleanup()  # skips (or fails in CI) without uvloop
+    import uvloop
+
+    def close(loop: asyncio.AbstractEventLoop, workers: list[int]) -> None:
+        wait_for(lambda: bool(workers) and _waits_for_the_loop(workers[0]), what="the worker to wait for the loop")
+        loop.close()
+
+    assert isinstance(_call_as_the_loop_closes(call, close, uvloop.new_event_loop()), ContextClosedError)
 
 
 def test_run_whose_request_is_queued_as_the_loop_closes_fails() -> None:
@@ -295,7 +325,7 @@ def test_run_whose_request_is_queued_as_the_loop_closes_fails() -> None:
     with interleaving() as il:
         waking = il.pause("context.wakeup")
 
-        def close(loop: asyncio.AbstractEventLoop) -> None:
+        def close(loop: asyncio.AbstractEventLoop, workers: list[int]) -> None:
             waking.wait_reached()
             loop.close()
             waking.release()

@@ -8,11 +8,13 @@ once the task offers it.
 
 from __future__ import annotations
 
+import contextvars
 import inspect
 import os
 import signal
 import threading
 import warnings
+import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -23,6 +25,8 @@ from qiotask._limiter import Limiter
 
 from .conftest import wait_for
 
+#: A contextvar a worker's job carries (in its copy of the caller's context).
+_carried: contextvars.ContextVar[Any] = contextvars.ContextVar("carried")
 WAIT = 5.0  # seconds: the longest any single step of a test may take
 
 
@@ -465,3 +469,47 @@ def test_tasks_through_run_in_thread(pool: qiotask.WorkerPool) -> None:
     assert 9 not in ran
     assert sum(isinstance(e, qiotask.TaskCancelled) for e in finished) == 1
     assert limiter.statistics() == {"limit": 2, "running": 0, "waiting": 0, "total": 10}
+
+
+def test_a_task_cancelled_while_it_waits_for_a_slot_lets_go_of_its_worker(pool: qiotask.WorkerPool) -> None:
+    """Its job keeps its place in the limiter until a slot frees (it starts
+    nothing then), but not what the worker would have used: the worker, its
+    arguments' closure and the copied contextvars are freed at the cancel,
+    however long the slot takes."""
+    context = qiotask.MainContext(name="limiter")
+    limiter = Limiter(1)
+    release = threading.Event()
+    started = threading.Event()
+
+    def blocker(task: qiotask.Task[Any], opaque: Any) -> None:
+        started.set()
+        release.wait(WAIT)
+
+    class Payload:
+        pass
+
+    def worker_of(payload: Payload) -> Callable[[qiotask.Task[Any], Any], Payload]:
+        return lambda task, opaque: payload
+
+    payload, carried = Payload(), Payload()
+    gone = weakref.ref(payload), weakref.ref(carried)
+    held = qiotask.Task(None, context=context)
+    held.run_in_thread(blocker, pool=pool, limiter=limiter)
+    started.wait(WAIT)
+    waiting = qiotask.Task(None, context=context)
+    token = _carried.set(carried)  # copied into the job with the caller's contextvars
+    waiting.run_in_thread(worker_of(payload), pool=pool, limiter=limiter)
+    _carried.reset(token)
+    del payload, carried
+    try:
+        waiting.cancel()
+        assert waiting.done() and isinstance(waiting.exception(), qiotask.TaskCancelled)
+        assert limiter.statistics()["waiting"] == 1  # its place, until the slot frees
+        assert gone[0]() is None, "the cancelled job still holds its worker"
+        assert gone[1]() is None, "the cancelled job still holds the caller's contextvars"
+    finally:
+        release.set()
+        held.wait_thread()
+    wait_for(lambda: limiter.statistics()["running"] == 0, what="the slots to be given back")
+    assert limiter.statistics()["total"] == 2
+    context.close()

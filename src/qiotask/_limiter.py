@@ -22,6 +22,10 @@ Guarantees:
   pool they are meant for; a pool thread never blocks waiting for a slot.
   When a job is delivered, the thread that delivered it hands the oldest
   waiting job to *that job's* pool.
+- A waiting job keeps its place until a slot frees, even once its task was
+  cancelled (the limiter knows no tasks): its ``fn`` then returns at once
+  and gives the slot back.  The cancel has made the job let go of the
+  worker and its contextvars already (``JobCore.forget_work``).
 - A waiting job whose pool was shut down meanwhile is delivered
   ``deliver(None, RuntimeError)`` by the thread that tried to start it,
   as the pool would have told its owner had it refused the job at once.

@@ -204,6 +204,12 @@ class JobCore:
     abandoned: bool
     returned: bool
 
+    def forget_work(self) -> None:
+        """Under the task's lock, by the cancel that completed the task while
+        the job was queued: the job will be refused its start, so let go of
+        what only the worker would have used (the job may wait long in a
+        queue or a limiter before it is refused)."""
+
 
 class TaskCore:
     """A task's fields and the moves between its states.  ``Task`` is the
@@ -413,6 +419,8 @@ class TaskCore:
                 if state == RUNNING:
                     assert job is not None
                     job.abandoned = True
+                elif job is not None:
+                    job.forget_work()
                 self._s = COMPLETING
                 waiter = self._waiter
                 if waiter is not None:

@@ -77,6 +77,12 @@ class ThreadJob(JobCore):
         self.ctx = ctx
         self.deadline: _deadline.Deadline | None = None
 
+    def forget_work(self) -> None:
+        # Under the task's lock, the task QUEUED: run() is refused by the
+        # same lock before it reads these, so it never sees them go.
+        self.worker = _refused
+        self.ctx = None
+
     def run(self) -> Any:
         """On a pool thread: start the worker, unless a cancel came first."""
         task = self.task
@@ -159,6 +165,12 @@ def current_task() -> TaskCore | None:
             return frame.f_locals["task"]  # type: ignore[no-any-return]
         frame = frame.f_back  # type: ignore[assignment]
     return None
+
+
+def _refused(task: TaskCore, opaque: Any) -> None:
+    """A queued job's worker once a cancel completed its task (never called:
+    the job is refused its start)."""
+    raise AssertionError(f"task {task.name!r}: a cancelled job's worker was started")
 
 
 def _late_destroy(task: TaskCore, destroy: Callable[[Any], Any], opaque: Any) -> None:
