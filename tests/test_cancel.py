@@ -449,3 +449,25 @@ def test_cancelled_deadlines_do_not_pile_up() -> None:
     finally:
         for deadline in live:
             deadline.cancel()
+
+
+def test_an_error_the_worker_raises_after_the_cancel_is_the_cancels_context(ctx: qiotask.MainContext) -> None:
+    # The cancel wins, but the worker's own error (here from a socket an
+    # on_cancel hook would close) is kept with it, not dropped.
+    started = threading.Event()
+    cancelled = threading.Event()
+
+    def worker(task: Task[Any], opaque: Any) -> None:
+        started.set()
+        assert cancelled.wait(10)
+        raise OSError("the socket closed under recv()")
+
+    task: Task[Any] = Task(None)
+    task.on_cancel(lambda t: cancelled.set())
+    task.run_in_thread(worker)
+    assert started.wait(10)  # running: the cancel only asks (queued, it would complete the task)
+    task.cancel()
+    task.wait_thread()
+    error = task.exception()
+    assert isinstance(error, qiotask.TaskCancelled)
+    assert isinstance(error.__context__, OSError) and "closed under recv" in str(error.__context__)

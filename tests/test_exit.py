@@ -672,3 +672,58 @@ def test_in_a_forked_child_tasks_and_shutdown_leave_the_parents_tasks_out(tmp_pa
         "child lists []",
         "child exit 0",
     ], done.stdout + done.stderr
+
+
+ABANDONED_WORKER = """
+    import asyncio, threading, time
+    import qiotask
+    from qiotask import Task
+    from childkit import say
+
+    release = threading.Event()
+    started = threading.Event()
+
+    def worker(task, opaque):
+        started.set()
+        release.wait(30)  # the worker a cancel abandons, released DELAY s after the cancel
+        say("worker returned")
+        return "late"
+
+    async def main():
+        task = Task(None, name="abandoned")
+        task.run_in_thread(worker, "w", lambda o: say("destroyed the abandoned worker's opaque"),
+                           abandon_on_cancel=True)
+        await asyncio.get_running_loop().run_in_executor(None, started.wait)
+        task.cancel()  # completes the task now; the worker runs on
+        try:
+            await task
+        except qiotask.TaskCancelled:
+            say("cancelled")
+        timer = threading.Timer(DELAY, release.set)
+        timer.daemon = True  # nothing but the exit's own wait keeps the interpreter for the worker
+        timer.start()
+
+    asyncio.run(main())
+    print("exiting", flush=True)
+"""
+
+
+@pytest.mark.parametrize("returns", ["during the wait", "after the exit timeout"])
+def test_exit_waits_for_a_worker_a_cancel_abandoned_and_runs_its_destroy(tmp_path: Path, returns: str) -> None:
+    # Its task finished at the cancel, but its worker still runs and owns
+    # its opaque: the exit waits for it as for any worker (its destroy then
+    # runs), or names it in the report as cut off.
+    delay, limit = ("0.3", "3") if returns == "during the wait" else ("20", "1")
+    done, elapsed = run_child(tmp_path, ABANDONED_WORKER.replace("DELAY", delay), limit)
+    assert done.returncode == 0, done.stderr
+    out = done.stdout.splitlines()
+    if returns == "during the wait":
+        assert out == ["cancelled", "exiting", "worker returned", "destroyed the abandoned worker's opaque"], done
+        assert REPORT not in done.stderr, done.stderr
+        assert elapsed < 3 + MARGIN
+    else:
+        assert out == ["cancelled", "exiting"], done
+        report = done.stderr[done.stderr.index(REPORT) :]
+        assert "1 worker abandoned by a cancel still runs, cut off: its destroy notifier never runs:" in report
+        assert "'abandoned' on thread 'qiotask-worker-" in report
+        assert 0.9 <= elapsed < 1 + MARGIN

@@ -359,3 +359,27 @@ def test_run_whose_coroutine_is_pending_when_its_loop_closes_fails() -> None:
         loop.close()
     wait_for(lambda: bool(outcome) and task.done(), timeout=TIMEOUT, what="the worker's call to give up")
     assert isinstance(outcome[0], ContextClosedError) and "closed before" in str(outcome[0])
+
+
+@pytest.mark.parametrize("runner", ["asyncio", "trio"])
+def test_run_of_a_function_that_returns_no_awaitable_names_it(runner: str) -> None:
+    def not_async() -> int:
+        return 5
+
+    def worker() -> BaseException | None:
+        try:
+            from_thread.run(not_async)  # type: ignore[arg-type]
+        except BaseException as exc:
+            return exc
+        return None
+
+    async def main() -> BaseException | None:
+        return await qiotask.to_thread(worker)
+
+    if runner == "trio":
+        trio = pytest.importorskip("trio")
+        error = trio.run(main)
+    else:
+        error = asyncio.run(main())
+    assert isinstance(error, TypeError)
+    assert "from_thread.run: async_fn" in str(error) and "not_async returned int, not an awaitable" in str(error)

@@ -668,3 +668,30 @@ def test_awaiting_a_finished_task_is_a_checkpoint() -> None:
         assert scope.cancelled_caught
 
     trio.run(main)
+
+
+def test_from_thread_run_as_the_run_ends_raises_context_closed(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The run may end between qiotask's look at it and trio's own: trio then
+    # raises RunFinishedError, which is the loop gone, as everywhere else.
+    def finished(*args: Any, **kwargs: Any) -> Any:
+        raise trio.RunFinishedError("system nursery is closed")
+
+    async def nothing() -> None:
+        pass
+
+    def worker() -> BaseException | None:
+        monkeypatch.setattr(trio.from_thread, "run", finished)
+        try:
+            qiotask.from_thread.run(nothing)
+        except BaseException as exc:
+            return exc
+        finally:
+            monkeypatch.undo()
+        return None
+
+    async def main() -> BaseException | None:
+        return await qiotask.to_thread(worker)
+
+    error = trio.run(main)
+    assert isinstance(error, ContextClosedError) and "the trio run has finished" in str(error)
+    assert isinstance(error.__cause__, trio.RunFinishedError)

@@ -129,6 +129,30 @@ def test_asyncio_a_pending_cancel_means_the_worker_never_runs(call: str) -> None
     assert ran == []
 
 
+@pytest.mark.parametrize("how", ["cancel()", "move_on_after(0)"])
+@pytest.mark.parametrize("call", ["run_sync", "to_thread"])
+def test_anyio_on_asyncio_a_cancelled_scope_means_the_worker_never_runs(call: str, how: str) -> None:
+    # anyio delivers a scope's cancel to the task at its next checkpoint,
+    # so asyncio sees nothing pending yet: the call must ask anyio (anyio's
+    # own run_sync never runs fn here).  Before that was asked, fn ran in
+    # about half the tries.
+    anyio = pytest.importorskip("anyio")
+    ran: list[int] = []
+
+    async def main() -> None:
+        for attempt in range(20):
+            if how == "cancel()":
+                with anyio.CancelScope() as scope:
+                    scope.cancel()
+                    await getattr(qiotask, call)(ran.append, attempt)
+            else:
+                with anyio.move_on_after(0):
+                    await getattr(qiotask, call)(ran.append, attempt)
+
+    anyio.run(main, backend="asyncio")
+    assert ran == []
+
+
 @pytest.mark.parametrize("waits_in", ["pool", "limiter"])
 def test_asyncio_cancelled_while_queued_never_runs(waits_in: str) -> None:
     # The second call waits for the pool's one thread, or for the limiter's
@@ -183,21 +207,24 @@ def test_run_sync_names_the_thread_while_its_call_runs() -> None:
     def names() -> tuple[str, str | None]:
         return threading.current_thread().name, os_thread_name()
 
-    async def main() -> tuple[Any, Any, Any]:
+    async def main() -> tuple[Any, Any, Any, Any]:
         before = await qiotask.run_sync(names, pool=pool)
         during = await qiotask.run_sync(names, pool=pool, thread_name="resolver: example.org")
+        # 8 two-byte characters: the 15 bytes the kernel keeps end in half a one.
+        accents = await qiotask.run_sync(names, pool=pool, thread_name="éèêëàâäç")
         with pytest.raises(ZeroDivisionError):  # the names come back after an error too
             await qiotask.run_sync(lambda: 1 / 0, pool=pool, thread_name="failing")
         after = await qiotask.run_sync(names, pool=pool)
-        return before, during, after
+        return before, during, after, accents
 
     try:
-        before, during, after = run_asyncio(main)
+        before, during, after, accents = run_asyncio(main)
     finally:
         pool.shutdown(wait=True, timeout=10)
     assert during[0] == "resolver: example.org"
     if during[1] is not None:  # Linux: the OS name, as ps shows it (15 bytes)
         assert during[1] == "resolver: examp"
+        assert accents[1] == "éèêëàâä"  # cut at a character, not in one
     assert after == before  # both names come back
 
 

@@ -232,3 +232,171 @@ def test_connect_items_misuse(ctx: qiotask.MainContext) -> None:
     with pytest.raises(qiotask.TaskStateError, match="may be called once"):
         task.connect_items(print)
     task.complete()
+
+
+# -- what a review found (each failed before its fix) ---------------------------------------------
+
+
+def test_a_second_concurrent_anext_is_refused() -> None:
+    # As an async generator refuses a second anext() while one waits: the
+    # stream keeps one waiter, and a second would leave the first hung.
+    go = threading.Event()
+
+    def slow() -> Iterator[int]:
+        assert go.wait(10)
+        yield 1
+
+    async def main() -> int:
+        iterator = qiotask.iterate_in_thread(slow)
+        first = asyncio.ensure_future(iterator.__anext__())
+        await asyncio.sleep(0)  # the first waits for an item now
+        with pytest.raises(RuntimeError, match="already waits for the next item"):
+            await iterator.__anext__()
+        go.set()
+        item = await asyncio.wait_for(first, 10)
+        await iterator.aclose()
+        return item
+
+    assert asyncio.run(main()) == 1
+
+
+@pytest.mark.parametrize("runner", ["asyncio", "trio"])
+def test_a_run_that_ends_with_an_iterator_open_frees_its_worker(runner: str) -> None:
+    # Held past the end of the run, the iterator is neither dropped nor
+    # closed; the worker, blocked on the full buffer, must notice the loop
+    # is gone (within about half a second) and close the generator there.
+    gen = Closing()
+    kept: list[Any] = []
+
+    async def main() -> int:
+        iterator = qiotask.iterate_in_thread(gen, 100, buffer=2)
+        kept.append(iterator)
+        return await iterator.__anext__()
+
+    if runner == "trio":
+        trio = pytest.importorskip("trio")
+        first = trio.run(main)
+    else:
+        first = asyncio.run(main())
+    assert first == 0
+    assert gen.closed.wait(10), "the worker still waits for room on a loop that is gone"
+    assert gen.finally_thread != MAIN
+    task = kept[0]._task
+    assert task.wait(10)
+    assert isinstance(task.exception(), qiotask.ContextClosedError)
+
+
+def test_aclose_after_a_cancel_still_waits_for_the_generators_finally() -> None:
+    import contextlib
+
+    release = threading.Event()
+    finished = threading.Event()
+
+    def slow() -> Iterator[int]:
+        try:
+            yield 1
+            release.wait(10)
+            yield 2
+        finally:
+            finished.set()
+
+    seen: list[bool] = []
+
+    async def consume() -> None:
+        try:
+            async with contextlib.aclosing(qiotask.iterate_in_thread(slow)) as iterator:
+                async for _ in iterator:
+                    pass
+        finally:
+            seen.append(finished.is_set())
+
+    async def main() -> None:
+        task = asyncio.ensure_future(consume())
+        for _ in range(1000):  # bounded: a loop pass at a time until it waits for the second item
+            await asyncio.sleep(0)
+            if release.is_set() or task.done():
+                break
+        task.cancel()
+        release.set()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(main())
+    assert seen == [True], "aclose() returned before the generator's finally ran"
+
+
+def test_send_item_on_the_context_thread_is_refused(ctx: qiotask.MainContext) -> None:
+    task = qiotask.Task(None)
+    task.connect_items(lambda t, item: None, buffer=1)
+    with pytest.raises(qiotask.TaskStateError, match=r"send_item\(\) from the context thread"):
+        task.send_item(1)  # a full buffer would wait for this very thread
+    task.complete()
+
+
+def test_send_item_from_an_abandoned_worker_raises_the_cancel() -> None:
+    # The task completed (cancelled, abandon_on_cancel) while its worker
+    # still sends: the stream is closed with the completion, so the worker
+    # is told instead of waiting for room nobody will make.
+    ctx = qiotask.MainContext(name="abandoned")
+    loop = qiotask.MainLoop(ctx)
+    started = threading.Event()
+    cancelled = threading.Event()
+    outcome: list[BaseException | str] = []
+    done = threading.Event()
+
+    def worker(task: qiotask.Task[Any], opaque: Any) -> None:
+        started.set()
+        try:
+            assert cancelled.wait(10)
+            for item in range(5):
+                task.send_item(item)  # buffer 1: the second would wait for ever
+            outcome.append("sent all")
+        except BaseException as exc:
+            outcome.append(exc)
+        finally:
+            done.set()
+
+    task = qiotask.Task(None, lambda s, e, o: loop.quit(), context=ctx)
+    task.connect_items(lambda t, item: None, buffer=1)
+    task.on_cancel(lambda t: cancelled.set())
+    task.run_in_thread(worker, abandon_on_cancel=True)
+    assert started.wait(10)  # running: the cancel abandons it (queued, it would never start)
+    ctx.call_soon(task.cancel)
+    loop.run()
+    assert done.wait(10), "the abandoned worker waits in send_item for ever"
+    assert len(outcome) == 1 and isinstance(outcome[0], qiotask.TaskCancelled)
+    ctx.close()
+
+
+def test_the_first_send_item_after_the_loop_is_gone_raises() -> None:
+    ctx = qiotask.MainContext(name="gone")
+    ctx.close()
+    outcome: list[str] = []
+
+    def worker(task: qiotask.Task[Any], opaque: Any) -> None:
+        for item in range(3):
+            try:
+                task.send_item(item)
+                outcome.append("accepted")
+            except qiotask.ContextClosedError:
+                outcome.append("ContextClosedError")
+
+    task = qiotask.Task(None, context=ctx)
+    task.connect_items(lambda t, item: None)
+    task.run_in_thread(worker)
+    assert task.wait(10)
+    assert outcome == ["ContextClosedError"] * 3  # none accepted and then dropped
+
+
+def test_loop_thread_callbacks_must_be_sync(ctx: qiotask.MainContext) -> None:
+    async def on_loop(*args: Any) -> None:
+        pass
+
+    task = qiotask.Task(None)
+    with pytest.raises(TypeError, match=r"connect_items: fn .*on_loop is an async function"):
+        task.connect_items(on_loop)
+    with pytest.raises(TypeError, match=r"connect_progress: fn .*on_loop is an async function"):
+        task.connect_progress(on_loop)
+    with pytest.raises(TypeError, match=r"add_done_callback: fn .*on_loop is an async function"):
+        task.add_done_callback(on_loop)
+    task.complete()

@@ -647,6 +647,24 @@ def test_unretrieved_error_is_logged_when_collected(ctx: qiotask.MainContext, ca
     assert caplog.records == []
 
 
+def test_a_cancelled_task_nobody_heard_of_is_not_reported(
+    ctx: qiotask.MainContext, caplog: pytest.LogCaptureFixture
+) -> None:
+    # As a cancelled asyncio Future: whoever cancelled it knows, so its
+    # TaskCancelled is no error "nobody retrieved".
+    task = Task(None, name="called off")
+    task.cancel()
+    task.complete()  # the cancel wins
+    assert isinstance(task.exception(), qiotask.TaskCancelled)
+    unheard = Task(None, name="called off, unheard")
+    unheard.cancel()
+    unheard.complete()
+    with caplog.at_level(logging.ERROR, logger="qiotask"):
+        del task, unheard
+        gc.collect()
+    assert caplog.records == []
+
+
 def test_propagate_error_before_an_error_does_not_use_up_the_answer(ctx: qiotask.MainContext) -> None:
     task = Task(None)
     assert task.propagate_error() is None

@@ -29,6 +29,7 @@ from typing import Any, Literal, overload
 __all__ = [
     "ASYNC_FLAGS",
     "LONGEST_WAIT",
+    "check_awaitable",
     "check_callable",
     "check_duration",
     "check_fd",
@@ -91,6 +92,17 @@ def awaitable_type(kind: type) -> bool:
 # storing the same answer is harmless).
 _awaitable_types: dict[type, bool] = {}
 _MAX_REMEMBERED = 1024
+
+
+def check_awaitable(value: Any, fn: Any, where: str) -> None:
+    """Raise TypeError if ``fn(...)`` returned ``value``, which cannot be
+    awaited: ``where`` was given ``fn`` as an async function."""
+    if not awaitable_type(type(value)):
+        name = getattr(fn, "__qualname__", None) or repr(fn)
+        raise TypeError(
+            f"{_prefix(where)}async_fn {name} returned {type(value).__name__}, not an awaitable: "
+            "pass an async function (or run a plain one with from_thread.run_sync)"
+        )
 
 
 def refuse_awaitable(value: Any, where: str) -> TypeError | None:

@@ -208,6 +208,7 @@ def _before_func(task: TaskCore, err: BaseException | None, closed: ContextClose
             task._context.name,
             task._context._closed_hint(),
         )
+        task._retrieved = True  # that warning told of it: not a second report when the task is freed
     ctl = task._ctl
     if ctl.items is not None:
         pending = ctl.items.finish(closed is None)  # the items still queued, before func

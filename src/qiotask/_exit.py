@@ -18,6 +18,11 @@ The promise, at interpreter exit (one ``atexit`` hook, :func:`_at_exit`):
   its task at once, in its pool thread (its context is closed), so the wait
   ends with the last worker, not at the timeout.  The pools are not shut
   down for it: queued workers still fan out to spare threads.
+- The wait covers the workers a cancel abandoned (``abandon_on_cancel``)
+  too: their tasks finished at the cancel, but each still owns its opaque,
+  and its destroy notifier runs when it returns -- in its pool thread, its
+  context being closed.  One still running after the wait is cut off and
+  named in the report.
 - Workers still queued after the wait are cancelled: they never start,
   their tasks finish with ``TaskCancelled``, destroy notifiers included.
 - A worker still running is left to run: it owns its opaque, so no destroy
@@ -81,6 +86,7 @@ from ._driver import ClosedAtExit
 from ._inspect import WAITING_TEXT, TaskInfo, all_tasks, inherited_tasks, tasks
 from ._pool import all_pools
 from ._state import COMPLETING, DELIVERING, FINISHED, QUEUED, RUNNING, TaskCore
+from ._threadjob import ThreadJob
 
 __all__ = [
     "DEFAULT_EXIT_TIMEOUT",
@@ -309,13 +315,16 @@ def format_report(
     cancelled: Sequence[str] = (),
     closed: dict[str, list[str]] | None = None,
     cut_off: str = "",
+    abandoned: Sequence[tuple[str, str]] = (),
 ) -> str:
     """The report of what did not finish, one task a line: the tasks
     ``left`` in flight (name, what they wait for, for how long, on which
     thread, and the worker's innermost frame), the tasks ``cancelled``
-    before their worker started, and the tasks that finished with
-    ``ContextClosedError`` (``closed``: their names by why).  ``cut_off``
-    ends the line above the tasks in flight."""
+    before their worker started, the tasks that finished with
+    ``ContextClosedError`` (``closed``: their names by why), and the
+    workers a cancel abandoned that still run (``abandoned``: their
+    tasks' names and threads).  ``cut_off`` ends the line above the tasks
+    in flight."""
     lines = [headline + ":"]
     if left:
         lines.append(f"{_count(len(left))} still in flight{cut_off}:")
@@ -334,6 +343,14 @@ def format_report(
     if cancelled:
         lines.append(f"{_count(len(cancelled))} cancelled before a worker started (destroy notifiers ran):")
         lines.append("  " + ", ".join(repr(name) for name in cancelled))
+    if abandoned:
+        if len(abandoned) == 1:
+            lines.append("1 worker abandoned by a cancel still runs, cut off: its destroy notifier never runs:")
+        else:
+            lines.append(
+                f"{len(abandoned)} workers abandoned by a cancel still run, cut off: their destroy notifiers never run:"
+            )
+        lines.extend(f"  {name!r} on thread {thread!r}" for name, thread in abandoned)
     for why, names in (closed or {}).items():
         lines.append(
             f"{_count(len(names))} finished with ContextClosedError, func not called (destroy notifiers ran): {why}:"
@@ -409,7 +426,8 @@ def _exit_report() -> None:
     except ValueError as exc:
         logger.warning("%s; waiting the default %g s", exc, DEFAULT_EXIT_TIMEOUT)
         limit = DEFAULT_EXIT_TIMEOUT
-    in_flight = _trace.stats()["pending"] > 0
+    abandoned = _abandoned_workers()
+    in_flight = _trace.stats()["pending"] > 0 or bool(abandoned)
     if in_flight:
         with _lock:
             _collecting = True
@@ -424,8 +442,10 @@ def _exit_report() -> None:
         return
     started = time.monotonic()
     seconds = wait_timeout(limit)
+    deadline = None if seconds is None else started + seconds
     try:
-        _wait_for_workers(None if seconds is None else started + seconds)
+        _wait_for_workers(deadline)
+        _wait_for_abandoned(abandoned, deadline)
     except KeyboardInterrupt:
         pass  # a second Ctrl-C: stop waiting, report now
     waited = time.monotonic() - started
@@ -435,17 +455,57 @@ def _exit_report() -> None:
             task._retrieved = True  # the report names it
             cancelled.append(task.name)
     left = [info for info in tasks(stacks=True) if info.waiting_for != "completion"]
+    still = [(job.task.name, thread.name) for thread, job in _abandoned_workers()]
     with _lock:
         _collecting = False
         _named.update(info.id for info in left)
         closed = dict(_closed)
-    if left or cancelled or closed:
+    if left or cancelled or closed or still:
         headline = (
             f"qiotask: at exit, waited {waited:.1f} s for workers (the exit timeout is {limit:g} s: "
             f"qiotask.set_exit_timeout() or {EXIT_TIMEOUT_VARIABLE} sets it); these tasks did not finish normally"
         )
         cut_off = ", cut off: their func and destroy notifiers never run"
-        logger.warning("%s", format_report(headline, left, cancelled, closed, cut_off))
+        logger.warning("%s", format_report(headline, left, cancelled, closed, cut_off, still))
+
+
+def _abandoned_workers() -> list[tuple[threading.Thread, ThreadJob]]:
+    """The workers a cancel abandoned that still run, ``(thread, job)``:
+    their tasks finished at the cancel, so no task lists them, but each
+    owns its opaque until it returns, and its destroy notifier runs then.
+    Their pools know them: the job a pool thread runs is ``ThreadJob.run``."""
+    found = []
+    for pool in all_pools():
+        for thread, fn, _ in pool.jobs()[1]:
+            job = getattr(fn, "__self__", None)
+            if isinstance(job, ThreadJob) and job.abandoned:
+                found.append((thread, job))
+    return found
+
+
+def _wait_for_abandoned(abandoned: list[tuple[threading.Thread, ThreadJob]], deadline: float | None) -> None:
+    """Wait until ``deadline`` for the pool threads that ran ``abandoned``
+    workers to be done with them: the worker returned and its destroy
+    notifier ran (at exit its context is closed, so in that thread).  No
+    event marks it; the pools' running jobs are looked at every
+    :data:`_ABANDONED_RECHECK` seconds."""
+    jobs = {id(job) for _, job in abandoned}
+    while jobs:
+        running = {id(job) for _, job in _abandoned_workers()}
+        jobs &= running
+        if not jobs:
+            return
+        slice_ = _ABANDONED_RECHECK
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            slice_ = min(left, slice_)
+        time.sleep(slice_)
+
+
+#: How often (seconds) the exit looks whether abandoned workers returned.
+_ABANDONED_RECHECK = 0.02
 
 
 def _wait_for_workers(deadline: float | None) -> None:

@@ -1,7 +1,8 @@
 """The outcome rules: which result and which error a task ends with.
 
 Functions over values, no locks and no task (``delivered_error`` sets the
-``__cause__`` of the ContextClosedError it returns): the state machine
+``__cause__`` of the ContextClosedError it returns, and the ``__context__``
+of a cancel that wins over an error): the state machine
 (``_state``) applies them inside its locked steps, so that a rule and the
 state move it belongs to are one decision.
 
@@ -12,7 +13,10 @@ state move it belongs to are one decision.
   result replaces the old one, whose destroy notifier then runs at once, in
   the replacing thread.
 - What ``func`` gets: a cancel's exception if a cancel was asked before the
-  outcome was fixed ("cancel wins"); else, when the loop went away first,
+  outcome was fixed ("cancel wins": an error the worker raised after it,
+  such as the ``OSError`` of a socket an ``on_cancel`` hook closed, is not
+  lost but becomes the cancel's ``__context__``, as Python chains an error
+  raised while another is handled); else, when the loop went away first,
   ``ContextClosedError`` (caused by the error it hides, if any); else the
   first error; else None.
 - The result stays readable after the task finished, like a Future's.
@@ -49,6 +53,8 @@ def delivered_error(
 ) -> BaseException | None:
     """The ``err`` that ``func`` and the awaiters get."""
     if cancel is not None:
+        if error is not None and error is not cancel and cancel.__context__ is None:
+            cancel.__context__ = error
         return cancel
     if closed is not None:
         closed.__cause__ = error

@@ -29,7 +29,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from . import _delivery  # a cycle: _delivery asks this module for the last report
-from ._checks import check_callable
+from ._checks import check_callable, check_sync
 from ._state import DELIVERING
 
 if TYPE_CHECKING:
@@ -86,6 +86,7 @@ def report(task: TaskCore, done: float, total: float | None, message: str | None
 def connect(task: TaskCore, fn: ProgressFunc, max_rate: float | None) -> None:
     """``Task.connect_progress`` (see its docstring)."""
     check_callable(fn, "connect_progress")
+    check_sync(fn, "connect_progress")
     if max_rate is not None:
         if not isinstance(max_rate, (int, float)) or isinstance(max_rate, bool):
             raise TypeError(f"connect_progress: max_rate must be a number or None, not {type(max_rate).__name__}")

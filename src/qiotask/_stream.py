@@ -48,14 +48,22 @@ from ._errors import ContextClosedError, TaskStateError
 
 __all__ = ["ItemStream", "Items", "connect_items", "iterate_in_thread", "send_item"]
 
+#: How often (seconds) a worker waiting for room looks whether the loop that
+#: takes its items is gone: the longest it then waits in vain.
+CLOSED_CHECK = 0.5
+
 T = TypeVar("T")
 
 
 class ItemStream(Generic[T]):
     """The worker's side and the loop's side of a bounded stream of items."""
 
-    def __init__(self, buffer: int) -> None:
+    def __init__(self, buffer: int, context: Any = None) -> None:
         self.buffer = buffer
+        # The context whose loop takes the items: a worker waiting for room
+        # looks now and then whether that loop is gone (nothing else may
+        # tell it: a loop that ends with the consumer's iterator still held).
+        self._context = context
         self._lock = threading.Lock()
         self._room = threading.Condition(self._lock)  # the worker waits here while full
         self._queue: collections.deque[T] = collections.deque()
@@ -70,17 +78,31 @@ class ItemStream(Generic[T]):
 
     def put(self, item: T) -> bool:
         """From the worker: queue ``item``, blocking while ``buffer`` items
-        are out; False once the loop closed the stream (stop producing)."""
-        with self._lock:
-            while self._out >= self.buffer and not self._closed:
-                self._room.wait()
-            if self._closed:
+        are out; False once the stream is closed (stop producing): by the
+        loop, by the completion, or because the loop is gone."""
+        while True:
+            with self._lock:
+                if self._closed:
+                    return False
+                if self._out < self.buffer:
+                    self._queue.append(item)
+                    self._out += 1
+                    waiter, self._waiter = self._waiter, None
+                    break
+                if self._room.wait(None if self._context is None else CLOSED_CHECK):
+                    continue  # room was made (or the stream closed): look again
+            # A while without room: the loop may be gone for good.  Asked
+            # without the stream's lock: a context found closed fails what
+            # it holds here, and that may close this stream.
+            if self._context.closed:
+                self.close()
                 return False
-            self._queue.append(item)
-            self._out += 1
-            waiter, self._waiter = self._waiter, None
         if waiter is not None:
             waiter()  # the loop waits for items: wake it (once per batch)
+            with self._lock:
+                # The wake-up found the loop gone and closed the stream:
+                # this item is dropped with the rest, so say so now.
+                return not self._closed
         return True
 
     def end(self) -> None:
@@ -93,18 +115,25 @@ class ItemStream(Generic[T]):
 
     # -- the loop's side --------------------------------------------------------------
 
-    def take(self, handed_out: int, wake: Callable[[], Any] | None) -> tuple[collections.deque[T], bool]:
+    def take(
+        self, handed_out: int, wake: Callable[[], Any] | None, last: bool = False
+    ) -> tuple[collections.deque[T], bool]:
         """On the loop: give back ``handed_out`` items (handed out since the
         last take) and take what is queued: ``(items, ended)``.  With nothing
         queued and the worker not done, ``wake()`` is called when items
-        come (or the worker ends)."""
+        come (or the worker ends) -- or, with ``last``, the stream closes in
+        the same step: no item can come between the last take and the close."""
         with self._lock:
             if handed_out:
                 self._out -= handed_out
                 self._room.notify()
             items, self._queue = self._queue, collections.deque()
-            if not items and not self._ended:
-                self._waiter = wake
+            if not items:
+                if last:
+                    self._closed = True
+                    self._room.notify()
+                elif not self._ended:
+                    self._waiter = wake
             return items, self._ended
 
     def close(self) -> Callable[[], Any] | None:
@@ -128,6 +157,7 @@ class _Iterator(Generic[T]):
         self._batch: collections.deque[T] = collections.deque()
         self._handed = 0  # items of the batch handed out, given back at the next take
         self._done = False
+        self._waiting = False  # an __anext__ waits for items (the stream keeps one waiter)
 
     def __aiter__(self) -> _Iterator[T]:
         return self
@@ -139,6 +169,11 @@ class _Iterator(Generic[T]):
             return batch.popleft()
         from ._task import Task  # (a cycle: _task imports this module)
 
+        if self._waiting:
+            raise RuntimeError(
+                "iterate_in_thread: another coroutine already waits for the next item of this iterator; "
+                "iterate it from one coroutine at a time"
+            )
         while True:
             if self._done:
                 raise StopAsyncIteration
@@ -162,17 +197,22 @@ class _Iterator(Generic[T]):
                 await self._task  # the generator's exception, if it raised
                 raise StopAsyncIteration
             assert waiter is not None
+            self._waiting = True
             try:
                 await waiter
             except BaseException:
                 self._finish()
                 raise
+            finally:
+                self._waiting = False
 
     async def aclose(self) -> None:
-        """Close the generator, in its worker thread, and wait for it."""
-        if self._done:
+        """Close the generator, in its worker thread, and wait for it (also
+        when a cancel closed it already: its ``finally`` may still run)."""
+        if not self._done:
+            self._finish()
+        if self._task.done():
             return
-        self._finish()
         try:
             await self._task
         except Exception:
@@ -211,7 +251,7 @@ class Items:
     def __init__(self, task: Any, fn: Callable[[Any, Any], Any], buffer: int) -> None:
         self.task = task
         self.fn = fn
-        self.stream: ItemStream[Any] = ItemStream(buffer)
+        self.stream: ItemStream[Any] = ItemStream(buffer, task._context)
         self.stream.take(0, self.wake)  # the first item posts a hand-over
 
     def wake(self) -> None:
@@ -232,15 +272,21 @@ class Items:
         if not run:
             self.stream.close()
             return None
-        return self._hand_over(None)
+        try:
+            # The last takes close the stream once it is empty: a worker
+            # still sending (one a cancel abandoned) is told, instead of
+            # waiting for room nobody makes, and no item is taken in and lost.
+            return self._hand_over(None, last=True)
+        finally:
+            self.stream.close()  # (closed already, unless a callback's error cut it short)
 
-    def _hand_over(self, wake: Callable[[], Any] | None) -> BaseException | None:
+    def _hand_over(self, wake: Callable[[], Any] | None, last: bool = False) -> BaseException | None:
         from ._delivery import first, notify
 
         pending: BaseException | None = None
         handed = 0
         while True:
-            items, _ = self.stream.take(handed, wake)
+            items, _ = self.stream.take(handed, wake, last)
             if not items:
                 return pending  # (wake is registered for the next item)
             for item in items:
@@ -256,6 +302,7 @@ def _reraise(pending: BaseException | None) -> None:
 def connect_items(task: Any, fn: Callable[[Any, Any], Any], buffer: int) -> None:
     """``Task.connect_items`` (see its docstring)."""
     check_callable(fn, "connect_items")
+    check_sync(fn, "connect_items")
     _check_buffer(buffer, "connect_items")
     ctl = task._own_ctl()
     with task._lock:
@@ -269,9 +316,18 @@ def connect_items(task: Any, fn: Callable[[Any, Any], Any], buffer: int) -> None
 def send_item(task: Any, item: Any) -> None:
     """``Task.send_item`` (see its docstring)."""
     items = task._ctl.items
-    if items is None:
+    if items is None and not task.done():
         raise TaskStateError(f"task {task.name!r}: send_item() needs a connect_items() callback first")
-    if not items.stream.put(item):
+    if task._context.is_owner():
+        raise TaskStateError(
+            f"task {task.name!r}: send_item() from the context thread itself, which would wait for the room "
+            "only this thread makes; call the items callback directly"
+        )
+    if items is None or not items.stream.put(item):
+        if task.done():
+            # Completed while its worker still sends: a cancel abandoned it.
+            task.raise_if_cancelled()
+            raise TaskStateError(f"task {task.name!r} has completed: send_item() comes too late")
         raise ContextClosedError(f"task {task.name!r}: send_item(): context {task.context.name!r} is gone")
 
 
@@ -307,8 +363,8 @@ def iterate_in_thread(gen_fn: Callable[..., Iterable[T]], /, *args: Any, buffer:
             "iterate_in_thread: no asyncio event loop or trio run is running in this thread; "
             "call it in the coroutine that iterates"
         )
-    stream: ItemStream[T] = ItemStream(buffer)
     task: Task[None] = Task(None, name=f"iterate_in_thread({getattr(gen_fn, '__qualname__', gen_fn)})")
+    stream: ItemStream[T] = ItemStream(buffer, task.context)
     try:
         task.run_in_thread(_produce, (gen_fn, args, stream))
     except BaseException as exc:

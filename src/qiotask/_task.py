@@ -63,7 +63,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from . import _executor, _points, _progress, _stream, _threadjob, _trace
 from ._adapters import async_adapter, no_framework
-from ._checks import check_callable, check_duration, wait_timeout
+from ._checks import check_callable, check_duration, check_sync, wait_timeout
 from ._context import MainContext, attach, get_context, supported_loops
 from ._delivery import ask_cancel, context_closed, deliver, hand_over, notify, reraise, time_out
 from ._errors import TaskStateError
@@ -411,9 +411,10 @@ class Task(TaskCore, Generic[T]):
         context thread (or, if that context is closed, called at once here).
 
         Raises:
-            TypeError: ``fn`` is not callable.
+            TypeError: ``fn`` is not callable, or is an async function.
         """
         check_callable(fn, "add_done_callback")
+        check_sync(fn, "add_done_callback")
         if not self._move_add_callback(fn):
             # Like a Future's: a callback added once the completion started
             # runs later on the context thread, after func and the callbacks
@@ -553,7 +554,8 @@ class Task(TaskCore, Generic[T]):
         last report arrives before the completion whatever the rate.
 
         Raises:
-            TypeError: ``fn`` is not callable, ``max_rate`` not a number.
+            TypeError: ``fn`` is not callable or is an async function,
+                ``max_rate`` not a number.
             ValueError: ``max_rate`` is not positive.
         """
         _progress.connect(self, fn, max_rate)
@@ -567,7 +569,8 @@ class Task(TaskCore, Generic[T]):
         ``buffer`` items are out.  Call it before the worker starts.
 
         Raises:
-            TypeError: ``fn`` is not callable, ``buffer`` not an int.
+            TypeError: ``fn`` is not callable or is an async function,
+                ``buffer`` not an int.
             ValueError: ``buffer`` below 1.
             TaskStateError: called twice, or after the completion.
         """
@@ -579,7 +582,11 @@ class Task(TaskCore, Generic[T]):
         out (the loop is behind).
 
         Raises:
-            TaskStateError: no :meth:`connect_items` callback.
+            TaskStateError: no :meth:`connect_items` callback; called on the
+                context thread (which alone makes room); or the task
+                completed without a cancel.
+            TaskCancelled: the task was cancelled and completed while its
+                worker still sends (``abandon_on_cancel``): stop sending.
             ContextClosedError: the context's loop is gone (stop sending).
         """
         _stream.send_item(self, item)
@@ -619,9 +626,11 @@ class Task(TaskCore, Generic[T]):
         except AttributeError:
             return  # __init__ failed: there never was a task
         if state == FINISHED:
-            if self._error is not None and not self._retrieved:
+            if self._error is not None and not self._retrieved and self._error is not self._ctl.cancel:
                 # Like asyncio's "exception was never retrieved": nobody had
-                # a func, a done-callback or an await to hear of it.
+                # a func, a done-callback or an await to hear of it.  (Not a
+                # task's own cancel, as not a cancelled Future's: whoever
+                # cancelled it knows.)
                 logger.error("task %r failed and nobody retrieved its error", self.name, exc_info=self._error)
             return
         if state < COMPLETING:

@@ -38,7 +38,9 @@ def os_thread_name() -> str | None:
 
 
 def _set_os_thread_name(name: str) -> None:
-    data = name.encode("utf-8", "replace")[:COMM_BYTES]
+    # Cut to what the kernel keeps, at a character's boundary: a character
+    # cut in half would show as a stray byte in ps and top.
+    data = name.encode("utf-8", "replace")[:COMM_BYTES].decode("utf-8", "ignore").encode("utf-8")
     try:
         fd = os.open(_comm_path(), os.O_WRONLY)
     except OSError:

@@ -16,12 +16,15 @@ import concurrent.futures
 import contextvars
 import functools
 import logging
+import math
+import sys
 import threading
 import types
 from collections.abc import Awaitable, Callable, Generator
 from typing import Any
 
 from .._adapters import Adapter, attach_once, register
+from .._checks import check_awaitable
 from .._context import MainContext
 from .._driver import CancelLatch, ClosedAtExit, ContextPort, LoopDriver, TimerHandle
 from .._errors import ContextClosedError, TaskCancelled, TaskStateError
@@ -118,7 +121,7 @@ class AsyncioDriver(LoopDriver):
                 done.set_exception(TaskCancelled(f"from_thread.run(): cancelled before {async_fn!r} started"))
                 return
             try:
-                task = context.run(lambda: loop.create_task(async_fn(*args)))
+                task = context.run(_create_task, loop, async_fn, args)
             except BaseException as exc:
                 done.set_exception(exc)
                 return
@@ -175,6 +178,14 @@ class AsyncioDriver(LoopDriver):
 
     def stop(self) -> None:
         self.loop.stop()
+
+
+def _create_task(loop: asyncio.AbstractEventLoop, async_fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
+    """``from_thread.run()``'s coroutine, as a task of ``loop`` (in the
+    context this is called in, which the task copies)."""
+    coro = async_fn(*args)
+    check_awaitable(coro, async_fn, "from_thread.run")
+    return loop.create_task(coro) if asyncio.iscoroutine(coro) else asyncio.ensure_future(coro, loop=loop)
 
 
 def _fd_ready(port: ContextPort, fd: int, _keepsake: object) -> None:
@@ -389,8 +400,18 @@ def _cancel_point() -> Awaitable[None] | None:
     the coroutine at its next suspension (``Task._must_cancel``, set by
     ``cancel()`` while the task runs), so suspend once, only then."""
     current = asyncio.current_task()
-    if current is not None and getattr(current, "_must_cancel", False):
+    if current is None:
+        return None
+    if getattr(current, "_must_cancel", False):
         return asyncio.sleep(0)
+    # anyio on asyncio cancels a scope's task only at its next checkpoint
+    # (its own run_sync starts with one): ask anyio, if it runs here at all
+    # (its asyncio backend is imported when it first runs on asyncio).
+    anyio_backend = sys.modules.get("anyio._backends._asyncio")
+    if anyio_backend is not None:
+        deadline = anyio_backend.AsyncIOBackend.current_effective_deadline()
+        if deadline != math.inf and deadline <= current.get_loop().time():
+            return asyncio.sleep(0)  # cancelled, or its deadline passed: anyio's checkpoint delivers it
     return None
 
 

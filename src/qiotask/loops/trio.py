@@ -77,6 +77,7 @@ import trio
 import trio.lowlevel as _lowlevel
 
 from .._adapters import Adapter, attach_once, register
+from .._checks import check_awaitable
 from .._context import HANGUP_POLL_INTERVAL, MainContext
 from .._driver import CancelLatch, ClosedAtExit, ContextPort, LoopDriver
 from .._errors import ContextClosedError, TaskCancelled, TaskStateError
@@ -212,7 +213,9 @@ class TrioDriver(LoopDriver):
         async def in_a_scope() -> Any:
             with trio.CancelScope() as scope:
                 latch.attach(scope)
-                result = await async_fn(*args)
+                awaitable = async_fn(*args)
+                check_awaitable(awaitable, async_fn, "from_thread.run")
+                result = await awaitable
             if scope.cancelled_caught:
                 raise TaskCancelled("from_thread.run(): the worker's task was cancelled")
             return result
@@ -221,12 +224,17 @@ class TrioDriver(LoopDriver):
             try:
                 token.run_sync_soon(latch.cancel)
             except trio.RunFinishedError:
-                pass  # the run is over: from_thread.run raises RunFinishedError itself
+                pass  # the run is over: the call below says so
 
         on_cancel(stop)
         # trio runs it in a system task of the run, in the calling thread's
-        # context: the worker's, here.
-        return context.run(trio.from_thread.run, in_a_scope, trio_token=token)  # type: ignore[arg-type]
+        # context: the worker's, here.  The run may end between the check
+        # above and trio's own (its system nursery then refuses the task):
+        # that is the loop gone, as everywhere else.
+        try:
+            return context.run(trio.from_thread.run, in_a_scope, trio_token=token)  # type: ignore[arg-type]
+        except trio.RunFinishedError as exc:
+            raise ContextClosedError(f"from_thread.run(): {self.port.name}: the trio run has finished") from exc
 
     def nests(self) -> bool:
         return False  # trio.run() cannot run inside a run
