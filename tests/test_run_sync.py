@@ -237,6 +237,16 @@ def test_run_sync_misuse() -> None:
             await qiotask.run_sync(coro)
         with pytest.raises(TypeError, match="thread_name must be a str"):
             await qiotask.run_sync(print, thread_name=3)  # type: ignore[arg-type]
+        # The options it passes on are named as its own, not run_in_thread's.
+        for bad, error in (
+            ({"timeout": -1}, ValueError),
+            ({"priority": 1.5}, TypeError),
+            ({"limiter": 2}, TypeError),
+            ({"pool": "default"}, TypeError),
+        ):
+            with pytest.raises(error, match=r"^run_sync: ") as raised:
+                await qiotask.run_sync(print, **bad)  # type: ignore[arg-type]
+            assert "run_in_thread" not in str(raised.value)
 
     run_asyncio(main)
     with pytest.raises(RuntimeError, match="no asyncio event loop or trio run"):

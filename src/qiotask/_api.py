@@ -127,8 +127,15 @@ async def run_sync(
         )
     except BaseException as exc:
         settle_unsubmitted(task, exc)
+        if isinstance(exc, (TypeError, ValueError)) and str(exc).startswith(_RUN_IN_THREAD):
+            # An option it passed on: name it as run_sync's own.
+            raise type(exc)(f"run_sync: {str(exc)[len(_RUN_IN_THREAD) :]}") from None
         raise
     return await adapter.wait_worker(task, abandon_on_cancel)  # type: ignore[misc,no-any-return]
+
+
+#: How run_in_thread's argument errors begin (``_checks`` and ``_threadjob``).
+_RUN_IN_THREAD = "run_in_thread: "
 
 
 def settle_unsubmitted(task: Task[Any], exc: BaseException) -> None:
