@@ -280,6 +280,17 @@ def test_trio_cancel_scope_cancels_and_waits() -> None:
                     await trio.sleep(WAIT)
             assert scope.cancelled_caught
             assert second.done() and second.cancelled()
+            # Cancelled in the body while a nursery there has children: what
+            # leaves the body is a group of Cancelled (trio groups strictly),
+            # still a cancellation.
+            with trio.move_on_after(0.05) as scope:
+                async with TaskGroup() as group:
+                    third = start_blocker(group)
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(trio.sleep, WAIT)
+                        nursery.start_soon(trio.sleep, WAIT)
+            assert scope.cancelled_caught
+            assert third.done() and third.cancelled()
 
     trio.run(main)
 
@@ -571,3 +582,31 @@ def test_a_group_closed_with_no_loop_running_still_cancels_and_closes() -> None:
     assert workers[0].cancelled()
     assert workers[0].wait(10)
     del task
+
+
+@pytest.mark.parametrize("kind", ["asyncio", "uvloop"])
+def test_with_for_a_loop_attached_while_it_runs_on_another_thread(kind: str) -> None:
+    # Attached here while another thread runs it: this thread is not its
+    # thread, so `with` may wait for its tasks (it blocks this thread only).
+    if kind == "uvloop":
+        open_backend("uvloop").cleanup()  # skips (or fails in CI) without uvloop
+        import uvloop
+
+        loop = uvloop.new_event_loop()
+    else:
+        loop = asyncio.new_event_loop()
+    thread = start_thread(loop.run_forever, "loop-thread")
+    try:
+        asyncio.run_coroutine_threadsafe(asyncio.sleep(0), loop).result(WAIT)  # it runs there now
+        context = qiotask.attach(loop)
+        assert not context.is_owner()
+        if kind == "asyncio":  # its loop says which thread runs it
+            assert context.thread is thread
+        with TaskGroup() as group:
+            task = group.run_in_thread(double, 5, context=context)
+        assert task.get_result()[0] == 10
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        join(thread)
+        context.close()
+        loop.close()

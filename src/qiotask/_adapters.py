@@ -250,8 +250,19 @@ def load_triggered() -> bool:
 
 
 def is_cancellation(exc: BaseException) -> bool:
-    """Whether ``exc`` is the cancellation of any async framework loaded."""
-    return any(adapter.is_cancellation is not None and adapter.is_cancellation(exc) for adapter in _async)
+    """Whether ``exc`` is the cancellation of any async framework loaded --
+    or an exception group of nothing else: a trio nursery cancelled with
+    its children raises a group of their ``Cancelled`` (``strict_exception_
+    groups``).  A group is known by its ``exceptions`` (the built-in one,
+    or the ``exceptiongroup`` backport's on Python 3.10)."""
+    if any(adapter.is_cancellation is not None and adapter.is_cancellation(exc) for adapter in _async):
+        return True
+    leaves = getattr(exc, "exceptions", None)
+    return (
+        isinstance(leaves, tuple)
+        and bool(leaves)
+        and all(isinstance(leaf, BaseException) and is_cancellation(leaf) for leaf in leaves)
+    )
 
 
 def no_framework(where: str, instead: str) -> RuntimeError:

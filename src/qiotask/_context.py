@@ -270,6 +270,11 @@ class MainContext:
         confirm = self._confirm_owner
         return confirm is None or confirm()
 
+    def _runs_on(self, thread: threading.Thread) -> bool:
+        """Whether ``thread`` is known to be this context's thread (False
+        while no thread is known: a loop attached as it runs elsewhere)."""
+        return self._owner[0] == thread.ident
+
     def _set_owner(self, thread: threading.Thread) -> None:
         self._owner = (thread.ident, thread)
 

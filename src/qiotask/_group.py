@@ -266,7 +266,7 @@ class TaskGroup:
 
     def _check_thread(self, context: MainContext, what: str) -> None:
         thread = self._sync_thread
-        if thread is not None and context.thread is thread and not context.closed:
+        if thread is not None and context._runs_on(thread) and not context.closed:
             raise TaskStateError(
                 f"task group {self._name!r}: {what} of context {context.name!r} completes on this thread, "
                 "which leaving the `with` block blocks: it would wait for itself forever. On the loop's "

@@ -280,10 +280,15 @@ class AsyncioContext(MainContext):
             self._set_owner(thread)
         elif loop.is_running() and _get_running_loop() is not loop:
             # Attached from another thread while it runs elsewhere: this
-            # thread is not its thread, and which one is cannot be asked
-            # here.  No thread is, until its first dispatch says (so every
-            # completion is posted to the loop, none runs here).
-            self._owner = (None, self._owner[1])
+            # thread is not its thread.  asyncio's own loops say which one
+            # is; for others, no thread is until the first dispatch says (so
+            # every completion is posted to the loop, none runs here).
+            ident = getattr(loop, "_thread_id", None)
+            running = next((t for t in threading.enumerate() if t.ident == ident), None) if ident else None
+            if running is not None:
+                self._set_owner(running)
+            else:
+                self._owner = (None, self._owner[1])
 
 
 class EmbeddedContext(AsyncioContext):
