@@ -4,9 +4,11 @@ attach/get_context, thread-default contexts and closed contexts."""
 from __future__ import annotations
 
 import asyncio
+import errno
 import gc
 import logging
 import math
+import os
 import select
 import socket
 import subprocess
@@ -499,6 +501,11 @@ def test_sources_reject_bad_arguments(ctx: MainContext, pair: SocketPair, assert
     closed.close()
     with pytest.raises(ValueError, match=r"^io_add_watch: fd socket is closed \(its fileno\(\) returned -1\)$"):
         ctx.io_add_watch(closed, IO_IN, fn)
+    r, w = os.pipe()
+    os.close(r)
+    os.close(w)
+    with pytest.raises(OSError, match=rf"^\[Errno {errno.EBADF}\] io_add_watch: fd {r} is not open"):
+        ctx.io_add_watch(r, IO_IN, fn)  # (a loop would watch it for ever: Tk's notifier spins)
     with pytest.raises(ValueError):
         ctx.io_add_watch(a, 0, fn)
     with pytest.raises(ValueError):

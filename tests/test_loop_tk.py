@@ -297,6 +297,27 @@ def test_timeout_add_is_a_tk_after(root: tkinter.Tk, ctx: qiotask.MainContext) -
     assert pending_afters(root) == before
 
 
+def test_a_repeating_zero_ms_timer_starves_no_completion(root: tkinter.Tk, ctx: qiotask.MainContext) -> None:
+    # A 0 ms timer re-armed from its own handler keeps a Tcl event pending
+    # for ever, so Tcl never goes idle: a batch waiting for idle must run
+    # anyway (it ran only once the timer stopped).
+    ticks = [0]
+
+    def tick() -> bool:
+        ticks[0] += 1
+        return True
+
+    ticker = ctx.timeout_add(0, tick)
+    task: Task[int] = Task(None, lambda s, e, o: root.quit(), context=ctx)
+    task.run_in_thread(lambda t, o: 1)
+    try:
+        run_mainloop(root)
+    finally:
+        ticker.remove()
+    assert task.done() and task.get_result() == 1
+    assert ticks[0] > 0
+
+
 def test_read_and_write_watches_share_one_file_handler(
     root: tkinter.Tk, ctx: qiotask.MainContext, pair: SocketPair
 ) -> None:
@@ -657,6 +678,18 @@ def test_twenty_thousand_completions_from_two_threads(
 
 
 # -- get_context() on the Tk thread, references of late tasks -------------------------
+
+
+def test_when_the_root_attached_last_is_destroyed_the_one_before_is_found_again(root: tkinter.Tk) -> None:
+    first = qiotask.attach(root)
+    second_root = new_root()
+    second = qiotask.attach(second_root)
+    assert qiotask.get_context() is second  # the live root attached last
+    second_root.destroy()
+    assert second.closed
+    assert qiotask.get_context() is first  # not the default context: root lives on
+    del second_root
+    gc.collect()
 
 
 def test_a_task_made_on_the_tk_thread_belongs_to_its_root(root: tkinter.Tk) -> None:

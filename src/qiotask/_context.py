@@ -42,6 +42,7 @@ from __future__ import annotations
 import enum
 import logging
 import math
+import os
 import select
 import sys
 import threading
@@ -442,11 +443,20 @@ class MainContext:
                 or ``condition`` is not an ``IOCondition``/int.
             ValueError: ``fd`` is negative or ``condition`` is empty or has
                 unknown bits.
-            OSError: on the context thread, the loop refused the fd (asyncio:
-                a regular file, a closed fd); nothing is left registered.
+            OSError: ``fd`` is not open; or, on the context thread, the loop
+                refused the fd (asyncio: a regular file); nothing is left
+                registered.
         """
         check_callable(fn, "io_add_watch")
         fd = check_fd(fd, "io_add_watch")
+        if os.name == "posix":
+            # Every loop would take an fd that is not open, and then watch it
+            # in vain (GLib, Qt) or spin (Tk's notifier): refuse it here, as
+            # asyncio's selector does, with the number said.
+            try:
+                os.fstat(fd)
+            except OSError as exc:
+                raise OSError(exc.errno, f"io_add_watch: fd {fd} is not open ({exc.strerror})") from None
         if not isinstance(condition, int) or isinstance(condition, bool):
             raise TypeError(f"io_add_watch: condition must be an IOCondition, not {type(condition).__name__}")
         bits = int(condition)

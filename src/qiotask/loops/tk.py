@@ -49,8 +49,12 @@ Which thread runs what:
   Tk also runs internally, loops until no idle handler is left, so batches
   that were all idle handlers would never let it return while an
   ``idle_add`` source repeats (both measured with Tcl 8.6.13).  Taking
-  turns, neither happens.  Like any idle handler, a batch may run inside a
-  callback that calls ``update_idletasks()``.
+  turns, neither happens.  Since idle may never come while the program's
+  own events follow one another (a 0 ms ``timeout_add`` re-armed from its
+  callback), a batch waiting for idle also has a timer
+  (:data:`IDLE_FALLBACK_MS`) that runs it if idle is late.  Like any idle
+  handler, a batch may run inside a callback that calls
+  ``update_idletasks()``.
 - Where ``createfilehandler`` does not exist (Windows), other threads set a
   flag that the Tk thread looks at every :data:`POLL_INTERVAL_MS`
   milliseconds, and fd watches are polled with ``select()`` at the same pace.
@@ -112,6 +116,13 @@ __all__ = ["POLL_INTERVAL_MS", "TkContext", "TkDriver"]
 #: here, about 1% of one core while the application is idle (2% at 10 ms),
 #: most of which a bare Tcl ``after`` loop at the same pace costs too.
 POLL_INTERVAL_MS = 20
+
+#: How long, in milliseconds, a batch scheduled for when Tcl is idle waits
+#: before a timer runs it anyway: idle never comes while events follow one
+#: another without end (a 0 ms timer that re-arms itself).  Short enough
+#: not to be noticed, long enough that a window that goes idle now and then
+#: still redraws before the batch.
+IDLE_FALLBACK_MS = 5
 
 # The context of a root lives in the root's __dict__ under this name, so that
 # attach() finds it with one lookup (tkinter.Tk.__getattr__ would ask Tcl).
@@ -265,6 +276,7 @@ class TkDriver(LoopDriver):
         self._timers: set[_Timer] = set()  # pending, so that teardown cancels them
         self._fd_handlers: set[int] = set()  # fds with a createfilehandler
         self._batch_id: str | None = None  # the "after" of the batch scheduled, if any
+        self._fallback_id: str | None = None  # an idle batch's timer, should Tcl never go idle
         self._batch_at_idle = True  # how the next batch runs: see _schedule_batch
         self._poll_id: str | None = None  # the pending polling tick
         self._pipe: _WakePipe | None = None
@@ -395,6 +407,10 @@ class TkDriver(LoopDriver):
             return
         if self._batch_at_idle:
             self._batch_id = root.tk.call("after", "idle", self._idle_cmd)
+            # Idle may never come: a chain of events (a 0 ms timer re-armed
+            # from its own handler) keeps Tcl busy.  A timer a little later
+            # runs the batch then; whichever comes first cancels the other.
+            self._fallback_id = root.tk.call("after", IDLE_FALLBACK_MS, self._timer_cmd)
         else:
             self._batch_id = root.tk.call("after", 0, self._timer_cmd)
 
@@ -406,6 +422,10 @@ class TkDriver(LoopDriver):
 
     def _run_batch(self, next_at_idle: bool) -> None:
         self._batch_id = None
+        fallback, self._fallback_id = self._fallback_id, None
+        if fallback is not None and self.root is not None:
+            # (The one that fired is gone from Tcl: cancelling it is a no-op.)
+            self.root.tk.call("after", "cancel", fallback)
         self._batch_at_idle = next_at_idle
         if not self.port.closed:
             self.port.dispatch()
@@ -467,7 +487,7 @@ class TkDriver(LoopDriver):
         tk = root.tk
         # The interpreter outlives the root, and its timers and the thread's
         # file handlers would fire in the next mainloop() of any root here.
-        for after_id in [timer._id for timer in self._timers] + [self._batch_id, self._poll_id]:
+        for after_id in [timer._id for timer in self._timers] + [self._batch_id, self._fallback_id, self._poll_id]:
             if after_id is not None:
                 try:
                     tk.call("after", "cancel", after_id)
@@ -476,7 +496,7 @@ class TkDriver(LoopDriver):
         for timer in self._timers:
             timer._id = None
         self._timers.clear()
-        self._batch_id = self._poll_id = None
+        self._batch_id = self._fallback_id = self._poll_id = None
         fds = list(self._fd_handlers)
         if self._pipe is not None:
             fds.append(self._pipe.rfd)
@@ -540,7 +560,9 @@ class TkContext(MainContext):
         self.polling = polling
         root.__dict__[_ATTR] = self
         if self._driver.start(root):
-            _thread_state.current = self
+            attached = _thread_state.attached
+            attached[:] = [ctx for ctx in attached if not ctx.closed]
+            attached.append(self)
             _bury_the_dead()
 
     @property
@@ -574,17 +596,25 @@ atexit.register(_bury_the_dead)
 
 
 class _ThreadState(threading.local):
-    current: TkContext | None = None  # the live root attached last on this thread
+    def __init__(self) -> None:
+        # The contexts of the roots attached on this thread, the last one
+        # last: when it is destroyed, the one before is this thread's again.
+        # Closed ones are dropped as they are met (the driver let go of
+        # their roots already).
+        self.attached: list[TkContext] = []
 
 
 _thread_state = _ThreadState()
 
 
 def _detect() -> MainContext | None:
-    ctx = _thread_state.current
-    if ctx is None or ctx.closed:
-        return None
-    return ctx
+    attached = _thread_state.attached
+    while attached:
+        ctx = attached[-1]
+        if not ctx.closed:
+            return ctx
+        attached.pop()
+    return None
 
 
 def _attach_root(obj: Any) -> MainContext:
