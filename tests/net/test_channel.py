@@ -956,3 +956,52 @@ def test_connect_tries_the_next_address_after_a_refusal() -> None:
         with SocketChannel(resolver=DNSResolver(getaddrinfo=two_addresses)) as channel:
             channel.connect_sync(f"somewhere.test:{port}")
             assert channel.remote_address == InetSocketAddress("127.0.0.1", port)
+
+
+# -- what a review found (each failed before its fix) ---------------------------------------------
+
+
+def test_a_connect_whose_completion_cannot_be_delivered_leaves_no_socket() -> None:
+    # The loop is gone: the task fails with ContextClosedError and func is
+    # not called, so nothing may be left open (as after a cancel).
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    try:
+
+        async def loop_context() -> qiotask.MainContext:
+            return qiotask.get_context()
+
+        context = asyncio.run(loop_context())  # its loop is closed now
+        channel = SocketChannel(context=context)
+        task = channel.connect_async(f"127.0.0.1:{server.getsockname()[1]}")
+        assert task.wait(10)
+        assert isinstance(task.exception(), qiotask.ContextClosedError)
+        assert channel.sock is None
+    finally:
+        server.close()
+
+
+def test_read_refuses_a_count_below_one() -> None:
+    a, b = socket.socketpair()
+    channel = SocketChannel(a)
+    try:
+        for n in (0, -1):
+            with pytest.raises(ValueError, match=rf"^read: n must be at least 1, got {n}$"):
+                channel.read(n)  # b"" would read as the end of the stream
+    finally:
+        channel.close()
+        b.close()
+
+
+def test_listening_on_an_fd_that_is_not_listening_is_refused() -> None:
+    a, b = socket.socketpair()
+    channel = SocketChannel()
+    try:
+        with pytest.raises(ValueError, match="is not listening"):
+            channel.listen_sync(f"fd:{a.fileno()}")
+        assert channel.sock is None
+    finally:
+        channel.close()
+        a.close()
+        b.close()

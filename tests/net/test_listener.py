@@ -7,8 +7,10 @@ wait_client, disconnect, and argument checks.
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import functools
+import gc
 import logging
 import math
 import os
@@ -21,6 +23,7 @@ import threading
 import time
 import types
 import uuid
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -901,3 +904,47 @@ def test_bad_arguments(listeners: Callable[..., NetListener]) -> None:
     with pytest.raises(TypeError):
         listener.set_client_func(None, None, 5)  # type: ignore[arg-type]
     assert not listener.connected
+
+
+# -- what a review found (each failed before its fix) ---------------------------------------------
+
+
+def test_open_sync_of_an_fd_that_is_not_listening_leaves_nothing_open() -> None:
+    a, b = socket.socketpair()
+    listener = NetListener()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", ResourceWarning)
+            with pytest.raises(ValueError, match="is not listening"):
+                listener.open_sync(f"fd:{a.fileno()}")
+            gc.collect()  # the duplicate the call made was closed, not left to the collector
+        assert listener.channels == []
+    finally:
+        listener.close()
+        a.close()
+        b.close()
+
+
+def test_an_open_whose_completion_cannot_be_delivered_leaves_nothing_open() -> None:
+    async def loop_context() -> qiotask.MainContext:
+        return qiotask.get_context()
+
+    context = asyncio.run(loop_context())  # its loop is closed now
+    listener = NetListener(context=context)
+    task = listener.open_async("127.0.0.1:0")
+    assert task.wait(10)
+    assert isinstance(task.exception(), qiotask.ContextClosedError)
+    assert listener.channels == []
+    listener.close()
+
+
+def test_adding_a_channel_twice_is_refused() -> None:
+    listener = NetListener()
+    listener.open_sync("127.0.0.1:0")
+    try:
+        (channel,) = listener.channels
+        with pytest.raises(ValueError, match="already"):
+            listener.add(channel)
+        assert listener.channels == [channel]
+    finally:
+        listener.close()

@@ -833,3 +833,12 @@ def test_add_watch_checks_the_condition(plain_channel: SocketChannel, certs: Cer
     tls = TLSChannel.new_server(plain_channel, certs.server_context())
     with pytest.raises(TypeError, match="condition must be an IOCondition"):
         tls.add_watch(condition, lambda *_: True)
+
+
+def test_getpeercert_after_close_says_the_channel_is_closed() -> None:
+    a, b = socket.socketpair()
+    b.close()
+    channel = TLSChannel.new_client(SocketChannel(a), ssl.create_default_context(), "localhost")
+    channel.close()
+    with pytest.raises(ValueError, match=r"^getpeercert: the channel is closed"):
+        channel.getpeercert()

@@ -20,7 +20,7 @@ from typing import Any
 
 from .._checks import check_callable, check_duration
 from .._context import IOCondition, MainContext, Source, attach, get_context
-from .._errors import TaskCancelled
+from .._errors import ContextClosedError, TaskCancelled
 from .._task import DestroyNotify, Task, TaskFunc
 from ._address import FdSocketAddress, InetSocketAddress, SocketAddress, UnixSocketAddress, VsockSocketAddress
 from ._resolver import DNSResolver, as_address
@@ -94,6 +94,20 @@ def _socket_of_fd(addr: FdSocketAddress, where: str) -> socket.socket:
         raise _failed(exc, f"{where}: fd {addr.fd} is not a socket") from None
 
 
+def check_listening(sock: socket.socket, message: str) -> None:
+    """Raise ``ValueError(message)`` if the stream socket ``sock`` is not
+    listening, where the system can tell (``SO_ACCEPTCONN``; vsock cannot)."""
+    accepting = getattr(socket, "SO_ACCEPTCONN", None)
+    if accepting is None or sock.type != socket.SOCK_STREAM:
+        return
+    try:
+        listening = sock.getsockopt(socket.SOL_SOCKET, accepting)
+    except OSError:
+        return  # cannot tell: trust the caller
+    if not listening:
+        raise ValueError(message)
+
+
 def _remove_stale_unix_socket(path: str) -> None:
     # As QEMU does before binding: a socket file left by an earlier run would
     # make bind() fail with EADDRINUSE.  Anything else at the path is kept.
@@ -150,10 +164,16 @@ def listen_socket(target: SocketAddress, num: int, *, v6only: bool = False) -> s
 
     Raises:
         OSError: the socket could not be made, bound or set listening.
+        ValueError: an ``fd:`` address whose socket is not listening.
     """
     if isinstance(target, FdSocketAddress):
         sock = _socket_of_fd(target, "listen")
-        sock.setblocking(False)
+        try:
+            check_listening(sock, f"listen: fd {target.fd} is not listening (an fd: address takes a listening socket)")
+            sock.setblocking(False)
+        except BaseException:
+            sock.close()
+            raise
         return sock
     sockaddr: Any
     if isinstance(target, InetSocketAddress):
@@ -231,6 +251,13 @@ class OpenRace:
             undo, self._undo = self._undo, None
         if undo is not None:
             undo()
+
+    def settled(self, task: Any) -> None:
+        """The task's done-callback: a completion that could not be
+        delivered (its loop is gone) leaves nothing open either, as a
+        cancel does -- ``func`` never learnt of what was opened."""
+        if isinstance(task.exception(), ContextClosedError):
+            self.cancelled(task)
 
     def opened(self, undo: Callable[[], None], what: str) -> None:
         """In the worker, once opened: raise TaskCancelled (after ``undo()``)
@@ -600,6 +627,7 @@ class SocketChannel:
         task.on_cancel(race.cancelled)
         with self._lock:
             self._close_hooks.append(task.cancel)
+        task.add_done_callback(race.settled)
         task.add_done_callback(finished)
         task.run_in_thread(worker, timeout=timeout, abandon_on_cancel=True)
         return task
@@ -672,10 +700,12 @@ class SocketChannel:
         read now (wait with ``add_watch(IO_IN, ...)``).
 
         Raises:
-            ValueError: the channel is not open, or closed.
+            ValueError: the channel is not open, or closed; ``n`` below 1.
             OSError: the connection failed (e.g. ``ConnectionResetError``).
         """
         sock = self._open_sock("read")
+        if n < 1:
+            raise ValueError(f"read: n must be at least 1, got {n}")  # recv(0)'s b"" would read as the end
         try:
             return sock.recv(n)
         except _NOT_NOW:

@@ -28,6 +28,7 @@ from ._channel import (
     _default_resolver,
     _failed,
     as_context,
+    check_listening,
     listen_socket,
     unix_file_of,
 )
@@ -129,16 +130,35 @@ class NetListener:
                 break
         if not socks:
             raise errors[-1]
-        for sock, target in socks:
-            channel = SocketChannel(sock, context=self._context, resolver=resolver)
-            channel._unix_file = unix_file_of(target)
+        for index, (sock, target) in enumerate(socks):
+            try:
+                channel = SocketChannel(sock, context=self._context, resolver=resolver)
+                channel._unix_file = unix_file_of(target)
+                self.add(channel)
+            except BaseException:
+                for left, _ in socks[index:]:
+                    left.close()  # this one and those not added yet: nobody else will
+                raise
             opened.append(channel)
-            self.add(channel)
 
     def _listen_all(
         self, targets: list[SocketAddress], num: int, fresh_port: bool
     ) -> tuple[list[tuple[socket.socket, SocketAddress]], list[OSError]]:
         socks: list[tuple[socket.socket, SocketAddress]] = []
+        try:
+            return self._listen_each(targets, num, fresh_port, socks)
+        except BaseException:
+            for made, _target in socks:
+                made.close()  # (an fd: address that is not listening, an interrupt)
+            raise
+
+    def _listen_each(
+        self,
+        targets: list[SocketAddress],
+        num: int,
+        fresh_port: bool,
+        socks: list[tuple[socket.socket, SocketAddress]],
+    ) -> tuple[list[tuple[socket.socket, SocketAddress]], list[OSError]]:
         errors: list[OSError] = []
         port = 0
         for target in targets:
@@ -209,6 +229,7 @@ class NetListener:
         task.on_cancel(race.cancelled)
         with self._lock:
             self._opening.add(task)
+        task.add_done_callback(race.settled)
         task.add_done_callback(self._opened)
         task.run_in_thread(worker, abandon_on_cancel=True)
         return task
@@ -228,15 +249,10 @@ class NetListener:
         if not isinstance(channel, SocketChannel):
             raise TypeError(f"add: channel must be a SocketChannel, not {type(channel).__name__}")
         sock = channel._open_sock("add")
-        accepting = getattr(socket, "SO_ACCEPTCONN", None)
-        if accepting is not None and sock.type == socket.SOCK_STREAM:
-            try:
-                listening = sock.getsockopt(socket.SOL_SOCKET, accepting)
-            except OSError:
-                listening = 1  # cannot tell (e.g. vsock): trust the caller
-            if not listening:
-                raise ValueError(f"add: {channel!r} is not listening (listen_sync first)")
+        check_listening(sock, f"add: {channel!r} is not listening (listen_sync first)")
         with self._lock:
+            if channel in self._channels:
+                raise ValueError(f"add: {channel!r} is listened on already")
             self._channels.append(channel)
             if self._func is not None and not self._waiting:
                 self._watch(channel)

@@ -178,7 +178,12 @@ class TLSChannel:
         return self._sock.cipher() if self.channel.sock is not None else None
 
     def getpeercert(self) -> Any:
-        """The peer's certificate as ``ssl.SSLSocket.getpeercert()`` gives it."""
+        """The peer's certificate as ``ssl.SSLSocket.getpeercert()`` gives it.
+
+        Raises:
+            ValueError: the channel was closed.
+        """
+        self.channel._open_sock("getpeercert")  # (its socket is this TLS socket)
         return self._sock.getpeercert()
 
     def read(self, n: int = READ_SIZE) -> bytes | None:
