@@ -176,7 +176,64 @@ def test_connect_progress_bad_max_rate(ctx: qiotask.MainContext) -> None:
     for bad in (0, -1, float("nan")):
         with pytest.raises(ValueError, match="max_rate must be positive"):
             task.connect_progress(print, max_rate=bad)
+    task.connect_progress(print, max_rate=10**400)  # as good as no limit (was an OverflowError)
     task.complete()
+
+
+@pytest.mark.parametrize("kind", ["asyncio", "glib", "qt"])
+@pytest.mark.parametrize("rate", [1e-9, 1e-310])
+def test_a_tiny_max_rate_holds_reports_back_without_overflowing_the_loops_timers(
+    kind: str, rate: float, caplog: pytest.LogCaptureFixture
+) -> None:
+    # One delivery in 31 years, or in 1e310 s: longer than a loop's timer
+    # takes (Qt: int milliseconds; inf for none).  The held report still
+    # arrives before func, and nothing is logged.
+    seen: list[Any] = []
+    first = threading.Event()
+
+    def worker(task: Task[Any], opaque: Any) -> None:
+        task.report_progress(1)
+        assert first.wait(10)  # delivered: the next one is held back by the rate
+        task.report_progress(2)  # a timer is set for it, on the loop
+        qiotask.from_thread.run_sync(lambda: None)  # (served after that report was handled)
+
+    def on_progress(task: Task[Any], done: float, total: float | None, message: str | None) -> None:
+        seen.append(done)
+        first.set()
+
+    with thread_default(open_backend(kind)) as backend, caplog.at_level("ERROR", logger="qiotask"):
+        runner = LoopRunner(backend.context)
+        task: Task[None] = Task(None, lambda s, e, o: seen.append("func"))
+        task.connect_progress(on_progress, max_rate=rate)
+        task.add_done_callback(runner.quit)
+        task.run_in_thread(worker)
+        runner.run()
+    assert seen[-2:] == [2, "func"]
+    assert caplog.records == []
+
+
+def test_no_progress_is_delivered_off_the_loop_once_it_is_gone() -> None:
+    # The completion then runs in the worker's thread, without func; the
+    # progress callback (a GUI's widget update) must not run there either.
+    ctx = qiotask.MainContext(name="gone soon")
+    threads: list[str] = []
+    reported = threading.Event()
+    closed = threading.Event()
+
+    def worker(task: Task[Any], opaque: Any) -> None:
+        task.report_progress(1)
+        reported.set()
+        assert closed.wait(10)
+
+    task: Task[None] = Task(None, context=ctx)
+    task.connect_progress(lambda t, done, total, message: threads.append(threading.current_thread().name))
+    task.run_in_thread(worker)
+    assert reported.wait(10)
+    ctx.close()
+    closed.set()
+    assert task.wait(10)
+    assert isinstance(task.exception(), qiotask.ContextClosedError)
+    assert threads == []  # not on the worker's thread
 
 
 def test_progress_on_a_glib_loop() -> None:

@@ -268,3 +268,10 @@ def test_limiters_made_while_it_lists_do_not_break_it() -> None:
         stop.set()
         join(maker)
         sys.setswitchinterval(interval)
+
+
+def test_the_listing_shows_progress_of_any_size() -> None:
+    from qiotask._inspect import _progress_text
+
+    assert _progress_text((10**400, 10**401, "far")) == f"{10**400}/{10**401} far"
+    assert _progress_text((1.5, None, None)) == "1.5"

@@ -428,3 +428,10 @@ def test_a_directory_another_user_could_plant_does_not_fail_enable_dump(
     assert signal.getsignal(signal.SIGUSR2) == before
     with pytest.raises(_dump.PsError, match="is not a private directory"):
         _dump.ps(os.getpid(), timeout=0.1)
+
+
+@pytest.mark.parametrize("pid", ["4294967296", "99999999999999999999"])
+def test_ps_refuses_a_pid_no_process_can_have(pid: str) -> None:
+    done = subprocess.run([sys.executable, "-m", "qiotask", "ps", pid], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2, done.stderr
+    assert "not a process ID" in done.stderr and "Traceback" not in done.stderr

@@ -147,3 +147,28 @@ def test_a_field_whose_repr_raises_does_not_stop_the_task(runner: LoopRunner, ca
     runner.run_until(task.done)
     assert ran == [None] and task.get_result() is value
     assert "could not be logged" in caplog.text
+
+
+@pytest.mark.parametrize("kind", [KeyboardInterrupt, SystemExit])
+def test_a_listener_raising_a_base_exception_leaves_no_step_half_made(
+    runner: LoopRunner, caplog: pytest.LogCaptureFixture, kind: type[BaseException]
+) -> None:
+    # A listener runs between the halves of a task's steps: its Ctrl-C (or
+    # SystemExit) is logged and ignored like any error, or the task would
+    # be left running, completing or finished without func and notifiers.
+    def bad(event: str, task: Any, fields: dict[str, Any]) -> None:
+        raise kind("listener broke")
+
+    done: list[str] = []
+    remove = qiotask.trace.add_listener(bad)
+    try:
+        with caplog.at_level(logging.ERROR, logger="qiotask"):
+            task: Task[int] = Task(None, lambda s, e, o: done.append("func"), destroy=lambda o: done.append("destroy"))
+            task.run_in_thread(lambda t, o: 1, None, lambda o: done.append("worker destroy"))
+            task.add_done_callback(lambda t: runner.quit())
+            runner.run()
+    finally:
+        remove()
+    assert task.done() and task.get_result() == 1
+    assert done == ["func", "worker destroy", "destroy"]
+    assert any("trace listener" in r.getMessage() for r in caplog.records)

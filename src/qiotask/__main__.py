@@ -138,7 +138,8 @@ def ps(pid: int, *, as_json: bool, stacks: bool, timeout: float) -> int:
 
 def _pid(text: str) -> int:
     # 0 and negative numbers name process groups to kill(2): never one of those.
-    if not text.isdigit() or int(text) <= 0:
+    # Beyond 2**31 - 1 no system has one (Linux stops at 2**22).
+    if not text.isdigit() or not 0 < int(text) < 2**31:
         raise argparse.ArgumentTypeError(f"not a process ID: {text!r}")
     return int(text)
 

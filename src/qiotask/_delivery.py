@@ -212,8 +212,10 @@ def _before_func(task: TaskCore, err: BaseException | None, closed: ContextClose
     ctl = task._ctl
     if ctl.items is not None:
         pending = ctl.items.finish(closed is None)  # the items still queued, before func
-    if ctl.progress is not None:
-        pending = first(pending, deliver_latest(task))  # the last report comes before the completion
+    if ctl.progress is not None and closed is None:
+        # The last report comes before func -- and, like func, only on the
+        # loop's thread: with the loop gone, nowhere.
+        pending = first(pending, deliver_latest(task))
     if task._traced:
         if task._job is not None:
             _trace.emit("qio_task_thread_result", task, err=err)

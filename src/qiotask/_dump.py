@@ -566,7 +566,7 @@ def _info_from_dict(fields: dict[str, Any]) -> TaskInfo:
 
 def format_answer(body: dict[str, Any]) -> str:
     """A listing as ``qiotask ps`` prints it: a header line, then
-    :func:`qiotask.format_tasks`."""
+    the tasks as :func:`qiotask._inspect.format_tasks` writes them."""
     header = (
         f"process {body['pid']} at {body['time']} (Python {body.get('python', '?')}, "
         f"qiotask {body.get('qiotask', '?')})\n"

@@ -106,7 +106,9 @@ class TaskInfo:
     Attributes:
         name: the task's name.
         id: its number (``Task-<id>`` unless named).
-        state: its :class:`TaskState` (never FINISHED here).
+        state: its :class:`TaskState`: FINISHED only for a task listed
+            from inside its own completion (its done-callbacks still to
+            run: ``waiting_for`` is ``"callbacks"``).
         waiting_for: what it waits for: ``"completion"`` (nothing runs it:
             a timer, an fd watch or your code is to complete it),
             ``"limiter"`` (a slot of its :class:`Limiter`), ``"pool"`` (a
@@ -335,11 +337,20 @@ def format_tasks(infos: list[TaskInfo]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _number(value: float) -> str:
+    """A progress figure, short: ``:g``, or all its digits for an int too
+    large for a float (report_progress takes any int)."""
+    try:
+        return f"{value:g}"
+    except OverflowError:
+        return str(value)
+
+
 def _progress_text(progress: tuple[float, float | None, str | None] | None) -> str:
     if progress is None:
         return "-"
     done, total, message = progress
-    text = f"{done:g}" if total is None else f"{done:g}/{total:g}"
+    text = _number(done) if total is None else f"{_number(done)}/{_number(total)}"
     return f"{text} {message}" if message else text
 
 

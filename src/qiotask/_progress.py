@@ -43,6 +43,10 @@ ProgressFunc = Callable[[Any, float, "float | None", "str | None"], Any]
 DEFAULT_MAX_RATE = 25.0
 
 _monotonic = time.monotonic
+#: The longest wait between two deliveries, whatever ``max_rate`` says: 24
+#: days, which Qt's timers (int milliseconds) take too.  A report held that
+#: long still comes before the completion.
+MAX_INTERVAL = 24 * 86400.0
 
 
 class Listener:
@@ -52,8 +56,9 @@ class Listener:
 
     def __init__(self, fn: ProgressFunc, max_rate: float | None) -> None:
         self.fn = fn
-        #: Seconds between two deliveries at least (0: once per iteration).
-        self.interval = 0.0 if max_rate is None else 1.0 / max_rate
+        #: Seconds between two deliveries at least (0: once per iteration);
+        #: at most MAX_INTERVAL, which every loop's timers take.
+        self.interval = 0.0 if max_rate is None or max_rate > 1e300 else min(1.0 / max_rate, MAX_INTERVAL)
         self.last = -math.inf  # when it last got a report (monotonic)
         self.seen = 0  # the number of the last report it got
 

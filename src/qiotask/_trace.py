@@ -90,10 +90,10 @@ def remove_listener(fn: Listener) -> None:
 
 
 def emit(event: str, task: Any, **fields: Any) -> None:
-    """Send one event to the listeners and the DEBUG log.  It never raises
-    an Exception: an event is emitted between the halves of a task's steps,
-    which must not be left half made (a listener's, or a field's repr()
-    failing, is logged)."""
+    """Send one event to the listeners and the DEBUG log.  It never raises:
+    an event is emitted between the halves of a task's steps, which must
+    not be left half made (a listener's error, KeyboardInterrupt and
+    SystemExit included, or a field's repr() failing, is logged)."""
     if logger.isEnabledFor(logging.DEBUG):
         try:
             detail = " ".join(f"{k}={v!r}" for k, v in fields.items())
@@ -103,7 +103,7 @@ def emit(event: str, task: Any, **fields: Any) -> None:
     for fn in _listeners:
         try:
             fn(event, task, fields)
-        except Exception:
+        except BaseException:  # KeyboardInterrupt too: nothing may stop a step half made
             logger.exception("trace listener %r raised", fn)
 
 

@@ -30,7 +30,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from ._checks import check_callable
+from ._checks import check_callable, check_sync
 from ._errors import TaskStateError
 from ._task import Task
 
@@ -140,6 +140,8 @@ def qio_task_run_in_thread(
     the worker set none).  ``destroy(opaque)`` runs after ``func``.
     """
     check_callable(worker, "qio_task_run_in_thread", "worker")
+    check_callable(destroy, "qio_task_run_in_thread", "destroy", optional=True)
+    check_sync(worker, "qio_task_run_in_thread", "worker")
     worker_destroy = None
     if destroy is not None:
 

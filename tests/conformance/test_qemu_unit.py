@@ -276,3 +276,15 @@ def test_compat_worker_destroy_runs_once_with_opaque(runner: LoopRunner) -> None
     with pytest.raises(TypeError, match="worker must be callable"):
         compat.qio_task_run_in_thread(other, None, None, None)  # type: ignore[arg-type]
     compat.qio_task_complete(other)
+
+
+def test_compat_run_in_thread_checks_destroy_and_refuses_an_async_worker(ctx: qiotask.MainContext) -> None:
+    async def worker(task: Any, errp: Any, opaque: Any) -> int:
+        return 0
+
+    task = compat.qio_task_new(None, lambda s, e, o: None, None, None)
+    with pytest.raises(TypeError, match="destroy must be callable"):
+        compat.qio_task_run_in_thread(task, lambda t, e, o: 0, None, 42)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"worker .*worker is an async function"):
+        compat.qio_task_run_in_thread(task, worker, None, None)  # type: ignore[arg-type]
+    compat.qio_task_complete(task)
