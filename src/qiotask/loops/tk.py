@@ -51,8 +51,8 @@ Which thread runs what:
   ``idle_add`` source repeats (both measured with Tcl 8.6.13).  Taking
   turns, neither happens.  Since idle may never come while the program's
   own events follow one another (a 0 ms ``timeout_add`` re-armed from its
-  callback), a batch waiting for idle also has a timer
-  (:data:`IDLE_FALLBACK_MS`) that runs it if idle is late.  Like any idle
+  callback), a watchdog timer, armed with an idle batch at most once per
+  :data:`IDLE_FALLBACK_MS`, runs a batch still waiting for idle then.  Like any idle
   handler, a batch may run inside a callback that calls
   ``update_idletasks()``.
 - Where ``createfilehandler`` does not exist (Windows), other threads set a
@@ -117,9 +117,9 @@ __all__ = ["POLL_INTERVAL_MS", "TkContext", "TkDriver"]
 #: most of which a bare Tcl ``after`` loop at the same pace costs too.
 POLL_INTERVAL_MS = 20
 
-#: How long, in milliseconds, a batch scheduled for when Tcl is idle waits
-#: before a timer runs it anyway: idle never comes while events follow one
-#: another without end (a 0 ms timer that re-arms itself).  Short enough
+#: How long, in milliseconds, a batch scheduled for when Tcl is idle waits at
+#: most before a timer runs it anyway: idle never comes while events follow
+#: one another without end (a 0 ms timer that re-arms itself).  Short enough
 #: not to be noticed, long enough that a window that goes idle now and then
 #: still redraws before the batch.
 IDLE_FALLBACK_MS = 5
@@ -276,12 +276,12 @@ class TkDriver(LoopDriver):
         self._timers: set[_Timer] = set()  # pending, so that teardown cancels them
         self._fd_handlers: set[int] = set()  # fds with a createfilehandler
         self._batch_id: str | None = None  # the "after" of the batch scheduled, if any
-        self._fallback_id: str | None = None  # an idle batch's timer, should Tcl never go idle
+        self._watchdog_id: str | None = None  # see _on_watchdog
         self._batch_at_idle = True  # how the next batch runs: see _schedule_batch
         self._poll_id: str | None = None  # the pending polling tick
         self._pipe: _WakePipe | None = None
         self._commands: list[str] = []  # Tcl commands to delete at teardown
-        self._idle_cmd = self._timer_cmd = self._poll_cmd = ""
+        self._idle_cmd = self._timer_cmd = self._watchdog_cmd = self._poll_cmd = ""
 
     def start(self, root: tkinter.Tk) -> bool:
         """On the Tk thread, once: hook into ``root`` (its Tcl commands, the
@@ -303,6 +303,7 @@ class TkDriver(LoopDriver):
         # ends mainloop() instead of being printed and swallowed.
         self._idle_cmd = self._command(tk, "idle", self._on_idle_batch)
         self._timer_cmd = self._command(tk, "timer", self._on_timer_batch)
+        self._watchdog_cmd = self._command(tk, "watchdog", self._on_watchdog)
         if self.polling:
             self._poll_cmd = self._command(tk, "poll", self._poll_tick)
             self._poll_id = tk.call("after", POLL_INTERVAL_MS, self._poll_cmd)
@@ -407,10 +408,8 @@ class TkDriver(LoopDriver):
             return
         if self._batch_at_idle:
             self._batch_id = root.tk.call("after", "idle", self._idle_cmd)
-            # Idle may never come: a chain of events (a 0 ms timer re-armed
-            # from its own handler) keeps Tcl busy.  A timer a little later
-            # runs the batch then; whichever comes first cancels the other.
-            self._fallback_id = root.tk.call("after", IDLE_FALLBACK_MS, self._timer_cmd)
+            if self._watchdog_id is None:
+                self._watchdog_id = root.tk.call("after", IDLE_FALLBACK_MS, self._watchdog_cmd)
         else:
             self._batch_id = root.tk.call("after", 0, self._timer_cmd)
 
@@ -420,12 +419,19 @@ class TkDriver(LoopDriver):
     def _on_timer_batch(self) -> None:
         self._run_batch(next_at_idle=True)
 
+    def _on_watchdog(self) -> None:
+        # Idle may never come: a chain of events (a 0 ms timer re-armed from
+        # its own handler) keeps Tcl busy.  Armed with an idle batch (unless
+        # armed already, so at most once per IDLE_FALLBACK_MS, not per
+        # batch), it runs the batch still waiting for idle now, if any.
+        self._watchdog_id = None
+        root = self.root
+        if self._batch_id is not None and self._batch_at_idle and root is not None:
+            root.tk.call("after", "cancel", self._batch_id)
+            self._run_batch(next_at_idle=True)
+
     def _run_batch(self, next_at_idle: bool) -> None:
         self._batch_id = None
-        fallback, self._fallback_id = self._fallback_id, None
-        if fallback is not None and self.root is not None:
-            # (The one that fired is gone from Tcl: cancelling it is a no-op.)
-            self.root.tk.call("after", "cancel", fallback)
         self._batch_at_idle = next_at_idle
         if not self.port.closed:
             self.port.dispatch()
@@ -487,7 +493,7 @@ class TkDriver(LoopDriver):
         tk = root.tk
         # The interpreter outlives the root, and its timers and the thread's
         # file handlers would fire in the next mainloop() of any root here.
-        for after_id in [timer._id for timer in self._timers] + [self._batch_id, self._fallback_id, self._poll_id]:
+        for after_id in [timer._id for timer in self._timers] + [self._batch_id, self._watchdog_id, self._poll_id]:
             if after_id is not None:
                 try:
                     tk.call("after", "cancel", after_id)
@@ -496,7 +502,7 @@ class TkDriver(LoopDriver):
         for timer in self._timers:
             timer._id = None
         self._timers.clear()
-        self._batch_id = self._fallback_id = self._poll_id = None
+        self._batch_id = self._watchdog_id = self._poll_id = None
         fds = list(self._fd_handlers)
         if self._pipe is not None:
             fds.append(self._pipe.rfd)
