@@ -433,6 +433,39 @@ def test_run_in_executor_bad_input(ctx: qiotask.MainContext) -> None:
     assert task.get_result() == 5
 
 
+def test_run_in_executor_refuses_what_is_no_executor_or_gives_no_future(ctx: qiotask.MainContext) -> None:
+    class NoFuture(concurrent.futures.Executor):
+        def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+            return None  # a broken executor: nothing says when the call ends
+
+    task: Task[Any] = Task(None)
+    with pytest.raises(TypeError, match=r"^run_in_executor: NoFuture.submit\(\) returned NoneType, not a future"):
+        task.run_in_executor(NoFuture(), print)
+    with pytest.raises(TypeError, match="an executor, not the class ThreadPoolExecutor"):
+        task.run_in_executor(concurrent.futures.ThreadPoolExecutor, print)  # type: ignore[arg-type]
+    assert task.state is qiotask.TaskState.PENDING  # not stuck running: it can still be completed
+    task.complete()
+    assert task.done()
+
+
+def test_a_cancel_hook_added_to_a_finished_task_is_not_kept(ctx: qiotask.MainContext) -> None:
+    # Never called (the task completed uncancelled), so not kept: it would
+    # hold what it refers to (run_in_executor's hook: the future and its
+    # result) for as long as the task lives.
+    import weakref
+
+    class Held:
+        pass
+
+    task: Task[Any] = Task(None)
+    task.complete()
+    held = Held()
+    gone = weakref.ref(held)
+    task.on_cancel(lambda t, held=held: None)
+    del held
+    assert gone() is None
+
+
 DASK_SCRIPT = """
 import os, threading
 import distributed

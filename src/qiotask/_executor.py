@@ -4,9 +4,12 @@
 loky, a Dask ``distributed`` client's executor) and completes the task with
 its outcome on the context thread.  The executor's call is a thread job
 whose start the task cannot see, so the task goes straight to RUNNING; its
-cancel maps to the future's ``cancel()`` (an ``on_cancel`` hook): a call not
-started never runs, one running completes the task with ``TaskCancelled``
-when it ends (cancel wins).  The future's done-callback, on whatever thread
+cancel maps to the future's ``cancel()`` (a cancel hook): a call the
+executor has not started never runs, one running completes the task with
+``TaskCancelled`` when it ends (cancel wins).  "Started" is the executor's
+word: a process pool counts the calls it handed to its processes ahead,
+Dask's executor never marks a future running (its cancel always succeeds,
+and a running call goes on unseen).  The future's done-callback, on whatever thread
 the executor completes futures on, reports through the same worker_returned
 move as a pool thread.
 """
@@ -33,6 +36,8 @@ def run_in_executor(
 ) -> concurrent.futures.Future[Any] | None:
     """``Task.run_in_executor`` (see its docstring); returns the future, or
     None if a cancel came first (nothing was submitted)."""
+    if isinstance(executor, type):
+        raise TypeError(f"run_in_executor: executor must be an executor, not the class {executor.__name__}")
     if not callable(getattr(executor, "submit", None)):
         raise TypeError(f"run_in_executor: executor must have submit(), not {type(executor).__name__}")
     check_callable(fn, "run_in_executor")
@@ -43,6 +48,13 @@ def run_in_executor(
         return None
     try:
         future = executor.submit(fn, *args)
+        if not (callable(getattr(future, "add_done_callback", None)) and callable(getattr(future, "cancel", None))):
+            # Nothing would ever say when the call ends: the task would run
+            # for ever.
+            raise TypeError(
+                f"run_in_executor: {type(executor).__name__}.submit() returned {type(future).__name__}, "
+                "not a future (concurrent.futures.Future)"
+            )
     except BaseException:
         task._move_unsubmit()
         raise
@@ -54,5 +66,18 @@ def run_in_executor(
         exc = future.exception()
         job.done(None if exc is not None else future.result(), exc)
 
-    future.add_done_callback(done)
+    # The cancel hook first: the future cannot complete the task before it
+    # is kept (the done-callback, added next, is what completes it), so it
+    # is never left on a finished task.  A cancel asked meanwhile runs it now.
+    def cancel_call(_task: Any) -> None:
+        future.cancel()
+
+    if not task._move_add_cancel_hook(cancel_call):
+        future.cancel()
+    try:
+        future.add_done_callback(done)
+    except BaseException:
+        task._move_remove_cancel_hook(cancel_call)
+        task._move_unsubmit()
+        raise
     return future

@@ -430,8 +430,11 @@ class TaskCore:
 
     def _move_add_cancel_hook(self, fn: Callable[[Any], Any]) -> bool:
         """Keep ``fn`` for a later cancel; False if the cancel was asked
-        already (the caller runs it now)."""
+        already (the caller runs it now).  A task that completed uncancelled
+        keeps nothing: no cancel can come any more (True)."""
         with self._lock:
+            if self._ctl.cancel is None and self._s >= COMPLETING:
+                return True
             ctl = self._control_locked()
             if ctl.cancel is not None:
                 return False

@@ -515,17 +515,17 @@ class Task(TaskCore, Generic[T]):
         ``fn`` and ``args`` must be picklable for process and cluster
         executors.  :meth:`cancel` maps to the future's ``cancel()``: a call
         that has not started never runs; one running completes the task with
-        :class:`TaskCancelled` when it ends (cancel wins).
+        :class:`TaskCancelled` when it ends (cancel wins) -- as the executor
+        counts "started" (docs/scaling.md: a process pool, Dask).
 
         Raises:
-            TypeError: ``executor`` has no ``submit``, ``fn`` not callable or
-                an async function.
+            TypeError: ``executor`` has no ``submit`` (or is a class), its
+                ``submit()`` returned no future, ``fn`` not callable or an
+                async function.
             TaskStateError: the task already runs a worker or was completed.
             Exception: whatever ``executor.submit`` raises (e.g. shut down).
         """
-        future = _executor.run_in_executor(self, executor, fn, args)
-        if future is not None:
-            self.on_cancel(lambda task: future.cancel())
+        _executor.run_in_executor(self, executor, fn, args)
 
     # -- progress -------------------------------------------------------------
 
