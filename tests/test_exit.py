@@ -239,9 +239,7 @@ def test_queued_workers_are_cancelled_at_exit_and_never_start(tmp_path: Path) ->
     assert elapsed < 0.5 + MARGIN
     assert done.stdout.splitlines() == ["destroyed queued's worker", "destroyed queued"]
     report = done.stderr[done.stderr.index(REPORT) :]
-    assert (
-        "1 task still in flight, cut off: their func and destroy notifiers never run:\n  'blocked' (running)" in report
-    )
+    assert "1 task still in flight, cut off: its func and destroy notifiers never run:\n  'blocked' (running)" in report
     assert "called from " in report and "in blocked: threading.Event().wait()  # for ever" in report
     assert "1 task cancelled before a worker started (destroy notifiers ran):\n  'queued'" in report
 

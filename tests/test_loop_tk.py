@@ -297,6 +297,24 @@ def test_timeout_add_is_a_tk_after(root: tkinter.Tk, ctx: qiotask.MainContext) -
     assert pending_afters(root) == before
 
 
+@pytest.mark.parametrize("kind", [KeyboardInterrupt, SystemExit])
+def test_an_interrupt_in_a_timer_comes_out_of_the_loop(root: tkinter.Tk, ctx: qiotask.MainContext, kind: Any) -> None:
+    # As from a completion or an idle source: tkinter's own after() would
+    # print a KeyboardInterrupt and go on (its callback wrapper reports every
+    # error but SystemExit), and MainLoop.run() would never return.
+    def interrupt() -> bool:
+        raise kind()
+
+    source = ctx.timeout_add(1, interrupt)
+    guard = root.after(GUARD_MS, root.quit)
+    try:
+        with pytest.raises(kind):
+            qiotask.MainLoop(ctx).run()
+    finally:
+        root.after_cancel(guard)
+    assert source.removed
+
+
 def test_a_repeating_zero_ms_timer_starves_no_completion(root: tkinter.Tk, ctx: qiotask.MainContext) -> None:
     # A 0 ms timer re-armed from its own handler keeps a Tcl event pending
     # for ever, so Tcl never goes idle: a batch waiting for idle must run

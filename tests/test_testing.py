@@ -266,6 +266,24 @@ def test_a_task_left_pending_fails(pytester: pytest.Pytester) -> None:
     assert "orphan func ran with TaskCancelled('orphan was left pending at the end of the test')" in text
 
 
+def test_a_task_dropped_unfinished_fails_though_its_warning_is_ignored(pytester: pytest.Pytester) -> None:
+    # Dropped, the task is collected with a ResourceWarning, which Python
+    # ignores by default: the check must not depend on the warning (shown,
+    # it keeps the task alive, and the task shows as pending).
+    pytester.makepyfile(
+        """
+        import qiotask
+
+        def test_drops_one(qiotask_context):
+            qiotask.Task(None, name="dropped")
+        """
+    )
+    result = run_inner(pytester, "-W", "ignore::ResourceWarning")
+    result.assert_outcomes(passed=1, errors=1)
+    text = result.stdout.str()
+    assert "'dropped' was garbage-collected without completing" in text
+
+
 def test_a_failed_test_is_not_reported_twice(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(
         """

@@ -465,7 +465,7 @@ def _exit_report() -> None:
             f"qiotask: at exit, waited {waited:.1f} s for workers (the exit timeout is {limit:g} s: "
             f"qiotask.set_exit_timeout() or {EXIT_TIMEOUT_VARIABLE} sets it); these tasks did not finish normally"
         )
-        cut_off = ", cut off: their func and destroy notifiers never run"
+        cut_off = f", cut off: {'its' if len(left) == 1 else 'their'} func and destroy notifiers never run"
         logger.warning("%s", format_report(headline, left, cancelled, closed, cut_off, still))
 
 

@@ -91,6 +91,7 @@ from __future__ import annotations
 
 import atexit
 import functools
+import itertools
 import math
 import os
 import select
@@ -176,25 +177,32 @@ class _WakePipe:
 
 
 class _Timer:
-    """A ``root.after`` timer; ``cancel()`` is a no-op once it fired or the
-    context closed."""
+    """A Tcl ``after`` timer; ``cancel()`` is a no-op once it fired or the
+    context closed.
 
-    __slots__ = ("_driver", "_fn", "_id")
+    It fires through the driver's one timer command (``createcommand``, as
+    the batches do), told its key: not through ``root.after(ms, fn)``,
+    whose callback wrapper prints a KeyboardInterrupt and goes on, where it
+    must end the loop (and which makes and deletes a Tcl command per timer)."""
+
+    __slots__ = ("_driver", "_fn", "_id", "_key")
 
     def __init__(self, driver: TkDriver, delay: float, fn: Callable[[], None]) -> None:
         self._driver = driver
         self._fn = fn
         self._id: str | None = None
+        self._key = ""
         root = driver.root
         if root is not None and not driver.port.closed:
             # Rounded up: a timer never fires before its delay.
             ms = max(0, math.ceil(round(delay * 1000.0, 6)))
-            self._id = root.after(ms, self._fire)
-            driver._timers.add(self)
+            self._key = key = str(next(driver._timer_keys))
+            self._id = root.tk.call("after", ms, driver._fire_cmd, key)
+            driver._timers[key] = self
 
     def _fire(self) -> None:
         self._id = None
-        self._driver._timers.discard(self)
+        self._driver._timers.pop(self._key, None)
         self._fn()
 
     def cancel(self) -> None:
@@ -202,10 +210,10 @@ class _Timer:
         if after_id is None:
             return
         driver = self._driver
-        driver._timers.discard(self)
+        driver._timers.pop(self._key, None)
         root = driver.root
         if root is not None and not driver.port.closed:
-            root.after_cancel(after_id)
+            root.tk.call("after", "cancel", after_id)
 
 
 def _has_filehandler(tk: Any) -> bool:
@@ -273,7 +281,8 @@ class TkDriver(LoopDriver):
         #: outside the Tk thread (Tcl aborts the process when an interpreter
         #: is deleted from another thread).
         self.root: tkinter.Tk | None = None
-        self._timers: set[_Timer] = set()  # pending, so that teardown cancels them
+        self._timers: dict[str, _Timer] = {}  # pending, by key, so that teardown cancels them
+        self._timer_keys = itertools.count()
         self._fd_handlers: set[int] = set()  # fds with a createfilehandler
         self._batch_id: str | None = None  # the "after" of the batch scheduled, if any
         self._watchdog_id: str | None = None  # see _on_watchdog
@@ -281,7 +290,7 @@ class TkDriver(LoopDriver):
         self._poll_id: str | None = None  # the pending polling tick
         self._pipe: _WakePipe | None = None
         self._commands: list[str] = []  # Tcl commands to delete at teardown
-        self._idle_cmd = self._timer_cmd = self._watchdog_cmd = self._poll_cmd = ""
+        self._idle_cmd = self._timer_cmd = self._watchdog_cmd = self._fire_cmd = self._poll_cmd = ""
 
     def start(self, root: tkinter.Tk) -> bool:
         """On the Tk thread, once: hook into ``root`` (its Tcl commands, the
@@ -304,6 +313,7 @@ class TkDriver(LoopDriver):
         self._idle_cmd = self._command(tk, "idle", self._on_idle_batch)
         self._timer_cmd = self._command(tk, "timer", self._on_timer_batch)
         self._watchdog_cmd = self._command(tk, "watchdog", self._on_watchdog)
+        self._fire_cmd = self._command(tk, "fire", self._fire_timer)
         if self.polling:
             self._poll_cmd = self._command(tk, "poll", self._poll_tick)
             self._poll_id = tk.call("after", POLL_INTERVAL_MS, self._poll_cmd)
@@ -330,7 +340,7 @@ class TkDriver(LoopDriver):
         tk.call("bind", _BIND_TAG, "<Destroy>", f"+{destroy_cmd} %W")
         return True
 
-    def _command(self, tk: Any, what: str, fn: Callable[[], None]) -> str:
+    def _command(self, tk: Any, what: str, fn: Callable[..., None]) -> str:
         name = f"qiotask_{what}_{id(self):x}"
         tk.createcommand(name, fn)
         self._commands.append(name)
@@ -419,6 +429,11 @@ class TkDriver(LoopDriver):
     def _on_timer_batch(self) -> None:
         self._run_batch(next_at_idle=True)
 
+    def _fire_timer(self, key: str) -> None:
+        timer = self._timers.get(key)
+        if timer is not None:
+            timer._fire()
+
     def _on_watchdog(self) -> None:
         # Idle may never come: a chain of events (a 0 ms timer re-armed from
         # its own handler) keeps Tcl busy.  Armed with an idle batch (unless
@@ -493,13 +508,17 @@ class TkDriver(LoopDriver):
         tk = root.tk
         # The interpreter outlives the root, and its timers and the thread's
         # file handlers would fire in the next mainloop() of any root here.
-        for after_id in [timer._id for timer in self._timers] + [self._batch_id, self._watchdog_id, self._poll_id]:
+        for after_id in [timer._id for timer in self._timers.values()] + [
+            self._batch_id,
+            self._watchdog_id,
+            self._poll_id,
+        ]:
             if after_id is not None:
                 try:
                     tk.call("after", "cancel", after_id)
                 except tkinter.TclError:
                     pass
-        for timer in self._timers:
+        for timer in self._timers.values():
             timer._id = None
         self._timers.clear()
         self._batch_id = self._watchdog_id = self._poll_id = None

@@ -4,6 +4,9 @@ test left behind there.
 A watch is a trace listener (``qiotask.trace.add_listener``): it sees each
 task's ``qio_task_new`` event on the thread that made the task and keeps a
 weak reference to those of its context, so it changes no task's lifetime.
+It also sees each of them finish (``qio_task_complete``/``qio_task_abort``),
+so that one collected before it finished is reported too -- whatever the
+warning filters make of the ``ResourceWarning`` such a task emits.
 Listening makes every task made meanwhile a traced one (an event per
 step); that costs microseconds per task, and only while a watch runs.
 """
@@ -36,12 +39,29 @@ class TaskWatch:
         # makes each add and each snapshot whole.
         self._lock = threading.Lock()
         self._tasks: weakref.WeakSet[Task[Any]] = weakref.WeakSet()
+        # Each watched task's number -> a weak reference whose callback
+        # notes the task's name if it is collected unfinished; dropped when
+        # the task finishes.
+        self._unfinished: dict[int, weakref.ref[Task[Any]]] = {}
+        self._dropped: list[str] = []
         self._remove: Any = None
 
     def _listen(self, event: str, task: Any, fields: dict[str, Any]) -> None:
-        if event == "qio_task_new" and task.context is self.context:
+        if event == "qio_task_new":
+            if task.context is self.context:
+                number, name = task._id, task.name
+                with self._lock:
+                    self._tasks.add(task)
+                    self._unfinished[number] = weakref.ref(task, lambda _ref: self._collected(number, name))
+        elif event in ("qio_task_complete", "qio_task_abort"):
             with self._lock:
-                self._tasks.add(task)
+                self._unfinished.pop(task._id, None)
+
+    def _collected(self, number: int, name: str) -> None:
+        # A weak reference's callback, wherever the task was collected.
+        with self._lock:
+            if self._unfinished.pop(number, None) is not None:
+                self._dropped.append(name)
 
     def start(self) -> None:
         self._remove = _trace.add_listener(self._listen)
@@ -68,9 +88,15 @@ class TaskWatch:
         """
         tasks = self.pending()
         queued = 0 if self.context.closed else len(self.context._dispatcher)
-        if not tasks and not queued:
+        with self._lock:
+            dropped = list(self._dropped)
+        if not tasks and not queued and not dropped:
             return None
-        lines = []
+        lines = [
+            f"task {name!r} was garbage-collected without completing: nothing completed it, "
+            "and its func and destroy notifiers never ran"
+            for name in dropped
+        ]
         if tasks:
             lines.append(f"{len(tasks)} task(s) made on {self.context.name} were not finished when the test ended:")
             lines += [f"    {_describe(task)}" for task in tasks]
@@ -79,7 +105,9 @@ class TaskWatch:
                 f"{queued} completion(s) or call(s) were handed to {self.context.name} and are still queued: "
                 "the loop did not run after they came"
             )
-        if loop_runs == 0:
+        if not tasks and not queued:
+            pass  # only tasks dropped unfinished: running the loop would not have helped
+        elif loop_runs == 0:
             lines.append("The loop was never run: qiotask_runner.run_until_done(task) runs it until the task finished.")
         else:
             lines.append("Run the loop until they finish: qiotask_runner.run_until_done(task, timeout=...).")
