@@ -50,6 +50,31 @@ def watchdog(seconds):
     timer = threading.Timer(seconds, lambda: os._exit(3))
     timer.daemon = True
     timer.start()
+
+
+# Task 'running', whose worker blocks for ever holding a Limiter(1), and
+# task 'queued' behind it; returns once the first one runs.
+def block_two(queued_destroy=None):
+    import qiotask
+
+    running = threading.Event()
+
+    def blocked(task, opaque):
+        running.set()
+        threading.Event().wait()  # for ever
+
+    limiter = qiotask.Limiter(1)
+    qiotask.Task(None, name="running").run_in_thread(blocked, limiter=limiter)
+    qiotask.Task(None, name="queued", destroy=queued_destroy).run_in_thread(blocked, limiter=limiter)
+    running.wait()
+
+
+def fork():
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # fork() of a threaded process
+        return os.fork()
 """
 
 
@@ -57,11 +82,13 @@ def run_child(tmp_path: Path, body: str, exit_timeout: str | None) -> tuple[subp
     """Run ``body`` as a script (so that its source lines can be shown) in a
     fresh interpreter (warnings are errors) with QIOTASK_EXIT_TIMEOUT set to
     ``exit_timeout`` (None: unset); return the finished process and how
-    long it took.  The script may ``from childkit import say, watchdog``:
+    long it took.  The script may ``from childkit import ...``:
     ``say(line)`` prints a line in one write, for notifiers that run on
     several pool threads at once (print()'s separate writes of a line and
     its end interleave between threads); ``watchdog(seconds)`` ends the
-    child with status 3 if it is still running then (a hang)."""
+    child with status 3 if it is still running then (a hang);
+    ``block_two()`` leaves a worker running for ever and one queued behind
+    it; ``fork()`` forks without the warning about a threaded process."""
     (tmp_path / "childkit.py").write_text(CHILDKIT)
     script = tmp_path / "child.py"
     script.write_text(textwrap.dedent(body))
@@ -286,24 +313,11 @@ def test_a_forked_child_exits_at_once_and_leaves_the_parents_tasks_alone(tmp_pat
     done, _ = run_child(
         tmp_path,
         """
-        import os, sys, threading, time, warnings
-        import qiotask
-        from qiotask import Limiter, Task
+        import os, sys, time
+        from childkit import block_two, fork
 
-        running = threading.Event()
-
-        def blocked(task, opaque):
-            running.set()
-            threading.Event().wait()  # for ever
-
-        limiter = Limiter(1)
-        Task(None, name="running").run_in_thread(blocked, limiter=limiter)
-        queued = Task(None, name="queued", destroy=lambda o: print(os.getpid(), "destroyed queued", flush=True))
-        queued.run_in_thread(blocked, limiter=limiter)
-        running.wait()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)  # fork() of a threaded process
-            pid = os.fork()
+        block_two(queued_destroy=lambda o: print(os.getpid(), "destroyed queued", flush=True))
+        pid = fork()
         if pid == 0:
             sys.exit(0)  # the child: atexit hooks run
         started = time.monotonic()
@@ -625,27 +639,16 @@ def test_in_a_forked_child_tasks_and_shutdown_leave_the_parents_tasks_out(tmp_pa
     done, _ = run_child(
         tmp_path,
         """
-        import logging, os, sys, threading, warnings
+        import logging, os, sys
         import qiotask
-        from qiotask import Limiter, Task
-        from childkit import watchdog
+        from qiotask import Task
+        from childkit import block_two, fork, watchdog
 
         watchdog(20)
-        running = threading.Event()
-
-        def blocked(task, opaque):
-            running.set()
-            threading.Event().wait()  # for ever
-
-        limiter = Limiter(1)
-        Task(None, name="running").run_in_thread(blocked, limiter=limiter)
-        Task(None, name="queued").run_in_thread(blocked, limiter=limiter)
         parents = Task(None, name="pending")  # nothing completes it
-        running.wait()
+        block_two()
         print("parent lists", sorted(info.name for info in qiotask.tasks()), flush=True)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)  # fork() of a threaded process
-            pid = os.fork()
+        pid = fork()
         if pid == 0:
             try:
                 logging.basicConfig(stream=sys.stdout, format="logged: %(message)s")

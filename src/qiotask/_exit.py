@@ -308,7 +308,6 @@ def _wait_for_loops(deadline: float | None) -> None:
 # -- the report -------------------------------------------------------------------
 
 
-#: How each kind of wait reads in a report.
 def format_report(
     headline: str,
     left: list[TaskInfo],

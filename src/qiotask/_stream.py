@@ -41,10 +41,13 @@ from __future__ import annotations
 import collections
 import threading
 from collections.abc import Callable, Iterable
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from ._checks import check_callable, check_sync
 from ._errors import ContextClosedError, TaskStateError
+
+if TYPE_CHECKING:
+    from ._context import MainContext
 
 __all__ = ["ItemStream", "Items", "connect_items", "iterate_in_thread", "send_item"]
 
@@ -58,7 +61,7 @@ T = TypeVar("T")
 class ItemStream(Generic[T]):
     """The worker's side and the loop's side of a bounded stream of items."""
 
-    def __init__(self, buffer: int, context: Any = None) -> None:
+    def __init__(self, buffer: int, context: MainContext) -> None:
         self.buffer = buffer
         # The context whose loop takes the items: a worker waiting for room
         # looks now and then whether that loop is gone (nothing else may
@@ -89,7 +92,7 @@ class ItemStream(Generic[T]):
                     self._out += 1
                     waiter, self._waiter = self._waiter, None
                     break
-                if self._room.wait(None if self._context is None else CLOSED_CHECK):
+                if self._room.wait(CLOSED_CHECK):
                     continue  # room was made (or the stream closed): look again
             # A while without room: the loop may be gone for good.  Asked
             # without the stream's lock: a context found closed fails what
@@ -272,13 +275,11 @@ class Items:
         if not run:
             self.stream.close()
             return None
-        try:
-            # The last takes close the stream once it is empty: a worker
-            # still sending (one a cancel abandoned) is told, instead of
-            # waiting for room nobody makes, and no item is taken in and lost.
-            return self._hand_over(None, last=True)
-        finally:
-            self.stream.close()  # (closed already, unless a callback's error cut it short)
+        # The last takes close the stream once it is empty (callbacks' errors
+        # are collected, not raised, on the way): a worker still sending (one
+        # a cancel abandoned) is told, instead of waiting for room nobody
+        # makes, and no item is taken in and lost.
+        return self._hand_over(None, last=True)
 
     def _hand_over(self, wake: Callable[[], Any] | None, last: bool = False) -> BaseException | None:
         from ._delivery import first, notify

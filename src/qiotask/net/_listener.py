@@ -130,35 +130,18 @@ class NetListener:
                 break
         if not socks:
             raise errors[-1]
-        for index, (sock, target) in enumerate(socks):
-            try:
-                channel = SocketChannel(sock, context=self._context, resolver=resolver)
-                channel._unix_file = unix_file_of(target)
-                self.add(channel)
-            except BaseException:
-                for left, _ in socks[index:]:
-                    left.close()  # this one and those not added yet: nobody else will
-                raise
+        for sock, target in socks:
+            channel = SocketChannel(sock, context=self._context, resolver=resolver)
+            channel._unix_file = unix_file_of(target)
             opened.append(channel)
+            self.add(channel)
 
     def _listen_all(
         self, targets: list[SocketAddress], num: int, fresh_port: bool
     ) -> tuple[list[tuple[socket.socket, SocketAddress]], list[OSError]]:
+        # (An fd: address that is not listening: listen_socket() closes the
+        # duplicate it made and raises, and it is the only target.)
         socks: list[tuple[socket.socket, SocketAddress]] = []
-        try:
-            return self._listen_each(targets, num, fresh_port, socks)
-        except BaseException:
-            for made, _target in socks:
-                made.close()  # (an fd: address that is not listening, an interrupt)
-            raise
-
-    def _listen_each(
-        self,
-        targets: list[SocketAddress],
-        num: int,
-        fresh_port: bool,
-        socks: list[tuple[socket.socket, SocketAddress]],
-    ) -> tuple[list[tuple[socket.socket, SocketAddress]], list[OSError]]:
         errors: list[OSError] = []
         port = 0
         for target in targets:
